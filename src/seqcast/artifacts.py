@@ -1,0 +1,146 @@
+"""Safe, atomic artifacts: JSON + safetensors files with a sha256 manifest; never pickle.
+
+Every file is written under a temporary name in its destination folder and then renamed, so an
+interrupted write never leaves a truncated file where a good one was. A model folder is built in a
+temporary sibling folder and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import ArtifactError
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_dir(directory, *, json_files: dict[str, dict], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write `name.json` files and `weights.safetensors` plus a manifest, replacing `directory` whole."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for name, obj in json_files.items():
+            atomic_write_json(staging / name, obj)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "weights.safetensors"))
+        files = sorted(p.name for p in staging.iterdir())
+        atomic_write_json(
+            staging / MANIFEST,
+            {"seqcast_version": __version__, "files": {name: sha256_file(staging / name) for name in files}},
+        )
+        _swap_in(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    os.replace(directory, backup)
+    try:
+        os.replace(staging, directory)
+    except BaseException:
+        os.replace(backup, directory)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_model_dir(directory, *, json_names: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+    """Verify the manifest, then read the JSON files and the safetensors weights."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a model folder (it does not exist or is a file)")
+    manifest_path = directory / MANIFEST
+    manifest = _read_json(manifest_path)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise ArtifactError(f"{manifest_path} has no 'files' table: the folder was not written by seqcast")
+    for name in (*json_names, "weights.safetensors"):
+        if name not in listed:
+            raise ArtifactError(f"{manifest_path} does not list {name}: the folder is incomplete")
+    for name, expected in listed.items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: the model folder is incomplete; save the model again")
+        if sha256_file(path) != expected:
+            raise ArtifactError(
+                f"{path} does not match the sha256 in {MANIFEST}: it was changed or truncated after saving; "
+                "save the model again"
+            )
+    docs = {name: _read_json(directory / name) for name in json_names}
+    weights_path = directory / "weights.safetensors"
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{weights_path} is not a valid safetensors file: {exc}") from exc
+    return docs, tensors
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is missing: the model folder is incomplete; save the model again") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}): the file is corrupt") from exc
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{path} does not hold a JSON object: the file is corrupt")
+    return doc

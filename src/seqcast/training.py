@@ -1,0 +1,325 @@
+"""The fit loop: Keras ``model.fit`` semantics on a PyTorch module.
+
+Keras semantics kept on purpose, because the seed's numbers depend on them: the data are
+reshuffled every epoch, the last partial batch is trained on, each batch's loss is the mean over
+its samples, there is one optimizer step per batch, and the reported epoch loss is the
+batch-size-weighted mean of the batch losses.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.nn import functional as F
+
+from seqcast.errors import ConfigError, DataError, SeqcastError
+
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+# Keras's default epsilon; PyTorch's is 1e-8, which changes early Adam/RMSprop steps.
+KERAS_EPSILON = 1e-7
+
+
+class TrainingDiverged(SeqcastError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """Per-epoch record of one training run. Epochs are numbered from 1."""
+
+    loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(
+            loss=[float(v) for v in d.get("loss", [])],
+            val_loss=[float(v) for v in d.get("val_loss", [])],
+            epoch_seconds=[float(v) for v in d.get("epoch_seconds", [])],
+            best_epoch=None if d.get("best_epoch") is None else int(d["best_epoch"]),
+            stopped_early=bool(d.get("stopped_early", False)),
+        )
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed ``random``, numpy and torch; return a separate generator for batch shuffling.
+
+    Shuffling gets its own generator so that the order of batches does not depend on how many
+    random numbers dropout consumed, and vice versa.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Build an optimizer with Keras's defaults (Adam β=(0.9, 0.999), ε=1e-7; RMSprop ρ=0.9).
+
+    Keras's Adam adds ε to ``sqrt(v)`` before bias correction and PyTorch after it; the two
+    differ only while ``sqrt(1 - β2^t)`` is far from 1 and only where ``sqrt(v)`` is near ε.
+    """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    key = name.lower() if isinstance(name, str) else name
+    if key == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=KERAS_EPSILON)
+    if key == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON)
+    if key == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Turn ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` into a usable ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device; use cpu, cuda or auto") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} was requested but this PyTorch build sees no CUDA GPU; "
+            "use --device cpu or --device auto"
+        )
+    return resolved
+
+
+def _as_tensor(array: np.ndarray | torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    # One copy into contiguous float32: batches are then gathered by index without Python copies,
+    # and a strided sliding_window_view is materialised only once.
+    if isinstance(array, torch.Tensor):
+        return array.detach().to(device=device, dtype=torch.float32).contiguous()
+    try:
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} cannot be converted to a float32 array: {exc}") from exc
+    # torch.from_numpy warns on read-only arrays (e.g. a caller's float32 window view).
+    if not converted.flags.writeable:
+        converted = converted.copy()
+    return torch.from_numpy(converted).to(device)
+
+
+def _prepare(
+    X: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    device: torch.device,
+    horizon: int | None,
+    names: tuple[str, str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x_name, y_name = names
+    X_t = _as_tensor(X, device, x_name)
+    y_t = _as_tensor(y, device, y_name)
+    if y_t.ndim == 1:
+        y_t = y_t.unsqueeze(1)
+    if X_t.ndim != 3:
+        raise DataError(f"{x_name} must have shape (samples, lookback, features), got {tuple(X_t.shape)}")
+    if y_t.ndim != 2:
+        raise DataError(f"{y_name} must have shape (samples, horizon), got {tuple(y_t.shape)}")
+    if len(X_t) != len(y_t):
+        raise DataError(f"{x_name} has {len(X_t)} samples but {y_name} has {len(y_t)}")
+    if len(X_t) == 0:
+        raise DataError(f"{x_name} has no samples; the series is shorter than lookback + horizon")
+    if horizon is not None and y_t.shape[1] != horizon:
+        raise DataError(f"{y_name} has {y_t.shape[1]} target columns but the model predicts {horizon}")
+    return X_t, y_t
+
+
+def _mean_loss(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> float:
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            stop = start + batch_size
+            batch_loss = loss_fn(model(X[start:stop]), y[start:stop])
+            total += batch_loss.double() * (min(stop, len(X)) - start)
+    return total.item() / len(X)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def train_model(
+    model: nn.Module,
+    X: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    loss: str = "mse",
+    seed: int = 0,
+    shuffle: bool = True,
+    clip_norm: float | None = None,
+    early_stopping: int | None = None,
+    X_val: np.ndarray | torch.Tensor | None = None,
+    y_val: np.ndarray | torch.Tensor | None = None,
+    verbose: int = 0,
+    device: str | torch.device = "cpu",
+    on_epoch: Callable[[int, float, float | None], None] | None = None,
+) -> History:
+    """Train ``model`` in place on windows ``X (N, T, F)`` and targets ``y (N, H)``.
+
+    ``early_stopping=N`` stops once the monitored loss (validation loss when ``X_val``/``y_val``
+    are given, else training loss) has not improved for N epochs, and always leaves the model
+    with the weights of ``History.best_epoch`` (Keras restores them only when it stops early).
+    The same ``seed`` gives bit-identical weights on the same machine and device.
+    The model is left in eval mode.
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if early_stopping is not None:
+        _check_positive_int("early_stopping", early_stopping)
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+        raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+    if (X_val is None) != (y_val is None):
+        raise ConfigError("X_val and y_val must be given together")
+
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    horizon = getattr(model, "horizon", None)
+    X_t, y_t = _prepare(X, y, torch_device, horizon, ("X", "y"))
+    validation = None
+    if X_val is not None:
+        validation = _prepare(X_val, y_val, torch_device, horizon, ("X_val", "y_val"))
+        # Non-finite validation data would otherwise surface as a misleading "diverged" error.
+        if not all(torch.isfinite(t).all() for t in validation):
+            raise DataError("X_val or y_val contains NaN or infinite values")
+    loss_fn = LOSSES[loss]
+    n_samples = len(X_t)
+
+    generator = seed_everything(seed)
+    optim = make_optimizer(optimizer, model.parameters(), lr)
+    history = History()
+    best_loss = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_improvement = 0
+
+    progress = Progress(
+        TextColumn("epoch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[val_loss]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not verbose,
+    )
+    with progress:
+        task = progress.add_task("train", total=epochs, loss="-", val_loss="")
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            order = (
+                torch.randperm(n_samples, generator=generator) if shuffle else torch.arange(n_samples)
+            ).to(torch_device)
+            total = torch.zeros((), dtype=torch.float64, device=torch_device)
+            for start in range(0, n_samples, batch_size):
+                index = order[start : start + batch_size]
+                optim.zero_grad(set_to_none=True)
+                batch_loss = loss_fn(model(X_t[index]), y_t[index])
+                batch_loss.backward()
+                if clip_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                optim.step()
+                # Accumulated on the device so the loop never waits for a .item() per batch.
+                total += batch_loss.detach().double() * len(index)
+            epoch_loss = total.item() / n_samples
+            val_loss = (
+                _mean_loss(model, *validation, loss_fn, max(batch_size, 1024))
+                if validation is not None
+                else None
+            )
+            for label, value in (("loss", epoch_loss), ("val loss", val_loss)):
+                if value is not None and not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged at epoch {epoch} ({label} {value}): "
+                        "try a lower --lr or --clip-norm 1.0"
+                    )
+            history.loss.append(epoch_loss)
+            if val_loss is not None:
+                history.val_loss.append(val_loss)
+            history.epoch_seconds.append(time.perf_counter() - started)
+            progress.update(
+                task,
+                advance=1,
+                loss=f"{epoch_loss:.4g}",
+                val_loss="" if val_loss is None else f"val {val_loss:.4g}",
+            )
+            if on_epoch is not None:
+                on_epoch(epoch, epoch_loss, val_loss)
+
+            if early_stopping is not None:
+                monitored = epoch_loss if val_loss is None else val_loss
+                if monitored < best_loss:
+                    best_loss = monitored
+                    history.best_epoch = epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    epochs_without_improvement = 0
+                else:
+                    epochs_without_improvement += 1
+                    if epochs_without_improvement >= early_stopping:
+                        history.stopped_early = epoch < epochs
+                        break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def predict_batches(
+    model: nn.Module,
+    X: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Predict ``(N, horizon)`` float64 in eval mode (dropout off), ``batch_size`` windows at a time.
+
+    Each batch is converted on its own so that a long sliding-window view is never materialised
+    as a whole.
+    """
+    _check_positive_int("batch_size", batch_size)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    model.eval()
+    if len(X) == 0:
+        raise DataError("X has no samples to predict; the series is shorter than lookback")
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            batch = _as_tensor(X[start : start + batch_size], torch_device, "X")
+            if batch.ndim != 3:
+                raise DataError(f"X must have shape (samples, lookback, features), got {tuple(X.shape)}")
+            outputs.append(model(batch).double().cpu().numpy())
+    return np.concatenate(outputs)

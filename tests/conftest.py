@@ -1,0 +1,28 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
+
+
+@pytest.fixture(scope="session")
+def google():
+    from seqcast import load_csv
+
+    return load_csv(GOOGLE_TRAIN), load_csv(GOOGLE_TEST)
+
+
+@pytest.fixture
+def small_series():
+    """A short noisy random walk with business-day dates, split into train and the rows after it."""
+    rng = np.random.default_rng(7)
+    n = 140
+    close = 100 + np.cumsum(rng.normal(0, 1, n))
+    frame = pd.DataFrame(
+        {"Open": close + rng.normal(0, 0.3, n), "High": close + 1, "Low": close - 1, "Close": close, "Volume": 1e6},
+        index=pd.bdate_range("2020-01-01", periods=n, name="Date"),
+    )
+    return frame.iloc[:120], frame.iloc[120:]
+
+
+TINY = dict(lookback=10, layers=1, units=8, epochs=2, batch_size=16, dropout=0.0, device="cpu")
