@@ -95,3 +95,141 @@ def test_val_fraction_records_validation_loss(small_series):
     train, _ = small_series
     f = Forecaster(**{**TINY, "val_fraction": 0.2}).fit(train)
     assert len(f.history_.val_loss) == len(f.history_.loss) == 2
+
+
+# ---- features, target transforms, horizons, forecasts (issue 4) -----------------------------------
+
+from seqcast import ConfigError  # noqa: E402
+from seqcast.features import SAME_DAY_SUFFIX, future_index  # noqa: E402
+from seqcast.forecaster import PRESETS  # noqa: E402
+
+
+def _run_model(f, windows):
+    f.model_.eval()
+    with torch.no_grad():
+        return f.model_(torch.tensor(np.ascontiguousarray(windows), dtype=torch.float32)).double().numpy()
+
+
+def test_indicators_drop_warmup_rows_and_scale_each_column_on_training_rows(small_series):
+    train, test = small_series
+    f = Forecaster(**{**TINY, "features": "Open,Close,sma5,rsi6"}).fit(train)
+    assert f.input_columns_ == ["Open", "Close", "sma5", "rsi6"] and f.warmup_rows_ == 6
+    sma5 = train["Open"].rolling(5).mean()
+    expected_max = [train["Open"].iloc[6:].max(), train["Close"].iloc[6:].max(), sma5.iloc[6:].max()]
+    np.testing.assert_allclose(f.input_scaler_.data_max_[:3], expected_max)
+    # The target scaler is the Open column's alone, whatever the number of inputs.
+    np.testing.assert_allclose(f.target_scaler_.data_max_, [train["Open"].iloc[6:].max()])
+    pred = f.predict(train)
+    assert pred.iloc[: 6 + 10].isna().all() and pred.iloc[16:].notna().all()
+    assert f.predict(test).notna().all()
+
+
+def test_diff_target_is_last_known_value_plus_predicted_change(small_series):
+    train, test = small_series
+    f = Forecaster(**{**TINY, "features": "Open,Close", "target_transform": "diff"}).fit(train)
+    changes = np.diff(train["Open"].to_numpy())[10 - 1 :]  # the changes the training windows target
+    np.testing.assert_allclose(f.target_scaler_.data_min_, [changes.min()])
+    combined = pd.concat([train.iloc[-10:], test])[["Open", "Close"]]
+    windows, _ = context_windows(f.input_scaler_.transform(combined.to_numpy()), 10, len(test))
+    change = f.target_scaler_.inverse_transform(_run_model(f, windows))[:, 0]
+    last_known = combined["Open"].to_numpy()[9:-1]
+    np.testing.assert_allclose(f.predict(test).to_numpy(), last_known + change, rtol=1e-9)
+
+
+def test_logret_target_multiplies_last_known_value(small_series):
+    train, test = small_series
+    f = Forecaster(**{**TINY, "target_transform": "logret"}).fit(train)
+    combined = pd.concat([train.iloc[-10:], test])[["Open"]]
+    windows, _ = context_windows(f.input_scaler_.transform(combined.to_numpy()), 10, len(test))
+    logret = f.target_scaler_.inverse_transform(_run_model(f, windows))[:, 0]
+    expected = combined["Open"].to_numpy()[9:-1] * np.exp(logret)
+    np.testing.assert_allclose(f.predict(test).to_numpy(), expected, rtol=1e-9)
+
+
+def test_inputs_never_see_the_predicted_day_unless_same_day_is_asked(small_series):
+    train, test = small_series
+    changed = test.copy()
+    changed.iloc[5, changed.columns.get_loc("Close")] += 50
+    plain = Forecaster(**{**TINY, "features": "Open,Close"}).fit(train)
+    a, b = plain.predict(test), plain.predict(changed)
+    np.testing.assert_array_equal(a.iloc[:6], b.iloc[:6])  # row 5's own Close does not reach row 5
+    assert a.iloc[6] != b.iloc[6]
+    same = Forecaster(**{**TINY, "features": "Open", "same_day": "Close"}).fit(train)
+    assert same.input_columns_ == ["Open", "Close" + SAME_DAY_SUFFIX]
+    c, d = same.predict(test), same.predict(changed)
+    np.testing.assert_array_equal(c.iloc[:5], d.iloc[:5])
+    assert c.iloc[5] != d.iloc[5]  # today's Close now feeds today's Open, as asked
+    with pytest.raises(ConfigError, match="same-day"):
+        same.forecast(3)
+
+
+def test_direct_horizon_columns_and_per_step_scores(small_series):
+    train, test = small_series
+    f = Forecaster(**{**TINY, "features": "Open,logret", "target_transform": "diff", "horizon": 3}).fit(train)
+    table = f.predict_horizons(test)
+    assert list(table.columns) == ["h1", "h2", "h3"] and table.index.equals(test.index)
+    np.testing.assert_allclose(table["h1"].to_numpy(), f.predict(test).to_numpy())
+    # h2 on row i predicts row i+1 from rows before i: last known Open plus the second output.
+    combined = pd.concat([train.iloc[-60:], test])
+    design = np.c_[combined["Open"], np.log(combined["Open"]).diff()]
+    windows, _ = context_windows(f.input_scaler_.transform(design), 10, len(test))
+    outputs = f.target_scaler_.inverse_transform(_run_model(f, windows).reshape(-1, 1)).reshape(-1, 3)
+    np.testing.assert_allclose(table["h2"], combined["Open"].to_numpy()[-len(test) - 1 : -1] + outputs[:, 1], rtol=1e-9)
+    scores = f.score_horizons(test)
+    actual = test["Open"].to_numpy()
+    h3 = table["h3"].to_numpy()[:-2]
+    assert scores.loc["h3", "n"] == len(test) - 2
+    assert scores.loc["h3", "rmse"] == pytest.approx(np.sqrt(np.mean((actual[2:] - h3) ** 2)))
+    forecast = f.forecast()
+    assert list(forecast["step"]) == [1, 2, 3]
+    assert list(forecast.index) == list(future_index(test.index[:0].append(train.index), 3))
+    with pytest.raises(ConfigError, match="--horizon 5"):
+        f.forecast(5)
+
+
+def test_recursive_feeds_back_its_own_predictions(small_series):
+    train, test = small_series
+    params = {**TINY, "features": "Open,sma3,logret,dow", "target_transform": "diff", "horizon": 3, "strategy": "recursive"}
+    f = Forecaster(**params).fit(train)
+    table = f.predict_horizons(test)
+    np.testing.assert_allclose(table["h1"].to_numpy(), f.predict(test).to_numpy())
+    # h2 at row i equals h1 of the series in which row i's Open is replaced by the model's own h1.
+    i = 4
+    fed = test.iloc[: i + 2].copy()
+    fed.iloc[i, fed.columns.get_loc("Open")] = table["h1"].iloc[i]
+    assert f.predict(fed).iloc[i + 1] == pytest.approx(table["h2"].iloc[i], rel=1e-9)
+    future = f.forecast(5, frame=test)
+    assert len(future) == 5 and future.index[0] == test.index[-1] + pd.offsets.BDay()
+    extended = pd.concat([test, pd.DataFrame({"Open": [1.0]}, index=future.index[:1])])
+    assert future["forecast"].iloc[0] == pytest.approx(f.predict(extended).iloc[-1], rel=1e-9)
+    with pytest.raises(ConfigError, match="computable from Open"):
+        Forecaster(**{**params, "features": "Open,Close"}).fit(train)
+
+
+def test_forecast_continues_a_monthly_series_on_its_calendar():
+    rng = np.random.default_rng(3)
+    index = pd.date_range("2010-01-31", periods=60, freq="ME", name="month")
+    series = pd.DataFrame({"rainfall": 80 + 20 * np.sin(np.arange(60) / 1.9) + rng.normal(0, 3, 60)}, index=index)
+    f = Forecaster(**{**TINY, "target": "rainfall", "features": "rainfall,month", "strategy": "recursive"}).fit(series)
+    future = f.forecast(4)
+    assert list(future.index) == list(pd.date_range("2015-01-31", periods=4, freq="ME"))
+    assert future["forecast"].notna().all()
+
+
+def test_save_load_keeps_features_transform_and_horizon(small_series, tmp_path):
+    train, test = small_series
+    params = {**TINY, "features": "Open,Close,rsi5,ema4@Close,range", "target_transform": "logret", "horizon": 2}
+    f = Forecaster(**params).fit(train)
+    f.save(tmp_path / "m")
+    g = Forecaster.load(tmp_path / "m")
+    assert g.input_columns_ == f.input_columns_ and g.warmup_rows_ == f.warmup_rows_
+    pd.testing.assert_frame_equal(f.predict_horizons(test), g.predict_horizons(test))
+    pd.testing.assert_frame_equal(f.forecast(), g.forecast())
+
+
+def test_presets_are_forecaster_params():
+    f = Forecaster.from_preset("indicators", epochs=1)
+    assert f.epochs == 1 and f.features == PRESETS["indicators"]["features"]
+    assert set(PRESETS["indicators"]) <= set(Forecaster().get_params())
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Forecaster.from_preset("magic")

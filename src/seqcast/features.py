@@ -1,18 +1,195 @@
-"""Model inputs built from a validated frame.
+"""Model inputs built from a validated frame: columns, causal indicators, target transforms, calendars.
 
-The seed uses the target column alone; any other numeric columns of the file may be added as inputs.
-Every input is taken from the rows *before* the predicted row (the window ends the day before), so
-same-day values of other columns never leak into a prediction.
+The seed uses the target column alone; any other numeric column of the file may be added as an
+input, and so may built-in indicators named like ``rsi14`` or ``sma20``. Every indicator value on
+row t is computed from rows up to and including t only, and the model sees a row's features only
+when predicting a *later* row (the window ends the day before), so nothing from the predicted day
+leaks in unless the caller asks for it with ``same_day``.
+
+Indicators are named ``<kind><k>`` (``sma20``, ``rsi14``) and apply to the target unless a base
+column is given after ``@`` (``rsi14@Close``). Ranges (``tr``, ``atr14``, ``range``) need High, Low
+and Close; ``volz20`` needs Volume; ``dow`` and ``month`` come from the dates.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 from .data import resolve_column
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+
+TARGET_TRANSFORMS = ("level", "diff", "logret")
+SAME_DAY_SUFFIX = " (same day)"
+
+# kind -> (default k or None when k is required, smallest k, whether it applies to one base column)
+_INDICATORS = {
+    "logret": (None, None, True),
+    "ret": (None, None, True),
+    "sma": (None, 1, True),
+    "ema": (None, 1, True),
+    "rsi": (14, 1, True),
+    "macd": (None, None, True),
+    "macd_signal": (None, None, True),
+    "bb_pctb": (20, 2, True),
+    "bb_width": (20, 2, True),
+    "tr": (None, None, False),
+    "atr": (14, 1, False),
+    "range": (None, None, False),
+    "volz": (20, 2, False),
+    "dow": (None, None, False),
+    "month": (None, None, False),
+}
+_NAME = re.compile(r"^(?P<kind>[a-z_]+?)(?P<k>\d+)?(?:@(?P<base>.+))?$")
+# Exponential smoothers never forget entirely; after this many spans/periods the start of the
+# series weighs less than e^-10 in the value, so a tail that long reproduces it in practice.
+_MEMORY_SPANS = 10
+_MACD_FAST, _MACD_SLOW, _MACD_SIGNAL = 12, 26, 9
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input: a column of the frame, or an indicator computed causally from columns."""
+
+    name: str  # as shown and saved: "Close", "rsi14", "sma20@Close"
+    kind: str  # "column" or an indicator kind
+    k: int | None
+    columns: tuple[str, ...]  # frame columns it reads
+
+    @property
+    def warmup(self) -> int:
+        """Leading rows for which the feature is undefined (NaN)."""
+        k = self.k or 0
+        return {
+            "column": 0, "logret": 1, "ret": 1, "sma": k - 1, "ema": k - 1, "rsi": k,
+            "macd": _MACD_SLOW - 1, "macd_signal": _MACD_SLOW + _MACD_SIGNAL - 2,
+            "bb_pctb": k - 1, "bb_width": k - 1, "tr": 0, "atr": k - 1, "range": 0,
+            "volz": k - 1, "dow": 0, "month": 0,
+        }[self.kind]
+
+    @property
+    def memory(self) -> int:
+        """Rows of history that fix the feature's value on a row (to within e^-10 for smoothers)."""
+        if self.kind in ("ema", "rsi", "atr"):
+            return self.warmup + _MEMORY_SPANS * (self.k or 1)
+        if self.kind in ("macd", "macd_signal"):
+            return self.warmup + _MEMORY_SPANS * (_MACD_SLOW + _MACD_SIGNAL)
+        return self.warmup
+
+    def uses_only(self, column: str) -> bool:
+        """Whether the feature can be computed from `column` (and the dates) alone."""
+        return set(self.columns) <= {column}
+
+    def compute(self, frame: pd.DataFrame) -> np.ndarray:
+        """The feature on every row of `frame` (float64, NaN during warm-up)."""
+        cols = [frame[c].to_numpy(dtype=np.float64) for c in self.columns]
+        kind, k = self.kind, self.k
+        if kind == "column":
+            return cols[0].copy()
+        if kind in ("dow", "month"):
+            if not isinstance(frame.index, pd.DatetimeIndex):
+                raise ConfigError(f"feature {self.name} needs dates as the index, and this series has none")
+            return np.asarray(frame.index.day_of_week if kind == "dow" else frame.index.month, dtype=np.float64)
+        if kind in ("tr", "atr", "range"):
+            high, low, close = cols
+            if kind == "range":
+                return high - low
+            tr = true_range(high, low, close)
+            return tr if kind == "tr" else wilder_average(tr, k, first=0)
+        x = cols[0]
+        if kind in ("logret", "ret"):
+            out = np.full(len(x), np.nan)
+            if kind == "ret":
+                out[1:] = x[1:] / x[:-1] - 1.0
+            else:
+                require_positive(frame, self.columns[0], self.name)
+                out[1:] = np.log(x[1:] / x[:-1])
+            return out
+        series = pd.Series(x)
+        if kind == "sma":
+            return series.rolling(k, min_periods=k).mean().to_numpy()
+        if kind == "ema":
+            return ema(series, k).to_numpy()
+        if kind == "rsi":
+            return rsi(x, k)
+        if kind in ("macd", "macd_signal"):
+            line = ema(series, _MACD_FAST) - ema(series, _MACD_SLOW)
+            return (line if kind == "macd" else ema(line, _MACD_SIGNAL)).to_numpy()
+        if kind in ("bb_pctb", "bb_width", "volz"):
+            mean = series.rolling(k, min_periods=k).mean().to_numpy()
+            std = series.rolling(k, min_periods=k).std(ddof=0).to_numpy()
+            flat = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
+            safe = np.where(flat, 1.0, std)
+            if kind == "volz":
+                return np.where(flat, 0.0, (x - mean) / safe)
+            if kind == "bb_pctb":
+                # %b = (x - lower) / (upper - lower) with bands at mean ± 2 std; a flat window sits mid-band.
+                return np.where(flat, 0.5, (x - (mean - 2 * safe)) / (4 * safe))
+            return 4 * std / mean
+        raise ConfigError(f"unknown feature kind {kind!r}")
+
+
+def ema(series: pd.Series, span: int) -> pd.Series:
+    """Exponential moving average with alpha = 2/(span+1), undefined for the first span-1 values."""
+    first = series.first_valid_index()
+    out = pd.Series(np.nan, index=series.index)
+    if first is None:
+        return out
+    tail = series.loc[first:]
+    out.loc[first:] = tail.ewm(span=span, adjust=False, min_periods=span).mean()
+    return out
+
+
+def wilder_average(values: np.ndarray, k: int, *, first: int) -> np.ndarray:
+    """Wilder's smoothing from `values[first:]`: the mean of the first k, then avg = avg + (v - avg)/k.
+
+    The recursion is a first-order IIR filter, so scipy's lfilter runs it without a Python loop.
+    """
+    out = np.full(len(values), np.nan)
+    start = first + k - 1
+    if start >= len(values):
+        return out
+    seed = float(np.mean(values[first : start + 1]))
+    rest = values[start + 1 :]
+    smoothed, _ = lfilter([1.0 / k], [1.0, -(1.0 - 1.0 / k)], rest, zi=[seed * (1.0 - 1.0 / k)])
+    out[start] = seed
+    out[start + 1 :] = smoothed
+    return out
+
+
+def rsi(x: np.ndarray, k: int) -> np.ndarray:
+    """Wilder's RSI(k) in 0..100: first defined on row k (it needs k changes)."""
+    change = np.diff(np.asarray(x, dtype=np.float64), prepend=np.nan)
+    gain, loss = np.clip(change, 0, None), np.clip(-change, 0, None)
+    avg_gain, avg_loss = wilder_average(gain, k, first=1), wilder_average(loss, k, first=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
+    # No losses at all means RSI 100 (and no movement at all the neutral 50).
+    value = np.where((avg_loss == 0) & (avg_gain > 0), 100.0, value)
+    return np.where((avg_loss == 0) & (avg_gain == 0), 50.0, value)
+
+
+def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """max(high - low, |high - previous close|, |low - previous close|); the first row has no previous close."""
+    prev = np.r_[np.nan, close[:-1]]
+    spans = np.vstack([high - low, np.abs(high - prev), np.abs(low - prev)])
+    return np.nanmax(spans, axis=0)
+
+
+def require_positive(frame: pd.DataFrame, column: str, why: str) -> None:
+    values = frame[column].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~(values > 0))
+    if bad.size:
+        source = frame.attrs.get("source", "<frame>")
+        raise DataError(
+            f"{source}: {why} needs positive values but {column} is {values[bad[0]]} on {frame.index[bad[0]]}: "
+            "use --target-transform diff or a feature without logarithms"
+        )
 
 
 def parse_feature_list(features) -> list[str] | None:
@@ -29,12 +206,172 @@ def parse_feature_list(features) -> list[str] | None:
     return names
 
 
-def input_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | str | None) -> list[str]:
-    """The frame's column names used as inputs: the target alone by default."""
+def parse_features(frame: pd.DataFrame, target: str, features) -> list[Feature]:
+    """Resolve each name to a column of `frame` (case-insensitively) or else to a built-in indicator."""
     source = frame.attrs.get("source", "<frame>")
     names = parse_feature_list(features) or [target]
-    columns = [resolve_column(frame, name, source=source) for name in names]
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    parsed = [_parse_one(frame, target, name, source) for name in names]
+    seen = [f.name for f in parsed]
+    duplicated = sorted({n for n in seen if seen.count(n) > 1})
     if duplicated:
         raise ConfigError(f"features name {', '.join(duplicated)} more than once")
-    return columns
+    return parsed
+
+
+def _parse_one(frame: pd.DataFrame, target: str, name: str, source: str) -> Feature:
+    try:
+        column = resolve_column(frame, name, source=source)
+    except DataError:
+        column = None
+    if column is not None:
+        return Feature(name=column, kind="column", k=None, columns=(column,))
+    match = _NAME.match(name.strip().lower().replace("-", "_"))
+    kind = match["kind"] if match else None
+    if kind not in _INDICATORS:
+        raise ConfigError(
+            f"feature {name!r} is neither a column of {source} ({', '.join(map(str, frame.columns))}) nor an "
+            f"indicator ({', '.join(_INDICATORS)}, e.g. rsi14, sma20, logret, rsi14@Close)"
+        )
+    default_k, min_k, single = _INDICATORS[kind]
+    raw_k = match["k"]
+    if min_k is None and raw_k is not None:
+        raise ConfigError(f"feature {name!r}: {kind} takes no window length; write {kind}")
+    k = int(raw_k) if raw_k is not None else default_k
+    if min_k is not None and k is None:
+        raise ConfigError(f"feature {name!r} needs a window length, e.g. {kind}20")
+    if min_k is not None and k < min_k:
+        raise ConfigError(f"feature {name!r}: the window length must be at least {min_k}")
+    suffix = "" if k is None else str(k)
+    base_text = name.split("@", 1)[1].strip() if "@" in name else None
+    if not single and base_text is not None:
+        raise ConfigError(f"feature {name!r}: {kind} takes no @column")
+    if single:
+        base = resolve_column(frame, base_text or target, source=source)
+        shown = f"{kind}{suffix}" + ("" if base == target else f"@{base}")
+        return Feature(name=shown, kind=kind, k=k, columns=(base,))
+    if kind in ("dow", "month"):
+        columns: tuple[str, ...] = ()
+    elif kind == "volz":
+        columns = (resolve_column(frame, "Volume", source=source),)
+    else:
+        columns = tuple(resolve_column(frame, c, source=source) for c in ("High", "Low", "Close"))
+    return Feature(name=f"{kind}{suffix}", kind=kind, k=k, columns=columns)
+
+
+def input_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | str | None) -> list[str]:
+    """The names of the model inputs (columns as the frame spells them, indicators by name)."""
+    return [f.name for f in parse_features(frame, target, features)]
+
+
+def parse_same_day(frame: pd.DataFrame, target: str, same_day) -> list[str]:
+    """Columns whose value on the predicted day itself is an input (only when asked for)."""
+    source = frame.attrs.get("source", "<frame>")
+    names = parse_feature_list(same_day) if same_day not in (None, "") else None
+    columns = [resolve_column(frame, n, source=source) for n in names or []]
+    if target in columns:
+        raise ConfigError(f"same_day cannot include the target {target}: its same-day value is the answer")
+    return list(dict.fromkeys(columns))
+
+
+def feature_matrix(frame: pd.DataFrame, features: Sequence[Feature], same_day: Sequence[str] = ()) -> pd.DataFrame:
+    """One column per feature, plus each same-day column moved one row up.
+
+    The model predicts row t from feature rows t-lookback..t-1; a same-day column's row t-1 holds
+    its value on row t, which is how "today's Close" reaches a prediction of today's Open. Its last
+    row is NaN (the next day's value is unknown).
+    """
+    data = {f.name: f.compute(frame) for f in features}
+    for column in same_day:
+        data[column + SAME_DAY_SUFFIX] = frame[column].shift(-1).to_numpy(dtype=np.float64)
+    return pd.DataFrame(data, index=frame.index)
+
+
+# ---- target transforms -------------------------------------------------------------------------
+
+
+def target_matrix(levels: np.ndarray, kind: str, horizon: int) -> np.ndarray:
+    """(T, horizon) training targets: row t, column h-1 is level[t+h-1] as `kind` relative to level[t-1].
+
+    "level" is the level itself, "diff" the change from the last known value level[t-1], "logret"
+    the log of their ratio. Cells that need rows outside the series are NaN.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    n = len(levels)
+    out = np.full((n, horizon), np.nan)
+    for h in range(horizon):
+        ahead = np.full(n, np.nan)
+        ahead[: n - h] = levels[h:]
+        anchor = np.r_[np.nan, levels[:-1]]
+        out[:, h] = transform_target(ahead, anchor, kind)
+    return out
+
+
+def transform_target(values: np.ndarray, anchor: np.ndarray, kind: str) -> np.ndarray:
+    """`values` as the model learns them, relative to the last known level `anchor`."""
+    if kind == "level":
+        return np.asarray(values, dtype=np.float64).copy()
+    if kind == "diff":
+        return values - anchor
+    if kind == "logret":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(values / anchor)
+    raise ConfigError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {kind!r}")
+
+
+def inverse_target(learned: np.ndarray, anchor: np.ndarray, kind: str) -> np.ndarray:
+    """Levels from the learned values and the last known level (broadcast over horizon columns)."""
+    learned = np.asarray(learned, dtype=np.float64)
+    anchor = np.asarray(anchor, dtype=np.float64)
+    if learned.ndim == 2 and anchor.ndim == 1:
+        anchor = anchor[:, None]
+    if kind == "level":
+        return learned.copy()
+    if kind == "diff":
+        return anchor + learned
+    if kind == "logret":
+        return anchor * np.exp(learned)
+    raise ConfigError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {kind!r}")
+
+
+# ---- calendars ---------------------------------------------------------------------------------
+
+
+def future_index(index: pd.Index, n: int) -> pd.Index:
+    """The `n` dates after the last one, on the series' own calendar.
+
+    Weekday-only daily history (stock files) continues on business days, a series with weekend rows
+    continues every day, and anything else uses pandas' inferred frequency or, failing that, the
+    median spacing (calendar months when the spacing is about a month). A non-date index continues
+    counting.
+    """
+    if not isinstance(index, pd.DatetimeIndex):
+        last = index[-1] if len(index) else -1
+        step = int(np.median(np.diff(np.asarray(index, dtype=np.int64)))) if len(index) > 1 else 1
+        return pd.Index([last + step * (i + 1) for i in range(n)])
+    if len(index) < 2:
+        raise DataError("one dated row is not enough to tell the series' calendar: give at least two rows")
+    return pd.DatetimeIndex(pd.date_range(index[-1], periods=n + 1, freq=infer_calendar(index))[1:], name=index.name)
+
+
+def infer_calendar(index: pd.DatetimeIndex):
+    """A pandas offset describing how `index` advances (see :func:`future_index`)."""
+    recent = index[-min(len(index), 60) :]
+    spacing = pd.Series(recent[1:] - recent[:-1])
+    median = spacing.median()
+    if median <= pd.Timedelta(days=1) and (recent.normalize() == recent).all():
+        weekend = (recent.day_of_week >= 5).any()
+        if weekend:
+            return pd.offsets.Day()
+        return pd.offsets.BDay()
+    inferred = pd.DatetimeIndex(recent.to_numpy(), freq="infer").freq if len(recent) >= 3 else None
+    if inferred is not None:
+        return inferred
+    if pd.Timedelta(days=27) <= median <= pd.Timedelta(days=32):
+        if recent.is_month_end.all():
+            return pd.offsets.MonthEnd()
+        if (recent.day == 1).all():
+            return pd.offsets.MonthBegin()
+        return pd.DateOffset(months=1)
+    if (recent.normalize() == recent).all() and median.days >= 1:
+        return pd.DateOffset(days=int(round(median / pd.Timedelta(days=1))))
+    return pd.tseries.frequencies.to_offset(median)

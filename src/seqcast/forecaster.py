@@ -13,7 +13,18 @@ from . import __version__
 from .artifacts import read_model_dir, write_model_dir
 from .data import resolve_column
 from .errors import ArtifactError, ConfigError, DataError
-from .features import input_columns
+from .features import (
+    SAME_DAY_SUFFIX,
+    TARGET_TRANSFORMS,
+    Feature,
+    feature_matrix,
+    future_index,
+    inverse_target,
+    parse_features,
+    parse_same_day,
+    require_positive,
+    target_matrix,
+)
 from .models import build_model
 from .training import History, predict_batches, resolve_device, train_model
 from .windows import (
@@ -21,11 +32,26 @@ from .windows import (
     fit_scaler,
     scaler_from_dict,
     scaler_to_dict,
-    supervised_windows,
+    sliding_windows,
     with_context,
 )
 
 _JSON_FILES = ("config.json", "scaler.json", "state.json")
+STRATEGIES = ("direct", "recursive")
+
+# Named bundles of Forecaster parameters: Forecaster(**PRESETS["indicators"]) or --preset indicators.
+PRESETS: dict[str, dict] = {
+    "indicators": dict(
+        features="Open,Close,logret,rsi14",
+        target_transform="diff",
+        lookback=20,
+        layers=1,
+        units=32,
+        dropout=0.0,
+        epochs=30,
+        batch_size=32,
+    ),
+}
 
 
 class Forecaster(RegressorMixin, BaseEstimator):
@@ -43,6 +69,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
         features=None,
         lookback: int = 60,
         horizon: int = 1,
+        target_transform: str = "level",
+        strategy: str = "direct",
+        same_day=None,
         cell: str = "lstm",
         layers: int = 4,
         units: int = 50,
@@ -65,6 +94,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.features = features
         self.lookback = lookback
         self.horizon = horizon
+        self.target_transform = target_transform
+        self.strategy = strategy
+        self.same_day = same_day
         self.cell = cell
         self.layers = layers
         self.units = units
@@ -92,6 +124,19 @@ class Forecaster(RegressorMixin, BaseEstimator):
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not float(self.lr) > 0:
             raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if self.target_transform not in TARGET_TRANSFORMS:
+            raise ConfigError(
+                f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {self.target_transform!r}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "Forecaster":
+        """A Forecaster with the parameters of a named preset (see PRESETS), any of them overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def _frame(self, X, y=None) -> pd.DataFrame:
         if not isinstance(X, pd.DataFrame):
@@ -126,16 +171,22 @@ class Forecaster(RegressorMixin, BaseEstimator):
         frame = self._frame(X, y)
         source = frame.attrs.get("source", "<frame>")
         self.target_ = resolve_column(frame, self.target, source=source)
-        self.input_columns_ = input_columns(frame, self.target_, self.features)
-        self.n_features_in_ = len(self.input_columns_)
-        inputs = self._values(frame, self.input_columns_)
-        target = self._values(frame, [self.target_])[:, 0]
+        self._set_features(
+            parse_features(frame, self.target_, self.features), parse_same_day(frame, self.target_, self.same_day)
+        )
+        raw = frame[self.required_columns_]
+        self._values(raw, self.required_columns_)
+        levels = self._values(frame, [self.target_])[:, 0]
+        if self.target_transform == "logret":
+            require_positive(frame, self.target_, "target_transform logret")
 
-        n_windows = len(frame) - self.lookback - self.horizon + 1
+        w, n_out = self.warmup_rows_, self.n_outputs_
+        n_windows = len(frame) - w - self.lookback - n_out + 1
         if n_windows < 1:
+            warm = f" plus {w} warm-up rows for the indicators" if w else ""
             raise DataError(
-                f"{source} has {len(frame)} rows; lookback {self.lookback} and horizon {self.horizon} need at "
-                f"least {self.lookback + self.horizon}: give more history or lower --lookback"
+                f"{source} has {len(frame)} rows; lookback {self.lookback} and horizon {n_out}{warm} need at "
+                f"least {w + self.lookback + n_out}: give more history or lower --lookback"
             )
         n_val = int(round(n_windows * float(self.val_fraction)))
         if self.val_fraction and not 1 <= n_val < n_windows:
@@ -143,16 +194,22 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 f"val_fraction {self.val_fraction} of {n_windows} windows leaves no validation or no training "
                 "windows: change --val-fraction or give more rows"
             )
-        # The scaler sees only the rows the training windows' targets reach, never validation targets.
+        design = feature_matrix(raw, self.features_, self.same_day_columns_)
+        self._check_design(design, source, last=len(frame) - n_out - 1)
+        design = design.to_numpy()
+        first = w + self.lookback
+        targets = target_matrix(levels, self.target_transform, n_out)[first : first + n_windows]
+        # The scalers see only the rows the training windows' targets reach, never validation targets;
+        # each input column has its own scaler, and the target's inverse uses the target scaler alone.
         fit_rows = len(frame) - n_val
-        self.input_scaler_ = fit_scaler(inputs[:fit_rows])
-        self.target_scaler_ = fit_scaler(target[:fit_rows])
-        X_all, y_all = supervised_windows(
-            self.input_scaler_.transform(inputs),
-            self.target_scaler_.transform(target[:, None])[:, 0],
-            self.lookback,
-            self.horizon,
-        )
+        self.input_scaler_ = fit_scaler(design[w:fit_rows])
+        if self.target_transform == "level":
+            # The seed's choice, kept so its numbers reproduce: every training level, not only window targets.
+            self.target_scaler_ = fit_scaler(levels[w:fit_rows])
+        else:
+            self.target_scaler_ = fit_scaler(targets[: n_windows - n_val].reshape(-1, 1))
+        X_all = sliding_windows(self.input_scaler_.transform(design)[w:], self.lookback)[:n_windows]
+        y_all = self.target_scaler_.transform(targets.reshape(-1, 1)).reshape(targets.shape)
         X_train, y_train = X_all[: n_windows - n_val], y_all[: n_windows - n_val]
         X_val, y_val = (X_all[n_windows - n_val :], y_all[n_windows - n_val :]) if n_val else (None, None)
 
@@ -176,10 +233,45 @@ class Forecaster(RegressorMixin, BaseEstimator):
             verbose=self.verbose,
             device=self.device_,
         )
-        self.context_ = frame[self.input_columns_].iloc[-self.lookback :].astype(np.float64)
+        self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
         self.train_start_, self.train_end_ = frame.index[0], frame.index[-1]
         return self
+
+    def _set_features(self, features: list[Feature], same_day: list[str]) -> None:
+        """Fitted attributes that follow from the parsed features (shared by fit and load)."""
+        if self.strategy == "recursive":
+            foreign = [f.name for f in features if not f.uses_only(self.target_)]
+            if foreign or same_day:
+                names = ", ".join(foreign + [c + SAME_DAY_SUFFIX for c in same_day])
+                raise ConfigError(
+                    f"strategy recursive feeds back predicted {self.target_} values only, so every input must be "
+                    f"computable from {self.target_} and the dates; {names} cannot be: drop them or use "
+                    "--strategy direct"
+                )
+        self.features_ = features
+        self.same_day_columns_ = same_day
+        self.input_columns_ = [f.name for f in features] + [c + SAME_DAY_SUFFIX for c in same_day]
+        self.n_features_in_ = len(self.input_columns_)
+        needs_target = self.target_transform != "level" or self.strategy == "recursive"
+        used = [c for f in features for c in f.columns] + list(same_day)
+        if needs_target or not used:
+            used.append(self.target_)
+        self.required_columns_ = list(dict.fromkeys(used))
+        self.warmup_rows_ = max(f.warmup for f in features)
+        self.context_rows_ = self.lookback + max(f.memory for f in features)
+        self.n_outputs_ = self.horizon if self.strategy == "direct" else 1
+
+    def _check_design(self, design: pd.DataFrame, source: str, *, last: int) -> None:
+        """Every feature value a window can reach (rows warmup..last) must be a finite number."""
+        block = design.iloc[self.warmup_rows_ : last + 1]
+        bad = ~np.isfinite(block.to_numpy())
+        if bad.any():
+            row, col = map(int, np.argwhere(bad)[0])
+            raise DataError(
+                f"{source}: feature {block.columns[col]} is {block.iat[row, col]} on {block.index[row]} "
+                "(a zero or flat stretch in its input column?): drop that feature or fix the data"
+            )
 
     def _build_model(self):
         return build_model(
@@ -188,30 +280,159 @@ class Forecaster(RegressorMixin, BaseEstimator):
             layers=self.layers,
             units=self.units,
             dropout=self.dropout,
-            horizon=self.horizon,
+            horizon=self.n_outputs_,
             nonlinearity=self.nonlinearity,
             seed=self.seed,
         ).to(self.device_)
 
+    def _combined(self, X) -> pd.DataFrame:
+        """X's required columns, after the remembered training tail when X starts later."""
+        frame = self._frame(X)
+        source = frame.attrs.get("source", "<frame>")
+        columns = [resolve_column(frame, c, source=source) for c in self.required_columns_]
+        raw = frame[columns].set_axis(self.required_columns_, axis=1)
+        combined, _ = with_context(raw, self.context_)
+        combined.attrs = {"source": source}
+        self._values(combined, self.required_columns_)
+        return combined
+
+    def _scaled_design(self, combined: pd.DataFrame, *, last: int) -> np.ndarray:
+        design = feature_matrix(combined, self.features_, self.same_day_columns_)
+        self._check_design(design, combined.attrs.get("source", "<frame>"), last=last)
+        return self.input_scaler_.transform(design.to_numpy())
+
+    def _levels(self, learned: np.ndarray, anchor) -> np.ndarray:
+        """Model outputs (scaled, shape (N, H)) as price levels, anchored on the last known levels."""
+        unscaled = self.target_scaler_.inverse_transform(learned.reshape(-1, 1)).reshape(learned.shape)
+        return inverse_target(unscaled, anchor, self.target_transform)
+
+    def _windows(self, combined: pd.DataFrame, n_rows: int):
+        """Windows for the last n_rows rows of `combined`, positions among those rows, and the anchors."""
+        scaled = self._scaled_design(combined, last=len(combined) - 2)
+        usable = scaled[self.warmup_rows_ :]
+        n = min(n_rows, len(usable))
+        windows, rows = context_windows(usable, self.lookback, n)
+        rows = rows + (n_rows - n)
+        positions = len(combined) - n_rows + rows
+        anchors = combined[self.target_].to_numpy()[positions - 1] if self.target_ in combined else None
+        return windows, rows, positions, anchors
+
     def predict(self, X) -> pd.Series:
-        """One-step predictions aligned to X's rows; NaN where a row has fewer than `lookback` rows before it.
+        """One-step predictions aligned to X's rows; NaN where a row has too little history before it.
 
         When X starts after the training rows, the remembered training tail is the context, so every
-        row of X gets a prediction made only from real values before it.
+        row of X gets a prediction made only from real values before it (and, only when `same_day`
+        names columns, those columns' values on the predicted day itself).
         """
         check_is_fitted(self, "model_")
         frame = self._frame(X)
-        source = frame.attrs.get("source", "<frame>")
-        columns = [resolve_column(frame, c, source=source) for c in self.input_columns_]
-        inputs = frame[columns].set_axis(self.input_columns_, axis=1)
-        combined, _ = with_context(inputs, self.context_)
-        scaled = self.input_scaler_.transform(self._values(combined, self.input_columns_))
-        windows, rows = context_windows(scaled, self.lookback, len(frame))
+        combined = self._combined(frame)
+        windows, rows, _, anchors = self._windows(combined, len(frame))
         out = np.full(len(frame), np.nan)
         if len(windows):
-            scaled_pred = predict_batches(self.model_, windows, device=self.device_)[:, :1]
-            out[rows] = self.target_scaler_.inverse_transform(scaled_pred)[:, 0]
+            learned = predict_batches(self.model_, windows, device=self.device_)[:, :1]
+            out[rows] = self._levels(learned, anchors)[:, 0]
         return pd.Series(out, index=frame.index, name=self.target_)
+
+    def predict_horizons(self, X) -> pd.DataFrame:
+        """Forecasts of the next `horizon` rows issued at each row of X, from the rows before it.
+
+        Row t, column "hk" is the prediction for the row k-1 after t (so "h1" is :meth:`predict`), made
+        with data up to the row before t: the forecast one would have issued on the morning of t.
+        """
+        check_is_fitted(self, "model_")
+        frame = self._frame(X)
+        combined = self._combined(frame)
+        columns = [f"h{k}" for k in range(1, self.horizon + 1)]
+        out = np.full((len(frame), self.horizon), np.nan)
+        windows, rows, positions, anchors = self._windows(combined, len(frame))
+        if len(windows) and self.strategy == "direct":
+            learned = predict_batches(self.model_, windows, device=self.device_)
+            out[rows] = self._levels(learned, anchors)
+        elif len(windows):
+            histories = [combined.iloc[max(0, p - self.context_rows_) : p] for p in positions]
+            dates = [_dates_from(combined.index, p, self.horizon) for p in positions]
+            out[rows] = self._roll(histories, dates)
+        return pd.DataFrame(out, index=frame.index, columns=columns)
+
+    def _roll(self, histories: list[pd.DataFrame], dates: list[pd.Index]) -> np.ndarray:
+        """Recursive forecasts: predict one step, append it as if observed, repeat (one batch per step)."""
+        steps = len(dates[0])
+        out = np.empty((len(histories), steps))
+        target = self.target_
+        values = [h[target].to_numpy(dtype=np.float64) for h in histories]
+        indexes = [h.index for h in histories]
+        for step in range(steps):
+            windows = []
+            for i in range(len(histories)):
+                current = pd.DataFrame({target: values[i]}, index=indexes[i])
+                scaled = self._scaled_design(current, last=len(current) - 1)
+                windows.append(scaled[-self.lookback :])
+            learned = predict_batches(self.model_, np.stack(windows), device=self.device_)
+            anchors = np.array([v[-1] for v in values])
+            out[:, step] = self._levels(learned, anchors)[:, 0]
+            for i in range(len(histories)):
+                keep = self.context_rows_ - 1
+                values[i] = np.r_[values[i][-keep:], out[i, step]]
+                indexes[i] = indexes[i][-keep:].append(dates[i][step : step + 1])
+        return out
+
+    def forecast(self, horizon: int | None = None, frame=None) -> pd.DataFrame:
+        """Levels for the `horizon` dates after the last row of `frame` (default: of the training data).
+
+        The dates follow the series' own calendar (business days for weekday-only history, every day
+        when weekends occur, else the inferred frequency). Returns columns ``step`` and ``forecast``.
+        """
+        check_is_fitted(self, "model_")
+        horizon = self.horizon if horizon is None else horizon
+        if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
+        if self.same_day_columns_:
+            raise ConfigError(
+                f"this model reads same-day values of {', '.join(self.same_day_columns_)}, which are unknown "
+                "after the last row: retrain without --same-day to forecast beyond the data"
+            )
+        if self.strategy == "direct" and horizon > self.horizon:
+            raise ConfigError(
+                f"this model was trained to predict {self.horizon} step(s) directly; for {horizon} steps retrain "
+                f"with --horizon {horizon}, or with --strategy recursive"
+            )
+        combined = self.context_ if frame is None else self._combined(frame)
+        if len(combined) < self.warmup_rows_ + self.lookback:
+            source = combined.attrs.get("source", "the data")
+            raise DataError(
+                f"{source} has {len(combined)} rows; forecasting needs the last {self.warmup_rows_ + self.lookback} "
+                "(lookback plus indicator warm-up): give more history"
+            )
+        dates = future_index(combined.index, horizon)
+        if self.strategy == "direct":
+            scaled = self._scaled_design(combined, last=len(combined) - 1)
+            learned = predict_batches(self.model_, scaled[None, -self.lookback :], device=self.device_)
+            anchor = combined[self.target_].to_numpy()[-1:] if self.target_ in combined else None
+            levels = self._levels(learned[:, :horizon], anchor)[0]
+        else:
+            levels = self._roll([combined.iloc[-self.context_rows_ :]], [dates])[0]
+        out = pd.DataFrame({"step": np.arange(1, horizon + 1), "forecast": levels}, index=dates)
+        out.index.name = "date"
+        return out
+
+    def score_horizons(self, X) -> pd.DataFrame:
+        """RMSE and MAE of :meth:`predict_horizons` at each step h = 1..horizon, on X's actual target."""
+        predicted = self.predict_horizons(X)
+        frame = self._frame(X)
+        actual = frame[resolve_column(frame, self.target_, source=frame.attrs.get("source", "<frame>"))]
+        rows = {}
+        for k, column in enumerate(predicted.columns):
+            error = (actual.shift(-k) - predicted[column]).to_numpy(dtype=np.float64)
+            error = error[np.isfinite(error)]
+            rows[column] = {
+                "rmse": float(np.sqrt(np.mean(error**2))) if error.size else float("nan"),
+                "mae": float(np.mean(np.abs(error))) if error.size else float("nan"),
+                "n": int(error.size),
+            }
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.index.name = "step"
+        return table
 
     def save(self, directory) -> "Forecaster":
         check_is_fitted(self, "model_")
@@ -221,6 +442,11 @@ class Forecaster(RegressorMixin, BaseEstimator):
             "params": self.get_params(),
             "target": self.target_,
             "input_columns": self.input_columns_,
+            "features": [f.name for f in self.features_],
+            "required_columns": self.required_columns_,
+            "same_day_inputs": self.same_day_columns_,
+            "warmup_rows": self.warmup_rows_,
+            "target_transform": self.target_transform,
             "n_train_rows": self.n_train_rows_,
             "train_start": _stamp(self.train_start_),
             "train_end": _stamp(self.train_end_),
@@ -254,8 +480,13 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 params["device"] = device
             est = cls(**params)
             est.target_ = config["target"]
-            est.input_columns_ = list(config["input_columns"])
-            est.n_features_in_ = len(est.input_columns_)
+            required = list(config.get("required_columns", config["input_columns"]))
+            columns = pd.DataFrame(columns=list(dict.fromkeys([*required, est.target_])))
+            columns.attrs["source"] = str(directory)
+            est._set_features(
+                parse_features(columns, est.target_, config.get("features", config["input_columns"])),
+                list(config.get("same_day_inputs", [])),
+            )
             est.n_train_rows_ = int(config["n_train_rows"])
             est.train_start_ = _unstamp(config["train_start"])
             est.train_end_ = _unstamp(config["train_end"])
@@ -263,15 +494,23 @@ class Forecaster(RegressorMixin, BaseEstimator):
             est.target_scaler_ = scaler_from_dict(scalers["target"])
             ctx = state["context"]
             index = pd.DatetimeIndex(ctx["index"]) if ctx["datetime_index"] else pd.Index(ctx["index"])
-            est.context_ = pd.DataFrame(ctx["values"], index=index, columns=est.input_columns_, dtype=np.float64)
+            est.context_ = pd.DataFrame(ctx["values"], index=index, columns=est.required_columns_, dtype=np.float64)
             est.history_ = History.from_dict(state["history"])
             est.device_ = str(resolve_device(est.device))
             est.model_ = est._build_model()
             est.model_.load_state_dict(tensors, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError, ConfigError, DataError) as exc:
             raise ArtifactError(f"{directory}: the saved model does not fit its config ({exc})") from exc
         est.model_.eval()
         return est
+
+
+def _dates_from(index: pd.Index, position: int, n: int) -> pd.Index:
+    """The n dates from `position` on: the frame's own where it has them, the series' calendar after."""
+    known = index[position : position + n]
+    if len(known) == n:
+        return known
+    return known.append(future_index(index, n - len(known)))
 
 
 def _stamp(value):

@@ -1,0 +1,206 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from seqcast.errors import ConfigError, DataError
+from seqcast.features import (
+    SAME_DAY_SUFFIX,
+    feature_matrix,
+    future_index,
+    inverse_target,
+    parse_features,
+    parse_same_day,
+    target_matrix,
+    transform_target,
+)
+
+
+@pytest.fixture
+def prices():
+    rng = np.random.default_rng(11)
+    n = 90
+    close = 50 + np.cumsum(rng.normal(0, 1, n))
+    high = close + rng.uniform(0.1, 2, n)
+    low = close - rng.uniform(0.1, 2, n)
+    return pd.DataFrame(
+        {"Open": close + rng.normal(0, 0.5, n), "High": high, "Low": low, "Close": close,
+         "Volume": rng.uniform(1e5, 1e6, n)},
+        index=pd.bdate_range("2021-03-01", periods=n, name="Date"),
+    )
+
+
+def compute(frame, name, target="Close"):
+    (feature,) = parse_features(frame, target, name)
+    return feature.compute(frame)
+
+
+# ---- independent references: plain loops over the definitions ------------------------------------
+
+
+def ema_loop(x, span, first=0):
+    alpha = 2 / (span + 1)
+    out = np.full(len(x), np.nan)
+    value = x[first]
+    for t in range(first, len(x)):
+        value = x[t] if t == first else alpha * x[t] + (1 - alpha) * value
+        if t - first >= span - 1:
+            out[t] = value
+    return out
+
+
+def wilder_loop(values, k, first):
+    out = np.full(len(values), np.nan)
+    avg = None
+    for t in range(first, len(values)):
+        if t == first + k - 1:
+            avg = sum(values[first : t + 1]) / k
+        elif avg is not None:
+            avg = (avg * (k - 1) + values[t]) / k
+        if avg is not None:
+            out[t] = avg
+    return out
+
+
+def rsi_loop(x, k):
+    gains = [0.0] + [max(x[t] - x[t - 1], 0.0) for t in range(1, len(x))]
+    losses = [0.0] + [max(x[t - 1] - x[t], 0.0) for t in range(1, len(x))]
+    g, l_ = wilder_loop(gains, k, 1), wilder_loop(losses, k, 1)
+    return np.array([np.nan if np.isnan(a) else (100.0 if b == 0 else 100 - 100 / (1 + a / b)) for a, b in zip(g, l_)])
+
+
+def test_returns_and_moving_averages_match_loops(prices):
+    x = prices["Close"].to_numpy()
+    expected_ret = np.r_[np.nan, [x[t] / x[t - 1] - 1 for t in range(1, len(x))]]
+    np.testing.assert_allclose(compute(prices, "ret"), expected_ret)
+    np.testing.assert_allclose(compute(prices, "logret"), np.log1p(expected_ret))
+    sma = np.array([np.nan if t < 19 else np.mean(x[t - 19 : t + 1]) for t in range(len(x))])
+    np.testing.assert_allclose(compute(prices, "sma20"), sma)
+    np.testing.assert_allclose(compute(prices, "ema10"), ema_loop(x, 10))
+
+
+def test_rsi_is_wilders_definition(prices):
+    x = prices["Close"].to_numpy()
+    ours = compute(prices, "rsi14")
+    assert np.isnan(ours[:14]).all() and np.isfinite(ours[14:]).all()
+    np.testing.assert_allclose(ours, rsi_loop(x, 14))
+    rising = prices.assign(Close=np.arange(1.0, len(prices) + 1))
+    assert (compute(rising, "rsi5")[5:] == 100).all()
+
+
+def test_macd_line_and_signal_match_loops(prices):
+    x = prices["Close"].to_numpy()
+    line = ema_loop(x, 12) - ema_loop(x, 26)
+    np.testing.assert_allclose(compute(prices, "macd"), line)
+    signal = ema_loop(np.nan_to_num(line), 9, first=25)
+    ours = compute(prices, "macd_signal")
+    assert np.isnan(ours[:33]).all()
+    np.testing.assert_allclose(ours, signal)
+
+
+def test_bollinger_ranges_and_volume_match_loops(prices):
+    x, v = prices["Close"].to_numpy(), prices["Volume"].to_numpy()
+    k = 10
+    pctb, width, volz = (np.full(len(x), np.nan) for _ in range(3))
+    for t in range(k - 1, len(x)):
+        m, s = np.mean(x[t - k + 1 : t + 1]), np.std(x[t - k + 1 : t + 1])
+        pctb[t] = (x[t] - (m - 2 * s)) / (4 * s)
+        width[t] = 4 * s / m
+        volz[t] = (v[t] - np.mean(v[t - k + 1 : t + 1])) / np.std(v[t - k + 1 : t + 1])
+    np.testing.assert_allclose(compute(prices, "bb_pctb10"), pctb)
+    np.testing.assert_allclose(compute(prices, "bb_width10"), width)
+    np.testing.assert_allclose(compute(prices, "volz10"), volz)
+    h, lo, c = prices["High"].to_numpy(), prices["Low"].to_numpy(), prices["Close"].to_numpy()
+    tr = [h[0] - lo[0]] + [max(h[t] - lo[t], abs(h[t] - c[t - 1]), abs(lo[t] - c[t - 1])) for t in range(1, len(c))]
+    np.testing.assert_allclose(compute(prices, "tr"), tr)
+    np.testing.assert_allclose(compute(prices, "atr14"), wilder_loop(tr, 14, 0))
+    np.testing.assert_allclose(compute(prices, "range"), h - lo)
+    np.testing.assert_array_equal(compute(prices, "dow"), [d.weekday() for d in prices.index])
+    np.testing.assert_array_equal(compute(prices, "month"), [d.month for d in prices.index])
+
+
+ALL = "Close,logret,ret,sma5,ema7,rsi14,macd,macd_signal,bb_pctb20,bb_width20,tr,atr14,range,volz20,dow,month,rsi6@Open"
+
+
+def test_every_feature_is_causal(prices):
+    """Changing row j never changes any feature on rows before j."""
+    features = parse_features(prices, "Close", ALL)
+    base = feature_matrix(prices, features).to_numpy()
+    for j in (5, 30, 60, 89):
+        changed = prices.copy()
+        changed.iloc[j, :] = changed.iloc[j, :] * 1.5
+        after = feature_matrix(changed, features).to_numpy()
+        np.testing.assert_array_equal(after[:j], base[:j])
+        assert not np.allclose(np.nan_to_num(after[j:]), np.nan_to_num(base[j:]))
+
+
+def test_warmup_is_exactly_the_leading_nan_rows(prices):
+    for feature in parse_features(prices, "Close", ALL):
+        values = feature.compute(prices)
+        assert np.isnan(values[: feature.warmup]).all(), feature.name
+        assert np.isfinite(values[feature.warmup :]).all(), feature.name
+
+
+def test_names_resolve_columns_first_case_insensitively_and_indicators_by_pattern(prices):
+    names = [f.name for f in parse_features(prices, "Open", "close, RSI14,sma20@close,logret, volume")]
+    assert names == ["Close", "rsi14", "sma20@Close", "logret", "Volume"]
+    (rsi_close,) = parse_features(prices, "Open", "rsi@Close")
+    assert rsi_close.name == "rsi14@Close" and rsi_close.columns == ("Close",)
+    for bad, message in [
+        ("wobble7", "neither a column"),
+        ("sma", "needs a window length"),
+        ("logret5", "takes no window"),
+        ("bb_pctb1", "at least 2"),
+        ("Close,close", "more than once"),
+        ("atr14@Close", "takes no @column"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_features(prices, "Open", bad)
+    with pytest.raises(DataError, match="no column 'High'"):
+        parse_features(prices.drop(columns="High"), "Open", "tr")
+
+
+def test_same_day_columns_move_one_row_up_and_never_the_target(prices):
+    same = parse_same_day(prices, "Open", "close")
+    design = feature_matrix(prices, parse_features(prices, "Open", None), same)
+    assert list(design.columns) == ["Open", "Close" + SAME_DAY_SUFFIX]
+    np.testing.assert_array_equal(design["Close" + SAME_DAY_SUFFIX].to_numpy()[:-1], prices["Close"].to_numpy()[1:])
+    assert np.isnan(design.iloc[-1, 1])
+    with pytest.raises(ConfigError, match="cannot include the target"):
+        parse_same_day(prices, "Open", "open")
+
+
+@pytest.mark.parametrize("kind", ["level", "diff", "logret"])
+def test_each_target_transform_inverts_exactly(prices, kind):
+    levels = prices["Open"].to_numpy()
+    horizon = 4
+    learned = target_matrix(levels, kind, horizon)
+    anchor = np.r_[np.nan, levels[:-1]]
+    recovered = inverse_target(learned, anchor, kind)
+    for h in range(horizon):
+        expected = np.r_[levels[h:], [np.nan] * h]
+        if kind != "level":
+            expected[0] = np.nan  # row 0 has no last known value
+        np.testing.assert_allclose(recovered[:, h], expected, rtol=1e-12, equal_nan=True)
+    one_step = transform_target(levels[1:], levels[:-1], kind)
+    np.testing.assert_allclose(inverse_target(one_step, levels[:-1], kind), levels[1:], rtol=1e-12)
+    if kind == "diff":
+        np.testing.assert_allclose(learned[1:, 0], np.diff(levels))
+        np.testing.assert_allclose(learned[1:-1, 1], levels[2:] - levels[:-2])
+
+
+def test_future_dates_follow_each_series_calendar():
+    stock = pd.bdate_range("2023-12-20", periods=10)  # includes a Friday
+    nxt = future_index(stock.delete(3), 4)  # a holiday gap does not change the calendar
+    assert list(nxt) == list(pd.bdate_range(stock[-1] + pd.offsets.BDay(), periods=4))
+    assert all(d.weekday() < 5 for d in nxt)
+    crypto = pd.date_range("2024-01-01", periods=30, freq="D")
+    assert list(future_index(crypto, 3)) == list(pd.date_range("2024-01-31", periods=3, freq="D"))
+    month_end = pd.date_range("2020-01-31", periods=24, freq="ME")
+    assert list(future_index(month_end, 2)) == [pd.Timestamp("2022-01-31"), pd.Timestamp("2022-02-28")]
+    month_start = pd.date_range("2020-01-01", periods=24, freq="MS")
+    assert list(future_index(month_start, 2)) == [pd.Timestamp("2022-01-01"), pd.Timestamp("2022-02-01")]
+    mid_month = pd.DatetimeIndex([f"2020-{m:02d}-15" for m in range(1, 13)]).delete(5)
+    assert future_index(mid_month, 1)[0] == pd.Timestamp("2021-01-15")
+    weekly = pd.date_range("2024-01-07", periods=10, freq="W-SUN")
+    assert future_index(weekly, 1)[0] == pd.Timestamp("2024-03-17")
+    assert list(future_index(pd.RangeIndex(5, 10), 2)) == [10, 11]
