@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from seqcast import Forecaster, datasets, load_csv
 from seqcast.backtest import evaluate_holdout
@@ -32,6 +33,8 @@ CONFIGS = {
 
 
 def main(names: list[str]) -> None:
+    # Small models gain nothing from a second thread and the machine may be shared.
+    torch.set_num_threads(1)
     train = load_csv(datasets.GOOGLE_TRAIN, adjust_splits=True)
     test = load_csv(datasets.GOOGLE_TEST, adjust_splits=True)
     baselines = None
@@ -41,6 +44,7 @@ def main(names: list[str]) -> None:
         for seed in SEEDS:
             holdout = evaluate_holdout(Forecaster(**params, seed=seed), train, test)
             scores.append(holdout.metrics["seqcast"]["rmse"])
+            print(f"  {name} seed {seed}: {scores[-1]:.2f}", file=sys.stderr, flush=True)
             baselines = {k: v["rmse"] for k, v in holdout.metrics.items() if k != "seqcast"}
         seconds = (time.perf_counter() - started) / len(scores)
         per_seed = "  ".join(f"{s:6.2f}" for s in scores)

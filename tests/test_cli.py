@@ -85,3 +85,89 @@ def test_missing_file_and_unknown_option_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--no-such-flag"])
     assert exc.value.code == 2
+
+
+# ---- features, horizons and the forecast verb (issue 4) -------------------------------------------
+
+
+def _yahoo_crypto_csv(path, n=120):
+    """Yahoo Finance's layout (Adj Close, ISO dates) for a 7-day series such as BTC-USD."""
+    rng = np.random.default_rng(5)
+    close = 30000 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
+    frame = pd.DataFrame(
+        {"Date": pd.date_range("2023-01-01", periods=n, freq="D").strftime("%Y-%m-%d"), "Open": close * 0.99,
+         "High": close * 1.02, "Low": close * 0.97, "Close": close, "Adj Close": close, "Volume": 1e9},
+    )
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_train_and_forecast_with_indicators_on_bundled_data(tmp_path, capsys):
+    model = tmp_path / "model"
+    args = ["--features", "Open,close,rsi14,logret", "--target-transform", "diff", "--horizon", "2", "--adjust-splits"]
+    assert main(["train", "--data", str(GOOGLE_TRAIN), "--test-from", "2016-12-01", "--out", str(model), *args, *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "inputs Open, Close, rsi14, logret" in printed and "first 14 rows" in printed and "h2" in printed
+    out = tmp_path / "forecast.csv"
+    assert main(["forecast", "--model", str(model), "--data", str(GOOGLE_TEST), "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out, parse_dates=["date"])
+    assert list(table.columns) == ["date", "step", "forecast"]
+    assert list(table["date"]) == [pd.Timestamp("2017-02-01"), pd.Timestamp("2017-02-02")]
+    assert (tmp_path / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["forecast", "--model", str(model), "--horizon", "5", "--out", str(tmp_path / "f5.csv")]) == 2
+    assert "--horizon 5" in capsys.readouterr().err
+
+
+def test_recursive_forecast_of_a_yahoo_crypto_file_continues_every_day(tmp_path, capsys):
+    data = tmp_path / "BTC-USD.csv"
+    _yahoo_crypto_csv(data)
+    model = tmp_path / "model"
+    args = ["--target", "Close", "--features", "close,sma5,rsi6,logret,dow", "--target-transform", "logret",
+            "--strategy", "recursive", "--horizon", "3"]
+    assert main(["train", "--data", str(data), "--test-from", "2023-04-10", "--out", str(model), *args, *FAST]) == 0
+    assert "per step (recursive)" in capsys.readouterr().out
+    out = tmp_path / "f.csv"
+    assert main(["forecast", "--model", str(model), "--data", str(data), "--horizon", "10", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    dates = pd.to_datetime([row["date"] for row in doc["forecast"]])
+    assert list(dates) == list(pd.date_range("2023-05-01", periods=10, freq="D"))  # weekends included
+    # Features that need columns the recursion cannot predict are refused with the fix.
+    bad = ["--target", "Close", "--features", "close,volume", "--strategy", "recursive"]
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "m2"), *bad, *FAST]) == 2
+    assert "--strategy direct" in capsys.readouterr().err
+
+
+def test_forecast_a_monthly_non_stock_series(tmp_path, capsys):
+    months = pd.date_range("2014-01-01", periods=72, freq="MS")
+    values = 100 + 30 * np.sin(np.arange(72) * 2 * np.pi / 12) + np.random.default_rng(2).normal(0, 2, 72)
+    data = tmp_path / "visitors.csv"
+    pd.DataFrame({"date": months.strftime("%Y-%m-%d"), "visitors": values.round(1)}).to_csv(data, index=False)
+    model = tmp_path / "model"
+    args = ["--target", "visitors", "--features", "visitors,month", "--strategy", "recursive", "--lookback", "12"]
+    fast = [a for a in FAST if a not in ("--lookback", "20")]
+    assert main(["train", "--data", str(data), "--out", str(model), *args, *fast]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["forecast", "--model", str(model), "--horizon", "4", "--out", str(out)]) == 0
+    assert "month starts" in capsys.readouterr().out
+    table = pd.read_csv(out, parse_dates=["date"])
+    assert list(table["date"]) == list(pd.date_range("2020-01-01", periods=4, freq="MS"))
+
+
+def test_preset_fills_options_the_user_did_not_give(tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(GOOGLE_TRAIN), "--adjust-splits", "--preset", "indicators", "--out", str(model), *FAST]) == 0
+    printed = capsys.readouterr().out
+    from seqcast.forecaster import PRESETS
+
+    preset = PRESETS["indicators"]
+    assert f"features {preset['features']}" in printed and f"target {preset['target_transform']}" in printed
+    assert "1 epochs" in printed and "1×8" in printed  # explicit flags win over the preset
+    config = json.loads((model / "config.json").read_text())
+    assert config["params"]["features"] == preset["features"] and config["params"]["epochs"] == 1
+
+
+def test_same_day_inputs_are_announced_and_recorded(tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(GOOGLE_TRAIN), "--adjust-splits", "--same-day", "Close", "--out", str(model), *FAST]) == 0
+    assert "same-day values of Close are inputs" in capsys.readouterr().out
+    assert json.loads((model / "config.json").read_text())["same_day_inputs"] == ["Close"]

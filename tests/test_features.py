@@ -114,11 +114,17 @@ def test_bollinger_ranges_and_volume_match_loops(prices):
     np.testing.assert_allclose(compute(prices, "tr"), tr)
     np.testing.assert_allclose(compute(prices, "atr14"), wilder_loop(tr, 14, 0))
     np.testing.assert_allclose(compute(prices, "range"), h - lo)
+    o = prices["Open"].to_numpy()
+    np.testing.assert_allclose(compute(prices, "body"), [c[t] - o[t] for t in range(len(c))])
+    np.testing.assert_allclose(compute(prices, "gap"), [np.nan] + [o[t] - c[t - 1] for t in range(1, len(c))])
     np.testing.assert_array_equal(compute(prices, "dow"), [d.weekday() for d in prices.index])
     np.testing.assert_array_equal(compute(prices, "month"), [d.month for d in prices.index])
 
 
-ALL = "Close,logret,ret,sma5,ema7,rsi14,macd,macd_signal,bb_pctb20,bb_width20,tr,atr14,range,volz20,dow,month,rsi6@Open"
+ALL = (
+    "Close,logret,ret,sma5,ema7,rsi14,macd,macd_signal,bb_pctb20,bb_width20,tr,atr14,range,body,gap,volz20,dow,month,"
+    "rsi6@Open"
+)
 
 
 def test_every_feature_is_causal(prices):

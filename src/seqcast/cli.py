@@ -17,14 +17,25 @@ from .backtest import MODEL, evaluate_holdout
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, SeqcastError
-from .forecaster import Forecaster
+from .features import infer_calendar
+from .forecast_plot import plot_forecast
+from .forecaster import PRESETS, Forecaster
 from .report import run_summary, write_run
 from .windows import split_by_date
 
 _MODEL_OPTIONS = (
     # (flag, Forecaster parameter, type, help)
     ("--lookback", "lookback", int, "rows of history in each input window"),
-    ("--features", "features", str, "comma-separated input columns (default: the target alone)"),
+    ("--features", "features", str,
+     "comma-separated inputs: columns (Close, Volume) and causal indicators (logret, ret, sma20, ema12, rsi14, "
+     "macd, macd_signal, bb_pctb20, bb_width20, tr, atr14, range, body, gap, volz20, dow, month; "
+     "'rsi14@Close' for another base column); default: the target alone"),
+    ("--target-transform", "target_transform", str,
+     "what the model learns: level, diff (change from the last known value) or logret; always mapped back to levels"),
+    ("--horizon", "horizon", int, "steps ahead each forecast covers"),
+    ("--strategy", "strategy", str, "direct (one output per step) or recursive (one step fed back)"),
+    ("--same-day", "same_day", str,
+     "columns whose value ON the predicted day is an input (e.g. Close to predict Open); off by default"),
     ("--cell", "cell", str, "recurrent cell: lstm, gru or rnn"),
     ("--nonlinearity", "nonlinearity", str, "activation of the rnn cell: tanh or relu"),
     ("--layers", "layers", int, "stacked recurrent layers"),
@@ -64,11 +75,25 @@ def _test_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--test-from", help="first date (YYYY-MM-DD) of --data used as the test period")
 
 
+class _Given(argparse.Action):
+    """Store the value and remember that the user gave it, so a --preset never overrides it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given_ = getattr(namespace, "given_", frozenset()) | {self.dest}
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     defaults = Forecaster().get_params()
     group = p.add_argument_group("model and training")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named set of the options below (options given explicitly win): "
+        + "; ".join(f"{name} = " + " ".join(f"{k}={v}" for k, v in params.items()) for name, params in PRESETS.items()),
+    )
     for flag, param, kind, help_text in _MODEL_OPTIONS:
-        group.add_argument(flag, dest=param, type=kind, default=defaults[param], help=help_text)
+        group.add_argument(flag, dest=param, type=kind, default=defaults[param], help=help_text, action=_Given)
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
@@ -112,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--adjust-splits", action="store_true", help="rescale rows before a detected split")
     _output_options(predict)
 
+    forecast = verbs.add_parser(
+        "forecast",
+        help="forecast the dates after the last row, on the series' own calendar",
+        formatter_class=_Formatter,
+        description="Writes the forecast as CSV (date, step, forecast) and a plot of the history and the "
+        "forecast. Dates continue the series' calendar: business days for weekday-only files, every day for "
+        "series with weekend rows, the inferred frequency (e.g. month ends) otherwise.",
+    )
+    forecast.add_argument("--model", type=Path, required=True, help="model folder written by train or run")
+    forecast.add_argument(
+        "--data", type=Path, help="CSV whose last rows start the forecast (default: the model's training data)"
+    )
+    forecast.add_argument("--horizon", type=int, help="steps to forecast (default: the model's horizon)")
+    forecast.add_argument("--out", type=Path, required=True, help="forecast CSV to write")
+    forecast.add_argument("--plot", type=Path, help="plot to write (default: --out with .png)")
+    forecast.add_argument("--history", type=int, default=120, help="rows of history shown in the plot")
+    forecast.add_argument("--adjust-splits", action="store_true", help="rescale rows before a detected split")
+    _output_options(forecast)
+
     validate = verbs.add_parser("validate", help="check a CSV and report what seqcast sees", formatter_class=_Formatter)
     _data_options(validate, data_required=True)
     validate.add_argument("--json", action="store_true", help="print only a JSON result on stdout")
@@ -151,14 +195,49 @@ def _load(path: Path, args):
 
 def _forecaster(args) -> Forecaster:
     params = {param: getattr(args, param) for _, param, _, _ in _MODEL_OPTIONS}
+    if args.preset:
+        given = getattr(args, "given_", frozenset())
+        params.update({k: v for k, v in PRESETS[args.preset].items() if k not in given})
     return Forecaster(target=args.target, verbose=0 if args.quiet or args.json else 1, **params)
 
 
 def _model_line(f: Forecaster) -> str:
+    extras = [f"features {f.features}"] if f.features else []
+    if f.target_transform != "level":
+        extras.append(f"target {f.target_transform}")
+    if f.horizon != 1 or f.strategy != "direct":
+        extras.append(f"horizon {f.horizon} {f.strategy}")
+    if f.same_day:
+        extras.append(f"SAME-DAY inputs {f.same_day}")
     return (
         f"{f.cell} {f.layers}×{f.units} dropout {f.dropout}, lookback {f.lookback}, {f.epochs} epochs, "
-        f"batch {f.batch_size}, lr {f.lr}, seed {f.seed}"
+        f"batch {f.batch_size}, lr {f.lr}, seed {f.seed}" + "".join(f", {e}" for e in extras)
     )
+
+
+def _print_inputs(f: Forecaster, train, out: _Out) -> None:
+    if f.input_columns_ != [f.target_]:
+        out.line(f"inputs {', '.join(f.input_columns_)}")
+    if f.warmup_rows_:
+        out.line(
+            f"warning: the first {f.warmup_rows_} rows ({train.index[0].date()}..{train.index[f.warmup_rows_ - 1].date()}) "
+            f"are dropped: indicator warm-up"
+        )
+    if f.same_day_columns_:
+        out.line(f"note   same-day values of {', '.join(f.same_day_columns_)} are inputs, as asked (--same-day)")
+
+
+def _horizon_scores(f: Forecaster, test, out: _Out) -> dict:
+    if f.horizon == 1:
+        return {}
+    scores = f.score_horizons(test)
+    table = Table(box=None, pad_edge=False, title=f"per step ({f.strategy})", title_justify="left")
+    for name in ("step", "RMSE", "MAE", "n"):
+        table.add_column(name, justify="right")
+    for step, row in scores.iterrows():
+        table.add_row(step, f"{row['rmse']:.2f}", f"{row['mae']:.2f}", str(int(row["n"])))
+    out.table(table)
+    return {"horizon_scores": scores.to_dict(orient="index")}
 
 
 def _leaderboard_table(holdout) -> Table:
@@ -221,12 +300,14 @@ def _cmd_run(args, out: _Out) -> int:
     forecaster = _forecaster(args)
     out.line(f"model  {_model_line(forecaster)}")
     holdout = evaluate_holdout(forecaster, train, test)
+    _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
     out.table(_leaderboard_table(holdout))
     out.line(holdout.verdict())
+    per_step = _horizon_scores(forecaster, test, out)
     paths = write_run(out_dir, holdout, forecaster, info={"data": _describe(train), "test": _describe(test)})
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name + ("/" if p.is_dir() else "") for p in paths.values()))
-    out.result({"out": str(out_dir), **run_summary(holdout, forecaster)})
+    out.result({"out": str(out_dir), **run_summary(holdout, forecaster), **per_step})
     return 0
 
 
@@ -247,25 +328,28 @@ def _cmd_train(args, out: _Out) -> int:
     out.line(f"model  {_model_line(forecaster)}")
     if test is None:
         forecaster.fit(train)
+        _print_inputs(forecaster, train, out)
         _print_training(forecaster, out)
         forecaster.save(args.out)
         out.line(f"saved  {args.out}/")
         out.result({"model": str(args.out), "final_loss": forecaster.history_.loss[-1]})
         return 0
     holdout = evaluate_holdout(forecaster, train, test)
+    _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
     out.table(_leaderboard_table(holdout))
     out.line(holdout.verdict())
+    per_step = _horizon_scores(forecaster, test, out)
     forecaster.save(args.out)
     out.line(f"saved  {args.out}/")
-    out.result({"model": str(args.out), **run_summary(holdout, forecaster)})
+    out.result({"model": str(args.out), **run_summary(holdout, forecaster), **per_step})
     return 0
 
 
 def _cmd_predict(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
     forecaster = Forecaster.load(args.model)
-    frame = load_csv(args.data, required=forecaster.input_columns_, adjust_splits=args.adjust_splits)
+    frame = load_csv(args.data, required=forecaster.required_columns_, adjust_splits=args.adjust_splits)
     out.line(f"data   {_describe(frame)}")
     predictions = forecaster.predict(frame)
     table = frame[[]].copy()
@@ -277,6 +361,47 @@ def _cmd_predict(args, out: _Out) -> int:
     n = int(predictions.notna().sum())
     out.line(f"wrote  {args.out}: {n} of {len(frame)} rows predicted (the first need {forecaster.lookback} rows of history)" if n < len(frame) else f"wrote  {args.out}: {n} rows predicted")
     out.result({"out": str(args.out), "n_predicted": n, "n_rows": len(frame)})
+    return 0
+
+
+_CALENDARS = {"B": "business days", "D": "every day", "ME": "month ends", "MS": "month starts"}
+
+
+def _cmd_forecast(args, out: _Out) -> int:
+    plot_path = args.plot or args.out.with_suffix(".png")
+    _refuse_overwrite(args.out, args.force)
+    _refuse_overwrite(plot_path, args.force)
+    if args.history < 1:
+        raise ConfigError(f"--history must be at least 1, got {args.history}")
+    forecaster = Forecaster.load(args.model)
+    target = forecaster.target_
+    if args.data is None:
+        frame, history = None, forecaster.context_
+        out.line(f"data   the model's training rows up to {forecaster.train_end_.date()}")
+    else:
+        required = list(dict.fromkeys([*forecaster.required_columns_, target]))
+        frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
+        out.line(f"data   {_describe(frame)}")
+    table = forecaster.forecast(args.horizon, frame=frame)
+    calendar = getattr(infer_calendar(history.index), "freqstr", "") if len(history) > 1 else ""
+    atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
+    plot_forecast(history[target].iloc[-args.history :], table["forecast"], plot_path, target=target)
+    first, last = table.index[0], table.index[-1]
+    show = (lambda t: t.date().isoformat()) if hasattr(first, "date") else str
+    out.line(
+        f"forecast {target}: {len(table)} steps {show(first)}..{show(last)} ({_CALENDARS.get(calendar, calendar)}) "
+        f"after {show(history.index[-1])}, {forecaster.strategy} strategy"
+    )
+    out.line(f"wrote  {args.out}  {plot_path}")
+    out.result(
+        {
+            "out": str(args.out),
+            "plot": str(plot_path),
+            "target": target,
+            "forecast": [{"date": show(d), "step": int(s), "forecast": float(v)} for d, s, v in
+                         zip(table.index, table["step"], table["forecast"])],
+        }
+    )
     return 0
 
 
@@ -297,7 +422,13 @@ def _cmd_validate(args, out: _Out) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict, "validate": _cmd_validate}
+_COMMANDS = {
+    "run": _cmd_run,
+    "train": _cmd_train,
+    "predict": _cmd_predict,
+    "forecast": _cmd_forecast,
+    "validate": _cmd_validate,
+}
 
 
 def main(argv=None) -> int:

@@ -41,6 +41,8 @@ _INDICATORS = {
     "tr": (None, None, False),
     "atr": (14, 1, False),
     "range": (None, None, False),
+    "body": (None, None, False),
+    "gap": (None, None, False),
     "volz": (20, 2, False),
     "dow": (None, None, False),
     "month": (None, None, False),
@@ -68,7 +70,7 @@ class Feature:
         return {
             "column": 0, "logret": 1, "ret": 1, "sma": k - 1, "ema": k - 1, "rsi": k,
             "macd": _MACD_SLOW - 1, "macd_signal": _MACD_SLOW + _MACD_SIGNAL - 2,
-            "bb_pctb": k - 1, "bb_width": k - 1, "tr": 0, "atr": k - 1, "range": 0,
+            "bb_pctb": k - 1, "bb_width": k - 1, "tr": 0, "atr": k - 1, "range": 0, "body": 0, "gap": 1,
             "volz": k - 1, "dow": 0, "month": 0,
         }[self.kind]
 
@@ -95,6 +97,10 @@ class Feature:
             if not isinstance(frame.index, pd.DatetimeIndex):
                 raise ConfigError(f"feature {self.name} needs dates as the index, and this series has none")
             return np.asarray(frame.index.day_of_week if kind == "dow" else frame.index.month, dtype=np.float64)
+        if kind == "body":
+            return cols[1] - cols[0]
+        if kind == "gap":
+            return cols[0] - np.r_[np.nan, cols[1][:-1]]
         if kind in ("tr", "atr", "range"):
             high, low, close = cols
             if kind == "range":
@@ -253,6 +259,8 @@ def _parse_one(frame: pd.DataFrame, target: str, name: str, source: str) -> Feat
         columns: tuple[str, ...] = ()
     elif kind == "volz":
         columns = (resolve_column(frame, "Volume", source=source),)
+    elif kind in ("body", "gap"):
+        columns = tuple(resolve_column(frame, c, source=source) for c in ("Open", "Close"))
     else:
         columns = tuple(resolve_column(frame, c, source=source) for c in ("High", "Low", "Close"))
     return Feature(name=f"{kind}{suffix}", kind=kind, k=k, columns=columns)
