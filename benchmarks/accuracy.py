@@ -1,6 +1,6 @@
 """Accuracy study: January 2017 Open of the bundled Google files, split-adjusted, against the baselines.
 
-Not a timed test: run it by hand (about a minute per configuration on 2 CPU cores),
+Not a timed test: run it by hand (a few seconds to a minute per run on 2 shared CPU cores),
 
     PYTHONPATH=src python benchmarks/accuracy.py                 # every configuration below
     PYTHONPATH=src python benchmarks/accuracy.py indicators      # only the named ones
@@ -25,9 +25,10 @@ from seqcast.forecaster import PRESETS
 SEEDS = range(5)
 SMALL = dict(lookback=20, layers=1, units=32, dropout=0.0, epochs=30, batch_size=32, device="cpu")
 CONFIGS = {
-    "seed-level": dict(SMALL),
+    "small-level": dict(SMALL),
     "open-close-diff": dict(SMALL, features="Open,Close", target_transform="diff"),
-    "open-close-logret": dict(SMALL, features="Open,Close", target_transform="logret"),
+    "body-logret": dict(SMALL, features="Open,Close,body", target_transform="logret", epochs=100),
+    "body-rsi-diff": dict(SMALL, features="Open,Close,body,logret,rsi14", target_transform="diff", epochs=100),
     "indicators": dict(PRESETS["indicators"], device="cpu"),
 }
 
