@@ -68,7 +68,7 @@ def test_bad_file_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert "bad.csv" in proc.stderr and "row 3" in proc.stderr and "Open" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["run", "train", "predict", "validate"])
+@pytest.mark.parametrize("verb", ["run", "train", "predict", "forecast", "validate"])
 def test_every_verb_has_help_with_defaults(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])
