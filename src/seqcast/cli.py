@@ -147,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forecast.add_argument("--model", type=Path, required=True, help="model folder written by train or run")
     forecast.add_argument(
-        "--data", type=Path, help="CSV whose last rows start the forecast (default: the model's training data)"
+        "--data", type=Path, help="CSV whose last rows start the forecast; without it, the model's training rows"
     )
-    forecast.add_argument("--horizon", type=int, help="steps to forecast (default: the model's horizon)")
+    forecast.add_argument("--horizon", type=int, help="steps to forecast; without it, the model's horizon")
     forecast.add_argument("--out", type=Path, required=True, help="forecast CSV to write")
-    forecast.add_argument("--plot", type=Path, help="plot to write (default: --out with .png)")
+    forecast.add_argument("--plot", type=Path, help="plot to write; without it, --out with .png")
     forecast.add_argument("--history", type=int, default=120, help="rows of history shown in the plot")
     forecast.add_argument("--adjust-splits", action="store_true", help="rescale rows before a detected split")
     _output_options(forecast)
@@ -385,7 +385,8 @@ def _cmd_forecast(args, out: _Out) -> int:
     table = forecaster.forecast(args.horizon, frame=frame)
     calendar = getattr(infer_calendar(history.index), "freqstr", "") if len(history) > 1 else ""
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
-    plot_forecast(history[target].iloc[-args.history :], table["forecast"], plot_path, target=target)
+    past = history[target].iloc[-args.history :] if target in history.columns else None
+    plot_forecast(past, table["forecast"], plot_path, target=target)
     first, last = table.index[0], table.index[-1]
     show = (lambda t: t.date().isoformat()) if hasattr(first, "date") else str
     out.line(
