@@ -66,3 +66,67 @@ def test_array_input_uses_columns_as_inputs_and_predicts_rows_with_history():
         f.predict(rng.normal(size=(10, 3)))
     with pytest.raises(ValueError, match="requires y to be passed"):
         clone(f).fit(X)
+
+
+TINY_SEARCH = dict(lookback=5, layers=1, units=4, epochs=1, batch_size=16, dropout=0.0, device="cpu")
+GRID = {"units": [4, 6], "optimizer": ["adam", "rmsprop"]}
+
+
+def _series(n=100, seed=7):
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(0, 1, n))
+    return pd.DataFrame(
+        {"Open": close + rng.normal(0, 0.3, n), "Close": close},
+        index=pd.bdate_range("2020-01-01", periods=n, name="Date"),
+    )
+
+
+def _recording_neg_mse(seen):
+    def scorer(estimator, X, y):
+        predicted = estimator.predict(X)
+        seen.append((X.index[0], X.index[-1], int(predicted.isna().sum()), len(predicted)))
+        return -mean_squared_error(y, predicted)
+
+    return scorer
+
+
+def test_grid_search_over_time_scores_every_test_row_without_look_ahead():
+    frame = _series()
+    cv = TimeSeriesSplit(n_splits=3)
+    search = GridSearchCV(
+        Forecaster(target="Open", **TINY_SEARCH), GRID, scoring="neg_mean_squared_error", cv=cv
+    ).fit(frame, frame["Open"])
+    assert len(search.cv_results_["params"]) == 4
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+    # Split 0 of the first candidate, recomputed by hand: fit on the past, predict the fold after it.
+    train_rows, test_rows = next(cv.split(frame))
+    params = search.cv_results_["params"][0]
+    model = Forecaster(target="Open", **{**TINY_SEARCH, **params}).fit(frame.iloc[train_rows], frame["Open"].iloc[train_rows])
+    predicted = model.predict(frame.iloc[test_rows]).to_numpy()
+    actual = frame["Open"].iloc[test_rows].to_numpy()
+    assert np.isfinite(predicted).all() and len(predicted) == len(test_rows)
+    assert search.cv_results_["split0_test_score"][0] == pytest.approx(-np.mean((actual - predicted) ** 2), rel=1e-12)
+
+    # No look-ahead: rows after split 0's test fold can change wildly without changing its score.
+    future = frame.copy()
+    future.iloc[test_rows[-1] + 1 :] *= 10
+    again = GridSearchCV(
+        Forecaster(target="Open", **TINY_SEARCH), GRID, scoring="neg_mean_squared_error", cv=cv
+    ).fit(future, future["Open"])
+    np.testing.assert_array_equal(again.cv_results_["split0_test_score"], search.cv_results_["split0_test_score"])
+    assert not np.array_equal(again.cv_results_["split2_test_score"], search.cv_results_["split2_test_score"])
+
+
+def test_no_nan_reaches_the_scorer_in_grid_or_randomized_search():
+    frame = _series()
+    cv = TimeSeriesSplit(n_splits=2)
+    for make in (
+        lambda s: GridSearchCV(Forecaster(**TINY_SEARCH), {"units": [4, 6]}, scoring=s, cv=cv),
+        lambda s: RandomizedSearchCV(Forecaster(**TINY_SEARCH), GRID, n_iter=2, random_state=0, scoring=s, cv=cv),
+    ):
+        seen = []
+        search = make(_recording_neg_mse(seen)).fit(frame, frame["Open"])
+        assert len(seen) == 4  # 2 candidates × 2 splits, refit not scored
+        assert all(n_nan == 0 for _, _, n_nan, _ in seen)
+        assert search.best_estimator_.n_train_rows_ == len(frame)

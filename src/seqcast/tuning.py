@@ -35,6 +35,7 @@ RESULTS_FILE = "tuning.csv"
 BEST_FILE = "best.json"
 SEARCH_FILE = "search.json"
 SCHEDULER_ENV = "SEQCAST_DASK_SCHEDULER"
+DASK_CONNECT_TIMEOUT = "10s"
 # Parameters that change how a run is shown or where it runs, never its result.
 _NOT_TUNABLE = ("verbose", "device")
 
@@ -277,7 +278,7 @@ def _dask_client(address: str):
     except ImportError as exc:
         raise ConfigError("--scheduler needs Dask: pip install 'seqcast[dask]'") from exc
     try:
-        return Client(address, timeout="10s")
+        return Client(address, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(
             f"cannot reach the Dask scheduler at {address} ({exc}): start one with `dask scheduler` "
