@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.model_selection import TimeSeriesSplit
 
 from seqcast import ConfigError, Forecaster
@@ -163,3 +164,24 @@ def test_unreachable_scheduler_is_a_config_error(frame, tmp_path, monkeypatch):
     monkeypatch.setattr("seqcast.tuning.DASK_CONNECT_TIMEOUT", "1s")
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         tune(frame, GRID, out_dir=tmp_path, base_params=BASE, folds=2, progress=False, scheduler="tcp://127.0.0.1:9")
+
+
+def test_grid_search_cv_on_the_dask_cluster_gives_the_local_scores(frame, dask_cluster):
+    from dask.distributed import Client
+    from joblib import parallel_config
+    from sklearn.model_selection import GridSearchCV
+
+    def search(n_jobs):
+        return GridSearchCV(Forecaster(**BASE), GRID, scoring="neg_mean_squared_error", cv=TimeSeriesSplit(n_splits=2),
+                            n_jobs=n_jobs, refit=False)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the Dask workers, whose nannies start them with one OpenMP thread
+    try:
+        local = search(None).fit(frame, frame["Open"])
+    finally:
+        torch.set_num_threads(threads)
+    with Client(dask_cluster.scheduler_address), parallel_config(backend="dask"):
+        remote = search(-1).fit(frame, frame["Open"])
+    for key in ("split0_test_score", "split1_test_score"):
+        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
