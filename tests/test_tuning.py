@@ -185,3 +185,10 @@ def test_grid_search_cv_on_the_dask_cluster_gives_the_local_scores(frame, dask_c
         remote = search(-1).fit(frame, frame["Open"])
     for key in ("split0_test_score", "split1_test_score"):
         np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
+
+
+def test_folds_too_short_for_the_lookback_are_refused_before_training(frame, tmp_path):
+    with pytest.raises(ConfigError, match="first of 8 folds trains on 10 of 90 rows"):
+        tune(frame, {"lookback": [5, 20]}, out_dir=tmp_path, base_params=BASE, folds=8, progress=False)
+    with pytest.raises(ConfigError, match="--jobs must be"):
+        tune(frame, GRID, out_dir=tmp_path, base_params=BASE, folds=2, jobs=0, progress=False)

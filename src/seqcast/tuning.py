@@ -176,10 +176,18 @@ def tune(
     """
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+        raise ConfigError(f"--jobs must be a positive number of processes or -1 for one per core, got {jobs!r}")
     grid = check_grid(grid)
     base = {**Forecaster().get_params(), **dict(base_params or {}), "verbose": 0}
     configs = [{**base, **c} for c in candidates(grid, search=search, n_iter=n_iter, seed=seed)]
     fold_rows = walk_forward_folds(len(frame), folds, test_size=test_size)
+    need = max(int(c["lookback"]) + int(c["horizon"]) for c in configs)
+    if len(fold_rows[0][0]) < need:
+        raise ConfigError(
+            f"the first of {len(fold_rows)} folds trains on {len(fold_rows[0][0])} of {len(frame)} rows, but a lookback "
+            f"and horizon of {need} rows need more: use fewer --folds, a smaller --test-size or --lookback, or more data"
+        )
     out_dir = Path(out_dir)
     signature = {
         "data_sha256": _fingerprint(frame),
