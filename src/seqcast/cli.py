@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from .features import infer_calendar
 from .forecast_plot import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .report import run_summary, write_run
+from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
 
 _MODEL_OPTIONS = (
@@ -159,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verbs.add_parser("validate", help="check a CSV and report what seqcast sees", formatter_class=_Formatter)
     _data_options(validate, data_required=True)
     validate.add_argument("--json", action="store_true", help="print only a JSON result on stdout")
+
+    tune_p = verbs.add_parser(
+        "tune",
+        help="grid or random search over walk-forward folds, locally or on a Dask cluster",
+        formatter_class=_Formatter,
+        description="Each configuration of --grid is trained on the past of each fold and scored on the fold. "
+        "The model and training options below are shared by every configuration; the grid overrides them. "
+        "Running the same command again resumes an interrupted search.",
+    )
+    _data_options(tune_p, data_required=True)
+    tune_p.add_argument("--grid", type=Path, required=True, help="TOML file: one Forecaster parameter per key, a list of values each")
+    tune_p.add_argument("--search", choices=("grid", "random"), default="grid", help="every combination, or --n-iter drawn at random")
+    tune_p.add_argument("--n-iter", type=int, default=10, help="configurations drawn by --search random (seeded by --seed)")
+    tune_p.add_argument("--folds", type=int, default=5, help="walk-forward folds (scikit-learn TimeSeriesSplit)")
+    tune_p.add_argument("--test-size", type=int, help="rows per fold (default: rows / (folds + 1))")
+    tune_p.add_argument("--scoring", choices=SCORINGS, default="rmse", help="metric to minimise, averaged over the folds")
+    tune_p.add_argument("--jobs", type=int, default=1, help="local worker processes (joblib); -1 for one per core")
+    tune_p.add_argument(
+        "--scheduler",
+        default=os.environ.get(SCHEDULER_ENV),
+        help=f"Dask scheduler address such as tcp://HOST:8786 (default: ${SCHEDULER_ENV}); runs the search on that cluster",
+    )
+    tune_p.add_argument("--refit-best", type=Path, metavar="DIR", help="retrain the best configuration on all rows and save it here")
+    tune_p.add_argument("--out", type=Path, required=True, help="folder for tuning.csv, best.json and search.json")
+    _model_options(tune_p)
+    _output_options(tune_p)
     return parser
 
 
@@ -193,11 +221,17 @@ def _load(path: Path, args):
     return load_csv(path, target=args.target, adjust_splits=args.adjust_splits)
 
 
-def _forecaster(args) -> Forecaster:
+def _model_params(args) -> dict:
+    """The Forecaster parameters of the model options, a --preset filling those not given explicitly."""
     params = {param: getattr(args, param) for _, param, _, _ in _MODEL_OPTIONS}
-    if args.preset:
+    if getattr(args, "preset", None):
         given = getattr(args, "given_", frozenset())
         params.update({k: v for k, v in PRESETS[args.preset].items() if k not in given})
+    return params
+
+
+def _forecaster(args) -> Forecaster:
+    params = _model_params(args)
     return Forecaster(target=args.target, verbose=0 if args.quiet or args.json else 1, **params)
 
 
@@ -423,12 +457,85 @@ def _cmd_validate(args, out: _Out) -> int:
     return 0
 
 
+def _cmd_tune(args, out: _Out) -> int:
+    grid = load_grid(args.grid)
+    if args.refit_best is not None:
+        _refuse_overwrite(args.refit_best, args.force)
+    frame = _load(args.data, args)
+    out.line(f"data   {_describe(frame)}")
+    base = _model_params(args)
+    where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.jobs} local job{'s' if args.jobs != 1 else ''}"
+    out.line(f"grid   {args.grid}: {', '.join(f'{k} {v}' for k, v in grid.items())}; {args.folds} walk-forward folds; {where}")
+    result = tune(
+        frame,
+        grid,
+        out_dir=args.out,
+        base_params={"target": args.target, **base},
+        search=args.search,
+        n_iter=args.n_iter,
+        seed=args.seed,
+        folds=args.folds,
+        test_size=args.test_size,
+        scoring=args.scoring,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        force=args.force,
+        progress=not (args.quiet or args.json),
+    )
+    if result.n_resumed:
+        out.line(f"resumed {result.n_resumed} of {result.n_configs} configurations from {args.out / 'tuning.csv'}")
+    out.table(_tuning_table(result))
+    best_score, naive = result.best_score, float(result.summary["mean_persistence_rmse"].iloc[0])
+    best_grid = {k: result.best_params[k] for k in grid}
+    out.line(f"best   {' '.join(f'{k}={v}' for k, v in best_grid.items())}: mean {args.scoring} {best_score:.4g} "
+             f"(persistence RMSE {naive:.4g} on the same folds)")
+    outputs = f"outputs {args.out}/  tuning.csv  best.json"
+    if args.refit_best is not None:
+        refit_best(frame, result, args.refit_best)
+        outputs += f"  {args.refit_best}/"
+    out.line(outputs)
+    out.result(
+        {
+            "out": str(args.out),
+            "best": best_grid,
+            f"mean_{args.scoring}": best_score,
+            "mean_persistence_rmse": naive,
+            "n_configs": result.n_configs,
+            "n_resumed": result.n_resumed,
+            "model": None if args.refit_best is None else str(args.refit_best),
+        }
+    )
+    return 0
+
+
+def _tuning_table(result, top: int = 10) -> Table:
+    table = Table(box=None, pad_edge=False)
+    summary = result.summary.head(top)
+    params = [c for c in summary.columns if not c.startswith("mean_")]
+    for name in ("#", *params, "RMSE", "MAE", "MAPE", "persistence RMSE", "s/fold"):
+        table.add_column(name, justify="left" if name in params else "right")
+    # Columns one by one: iterrows would turn an int parameter into a float in a mixed row.
+    for config in summary.index:
+        row = {c: summary.at[config, c] for c in summary.columns}
+        table.add_row(
+            str(config),
+            *(str(row[p]) for p in params),
+            f"{row['mean_rmse']:.3f}",
+            f"{row['mean_mae']:.3f}",
+            f"{row['mean_mape']:.2f}%",
+            f"{row['mean_persistence_rmse']:.3f}",
+            f"{row['mean_seconds']:.1f}",
+        )
+    return table
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "train": _cmd_train,
     "predict": _cmd_predict,
     "forecast": _cmd_forecast,
     "validate": _cmd_validate,
+    "tune": _cmd_tune,
 }
 
 

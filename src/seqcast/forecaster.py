@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import r2_score
+from sklearn.utils import check_array, check_consistent_length, column_or_1d
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
@@ -143,18 +145,20 @@ class Forecaster(RegressorMixin, BaseEstimator):
         return cls(**{**PRESETS[name], **overrides})
 
     def _frame(self, X, y=None) -> pd.DataFrame:
+        """The rows to fit or predict as a frame; `y`, when given, becomes the target column.
+
+        A pandas DataFrame is used as it is. Anything else is validated by scikit-learn as a 2-D
+        numeric array whose columns become x0, x1, ... and the model's inputs (`_array_frame`).
+        """
         if not isinstance(X, pd.DataFrame):
-            raise DataError(
-                f"Forecaster expects a pandas DataFrame of rows indexed by date (got {type(X).__name__}): "
-                "use seqcast.load_csv(path)"
-            )
+            return self._array_frame(X, y)
         frame = X
         if y is not None:
-            values = y.to_numpy() if isinstance(y, pd.Series) else np.asarray(y)
+            values = self._target_values(y)
             if len(values) != len(X):
                 raise DataError(f"y has {len(values)} values but X has {len(X)} rows")
             frame = X.copy()
-            frame[self.target] = values.astype(np.float64)
+            frame[self.target] = values
         return frame
 
     @staticmethod
@@ -176,7 +180,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         source = frame.attrs.get("source", "<frame>")
         self.target_ = resolve_column(frame, self.target, source=source)
         self._set_features(
-            parse_features(frame, self.target_, self.features), parse_same_day(frame, self.target_, self.same_day)
+            parse_features(frame, self.target_, frame.attrs.get("inputs", self.features)), parse_same_day(frame, self.target_, self.same_day)
         )
         raw = frame[self.required_columns_]
         self._values(raw, self.required_columns_)
@@ -507,6 +511,65 @@ class Forecaster(RegressorMixin, BaseEstimator):
             raise ArtifactError(f"{directory}: the saved model does not fit its config ({exc})") from exc
         est.model_.eval()
         return est
+
+    # scikit-learn array inputs and tags. A plain 2-D array carries no dates: its columns x0, x1, ...
+    # are the inputs, row order is time order, and the target comes as y.
+
+    def _array_frame(self, X, y) -> pd.DataFrame:
+        # Fitting needs one full window; predicting any number of rows (those without history get NaN).
+        min_rows = self.lookback + self.horizon if y is not None else 1
+        values = check_array(X, dtype=np.float64, input_name="X", ensure_min_samples=min_rows)
+        if y is None and not hasattr(self, "n_features_in_"):
+            raise DataError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None: "
+                "an array X holds only the inputs, so give the target as y (or pass a DataFrame with a target column)"
+            )
+        if y is None and values.shape[1] != self.n_features_in_:
+            raise DataError(
+                f"X has {values.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        columns = [f"x{i}" for i in range(values.shape[1])]
+        frame = pd.DataFrame(values, columns=columns)
+        frame.attrs["source"] = "<array X>"
+        frame.attrs["inputs"] = columns if self.features is None else self.features
+        if y is not None:
+            target = self._target_values(y)
+            check_consistent_length(values, target)
+            frame[self.target] = target
+        return frame
+
+    @staticmethod
+    def _target_values(y) -> np.ndarray:
+        # Finiteness is left to _values, whose message names the row and column.
+        values = check_array(y, ensure_2d=False, dtype=np.float64, ensure_all_finite=False, input_name="y")
+        return column_or_1d(values, warn=True)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """R² of the predictions against y (or X's target column) on the rows that have a prediction.
+
+        Rows without `lookback` rows of history before them (the start of a frame that does not follow
+        the training rows, or of an array) have no prediction and are left out.
+        """
+        predicted = self.predict(X).to_numpy()
+        if y is None:
+            frame = self._frame(X)
+            y = frame[resolve_column(frame, self.target_, source=frame.attrs.get("source", "<frame>"))]
+        actual = self._target_values(y)
+        check_consistent_length(actual, predicted)
+        scored = np.isfinite(predicted)
+        if not scored.any():
+            raise DataError(f"none of the {len(predicted)} rows has {self.lookback} rows of history to predict from")
+        weights = None if sample_weight is None else np.asarray(sample_weight)[scored]
+        return float(r2_score(actual[scored], predicted[scored], sample_weight=weights))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # A DataFrame may carry the target as a column, so y is optional.
+        tags.target_tags.required = False
+        # The estimator checks train a few epochs on a handful of rows; a poor fit there is expected.
+        tags.regressor_tags.poor_score = True
+        return tags
 
 
 def _dates_from(index: pd.Index, position: int, n: int) -> pd.Index:
