@@ -266,11 +266,6 @@ def _parse_one(frame: pd.DataFrame, target: str, name: str, source: str) -> Feat
     return Feature(name=f"{kind}{suffix}", kind=kind, k=k, columns=columns)
 
 
-def input_columns(frame: pd.DataFrame, target: str, features: Sequence[str] | str | None) -> list[str]:
-    """The names of the model inputs (columns as the frame spells them, indicators by name)."""
-    return [f.name for f in parse_features(frame, target, features)]
-
-
 def parse_same_day(frame: pd.DataFrame, target: str, same_day) -> list[str]:
     """Columns whose value on the predicted day itself is an input (only when asked for)."""
     source = frame.attrs.get("source", "<frame>")
