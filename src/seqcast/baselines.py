@@ -164,18 +164,22 @@ def last_close(target: str) -> LastValue:
     return LastValue(target=target, column="Close")
 
 
-_SEASONS = {"h": 24, "W": 52, "M": 12, "MS": 12, "ME": 12, "Q": 4, "QS": 4, "QE": 4}
+# (shortest, longest) typical spacing of the dates in days -> the season in rows.
+_SEASONS = (((1 / 24) * 0.9, (1 / 24) * 1.1, 24), (6.5, 7.5, 52), (27.5, 31.5, 12), (88.0, 93.0, 4))
 
 
 def seasonal_period(index: pd.Index) -> int | None:
-    """A natural season for non-daily series (24 hourly, 52 weekly, 12 monthly, 4 quarterly), else None."""
+    """A natural season for non-daily series (24 hourly, 52 weekly, 12 monthly, 4 quarterly), else None.
+
+    Judged from the median spacing of the dates rather than pd.infer_freq, which gives up on any gap.
+    """
     if not isinstance(index, pd.DatetimeIndex) or len(index) < 3:
         return None
-    freq = pd.infer_freq(index)
-    if freq is None:
-        return None
-    base = freq.split("-")[0].lstrip("0123456789")
-    return _SEASONS.get(base) or _SEASONS.get(base.upper())
+    spacing = float(index.to_series().diff().dt.total_seconds().median()) / 86_400
+    for low, high, period in _SEASONS:
+        if low <= spacing <= high:
+            return period
+    return None
 
 
 def default_baselines(

@@ -155,6 +155,9 @@ class _Out:
         self.json = getattr(args, "json", False)
         self.quiet = getattr(args, "quiet", False)
         self.console = Console(stderr=self.json, highlight=False, soft_wrap=True)
+        if not self.console.is_terminal:
+            # Files and pipes get the leaderboard's natural width instead of rich's 80-column default.
+            self.console.width = 200
 
     def line(self, text: str = "") -> None:
         if not (self.json and self.quiet):
@@ -162,8 +165,7 @@ class _Out:
 
     def table(self, table: Table) -> None:
         if not (self.json and self.quiet):
-            # Files and pipes get the table's natural width instead of rich's 80-column default.
-            self.console.print(table, width=None if self.console.is_terminal else 200)
+            self.console.print(table)
 
     def result(self, obj) -> None:
         if self.json:
