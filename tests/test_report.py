@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
+from seqcast import Forecaster
+from seqcast.backtest import evaluate_holdout
 from seqcast.cli import main
-from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
+from seqcast.datasets import GOOGLE_TRAIN
+from seqcast.report import write_run
+
+from .conftest import TINY
 
 FAST = ["--epochs", "1", "--layers", "1", "--units", "8", "--lookback", "20", "--device", "cpu", "--quiet"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,11 +80,12 @@ def test_report_is_self_contained(backtest_dir):
     assert "Close jumps" in page  # the bundled file's split warning reaches the report
 
 
-def test_report_verb_rebuilds_a_run_folder(tmp_path, capsys):
+def test_report_verb_rebuilds_a_run_folder(small_series, tmp_path, capsys):
+    train, test = small_series
+    forecaster = Forecaster(target="Open", **TINY)
     run = tmp_path / "run"
-    assert main(["run", "--out", str(run), *FAST]) == 0
+    write_run(run, evaluate_holdout(forecaster, train, test), forecaster, info={"data": "small series", "warnings": []})
     assert not (run / "report.html").exists()
-    capsys.readouterr()
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     preds = pd.read_csv(run / "predictions.csv")
@@ -137,3 +143,12 @@ def test_report_renders_in_headless_chromium(backtest_dir, tmp_path):
     assert pixels.shape[0] > 1000 and pixels.shape[1] > 1000
     assert pixels[..., :3].std() > 0.05  # not blank: text, tables and figures on white
     shutil.rmtree(tmp_path / "report-profile", ignore_errors=True)
+
+
+@pytest.mark.parametrize("verb", ["backtest", "report"])
+def test_new_verbs_have_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert ("(default: expanding)" in text and "--refit-every" in text) if verb == "backtest" else "RUN_DIR" in text

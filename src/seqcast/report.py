@@ -107,6 +107,10 @@ def write_report(run_dir) -> Path:
         settings = {k: v for k, v in doc.get("settings", {}).items() if k not in ("model", "baselines")}
     elif (run_dir / "metrics.json").is_file() and (run_dir / "predictions.csv").is_file():
         doc = _read_json(run_dir / "metrics.json")
+        if "leaderboard" not in doc:
+            raise ArtifactError(
+                f"{run_dir / 'metrics.json'} has no leaderboard (written by an older seqcast): rerun seqcast run"
+            )
         predictions = pd.read_csv(run_dir / "predictions.csv", parse_dates=["date"], index_col="date")
         predictions = predictions.rename(columns={"predicted": MODEL})
         board = doc["leaderboard"]
