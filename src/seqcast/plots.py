@@ -44,9 +44,9 @@ def plot_predictions(predictions: pd.DataFrame, path, *, target: str, title: str
 def plot_loss(history, path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = range(1, len(history.loss) + 1)
-    ax.plot(epochs, history.loss, label="training loss")
+    ax.plot(epochs, history.loss, marker="o", ms=3, label="training loss")
     if history.val_loss:
-        ax.plot(epochs, history.val_loss, label="validation loss")
+        ax.plot(epochs, history.val_loss, marker="o", ms=3, label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
@@ -92,9 +92,10 @@ def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: st
         fig.autofmt_xdate()
     ax_hist.set_title("Residual histogram")
     ax_hist.set_xlabel(target)
+    # An explicit corner: "best" placement is slow on long series.
     for ax in (ax_time, ax_hist):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left")
     return _save(fig, path)
 
 
@@ -115,7 +116,7 @@ def plot_backtest(predictions: pd.DataFrame, path, *, target: str, baseline: str
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
         fig.autofmt_xdate()
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
     return _save(fig, path)
 
 
