@@ -34,8 +34,7 @@ def _yahoo_csv(path: Path) -> Path:
     """The bundled file rewritten the way Yahoo Finance exports it: ISO dates, Adj Close, plain numbers."""
     raw = pd.read_csv(GOOGLE_TRAIN, thousands=",").iloc[-300:]  # the last 300 days keep the test quick
     raw["Date"] = pd.to_datetime(raw["Date"], format="%m/%d/%Y").dt.strftime("%Y-%m-%d")
-    raw["Close"] = raw["Open"] * 1.001  # an adjusted-looking Close without the bundled file's unadjusted split
-    raw["Adj Close"] = raw["Close"]
+    raw["Adj Close"] = raw["Close"]  # no split in these rows: adjusted equals raw
     raw[["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]].to_csv(path, index=False)
     return path
 
