@@ -1,31 +1,159 @@
-"""Naive forecasts that every model must beat, with the same fit/predict interface as Forecaster."""
+"""Naive forecasts that every model must beat, with the same fit/predict interface as Forecaster.
+
+Each baseline predicts row t from real values before t only: the rows of X before it and, when X
+starts after the training rows, the remembered training tail (as Forecaster does).
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.linear_model import Ridge
 
 from .data import resolve_column
-from .windows import with_context
+from .errors import ConfigError, DataError
+from .windows import context_windows, supervised_windows, with_context
 
 
-class LastValue(BaseEstimator):
+class _HistoryBaseline(BaseEstimator):
+    """Shared plumbing: resolve the source column, remember the training tail, predict row by row."""
+
+    def _source_column(self) -> str:
+        return self.target
+
+    def _history_rows(self) -> int:
+        return 1
+
+    def _check(self) -> None:
+        """Validate parameters; subclasses with parameters override it."""
+
+    def _fit_series(self, series: np.ndarray) -> None:
+        """Learn from the training values of the source column; stateless baselines learn nothing."""
+
+    def fit(self, X: pd.DataFrame, y=None):
+        self._check()
+        source = X.attrs.get("source", "<frame>")
+        self.target_ = resolve_column(X, self.target, source=source)
+        self.column_ = resolve_column(X, self._source_column(), source=source)
+        values = X[self.column_].to_numpy(dtype=np.float64)
+        if len(values) < self._history_rows():
+            raise DataError(
+                f"{source} has {len(values)} rows but {type(self).__name__} needs {self._history_rows()} "
+                "rows of history: give more training rows"
+            )
+        self._fit_series(values)
+        self.tail_ = X[[self.column_]].iloc[-self._history_rows() :].astype(np.float64)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> pd.Series:
+        source = X.attrs.get("source", "<frame>")
+        column = resolve_column(X, self.column_, source=source)
+        frame = X[[column]].set_axis([self.column_], axis=1)
+        combined, _ = with_context(frame, self.tail_)
+        values = combined[self.column_].to_numpy(dtype=np.float64)
+        out = np.full(len(X), np.nan)
+        n_hist = self._history_rows()
+        windows, rows = context_windows(values[:, None], n_hist, len(X))
+        if len(windows):
+            out[rows] = self._predict_windows(windows[:, :, 0])
+        return pd.Series(out, index=X.index, name=self.target_)
+
+    def _predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """One prediction per row of `windows` (N, history): the real values before each predicted row."""
+        raise NotImplementedError
+
+
+class LastValue(_HistoryBaseline):
     """Predict each row's `target` as the previous row's `column` (persistence when they are equal)."""
 
     def __init__(self, target: str = "Open", column: str | None = None):
         self.target = target
         self.column = column
 
-    def fit(self, X: pd.DataFrame, y=None):
-        source = X.attrs.get("source", "<frame>")
-        self.column_ = resolve_column(X, self.column or self.target, source=source)
-        self.tail_ = X[[self.column_]].iloc[-1:]
-        return self
+    def _source_column(self) -> str:
+        return self.column or self.target
 
-    def predict(self, X: pd.DataFrame) -> pd.Series:
-        combined, n_context = with_context(X[[self.column_]], self.tail_)
-        shifted = combined[self.column_].shift(1).to_numpy()[n_context:]
-        return pd.Series(shifted, index=X.index, name=self.target)
+    def _predict_windows(self, windows):
+        return windows[:, -1]
+
+
+class Drift(_HistoryBaseline):
+    """Random walk with drift: the previous value plus the mean daily change of the training series."""
+
+    def __init__(self, target: str = "Open"):
+        self.target = target
+
+    def _fit_series(self, series):
+        if len(series) < 2:
+            raise DataError("the drift baseline needs at least 2 training rows")
+        self.drift_ = float((series[-1] - series[0]) / (len(series) - 1))
+
+    def _predict_windows(self, windows):
+        return windows[:, -1] + self.drift_
+
+
+class MovingAverage(_HistoryBaseline):
+    """The mean of the previous `window` values."""
+
+    def __init__(self, target: str = "Open", window: int = 5):
+        self.target = target
+        self.window = window
+
+    def _check(self):
+        if not isinstance(self.window, (int, np.integer)) or self.window < 1:
+            raise ConfigError(f"moving-average window must be a whole number of at least 1, got {self.window!r}")
+
+    def _history_rows(self):
+        return int(self.window)
+
+    def _predict_windows(self, windows):
+        return windows.mean(axis=1)
+
+
+class SeasonalNaive(_HistoryBaseline):
+    """The value one season earlier: y[t - period] (e.g. 12 for monthly, 24 for hourly series)."""
+
+    def __init__(self, target: str = "Open", period: int = 12):
+        self.target = target
+        self.period = period
+
+    def _check(self):
+        if not isinstance(self.period, (int, np.integer)) or self.period < 1:
+            raise ConfigError(f"seasonal period must be a whole number of at least 1, got {self.period!r}")
+
+    def _history_rows(self):
+        return int(self.period)
+
+    def _predict_windows(self, windows):
+        return windows[:, 0]
+
+
+class LinearAR(_HistoryBaseline):
+    """Linear autoregression on the previous `lookback` values (ridge regression, scikit-learn).
+
+    The same window the recurrent model sees, fit by least squares with a small ridge penalty: the
+    linear model any network on that window has to beat to justify itself.
+    """
+
+    def __init__(self, target: str = "Open", lookback: int = 60, alpha: float = 1.0):
+        self.target = target
+        self.lookback = lookback
+        self.alpha = alpha
+
+    def _check(self):
+        if not isinstance(self.lookback, (int, np.integer)) or self.lookback < 1:
+            raise ConfigError(f"linear-ar lookback must be a whole number of at least 1, got {self.lookback!r}")
+
+    def _history_rows(self):
+        return int(self.lookback)
+
+    def _fit_series(self, series):
+        X, y = supervised_windows(series[:, None], series, int(self.lookback))
+        self.model_ = Ridge(alpha=self.alpha).fit(X[:, :, 0], y[:, 0])
+
+    def _predict_windows(self, windows):
+        return self.model_.predict(windows)
 
 
 def persistence(target: str) -> LastValue:
@@ -36,11 +164,43 @@ def last_close(target: str) -> LastValue:
     return LastValue(target=target, column="Close")
 
 
-def default_baselines(frame: pd.DataFrame, target: str) -> dict[str, BaseEstimator]:
-    """Baselines that make sense for this frame: persistence always, last-close for other price targets."""
+# (shortest, longest) typical spacing of the dates in days -> the season in rows.
+_SEASONS = (((1 / 24) * 0.9, (1 / 24) * 1.1, 24), (6.5, 7.5, 52), (27.5, 31.5, 12), (88.0, 93.0, 4))
+
+
+def seasonal_period(index: pd.Index) -> int | None:
+    """A natural season for non-daily series (24 hourly, 52 weekly, 12 monthly, 4 quarterly), else None.
+
+    Judged from the median spacing of the dates rather than pd.infer_freq, which gives up on any gap.
+    """
+    if not isinstance(index, pd.DatetimeIndex) or len(index) < 3:
+        return None
+    spacing = float(index.to_series().diff().dt.total_seconds().median()) / 86_400
+    for low, high, period in _SEASONS:
+        if low <= spacing <= high:
+            return period
+    return None
+
+
+def default_baselines(
+    frame: pd.DataFrame, target: str, *, lookback: int = 60, period: int | None = None, ma_window: int = 5
+) -> dict[str, BaseEstimator]:
+    """Baselines that make sense for this frame.
+
+    Always persistence, drift, a moving average and a linear AR on the model's lookback window (when
+    the frame is long enough to fit it); last-close when the target is another price column and the
+    frame has Close; seasonal naive when `period` is given or the dates are hourly, weekly, monthly or
+    quarterly.
+    """
     baselines: dict[str, BaseEstimator] = {"persistence": persistence(target)}
     columns = {c.lower() for c in frame.columns}
     if target.lower() != "close" and "close" in columns:
         baselines["last-close"] = last_close(target)
+    baselines["drift"] = Drift(target=target)
+    baselines[f"moving-average({ma_window})"] = MovingAverage(target=target, window=ma_window)
+    period = period or seasonal_period(frame.index)
+    if period and len(frame) > period:
+        baselines[f"seasonal-naive({period})"] = SeasonalNaive(target=target, period=period)
+    if len(frame) > lookback:
+        baselines[f"linear-ar({lookback})"] = LinearAR(target=target, lookback=lookback)
     return baselines
-

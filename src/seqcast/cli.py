@@ -14,14 +14,14 @@ from rich.table import Table
 
 from . import __version__
 from .artifacts import atomic_write_text
-from .backtest import MODEL, evaluate_holdout
+from .backtest import MODEL, evaluate_holdout, walk_forward
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, SeqcastError
 from .features import infer_calendar
 from .forecast_plot import plot_forecast
 from .forecaster import PRESETS, Forecaster
-from .report import run_summary, write_run
+from .report import run_summary, write_report, write_run
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
 
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(run, data_required=False)
     _test_options(run)
     run.add_argument("--out", type=Path, help="output folder (default: out/run-<timestamp>)")
+    run.add_argument("--report", action="store_true", help="also write report.html")
     _model_options(run)
     _output_options(run)
 
@@ -157,6 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--history", type=int, default=120, help="rows of history shown in the plot")
     forecast.add_argument("--adjust-splits", action="store_true", help="rescale rows before a detected split")
     _output_options(forecast)
+
+    backtest = verbs.add_parser(
+        "backtest",
+        help="walk-forward backtest of the model and every baseline, with significance tests",
+        formatter_class=_Formatter,
+        description=(
+            "Re-trains a fresh model on each fold's past rows only (scaler included), predicts the fold one "
+            "step ahead and ranks the model beside every baseline with Diebold-Mariano p-values. Without "
+            "--data: the bundled Google training file. Without --start: --folds folds ending at the last row."
+        ),
+    )
+    _data_options(backtest, data_required=False)
+    walk = backtest.add_argument_group("walk-forward")
+    walk.add_argument("--start", help="first test date (YYYY-MM-DD); the folds run from it to the last row")
+    walk.add_argument("--folds", type=int, help="number of folds (default 5 without --start, 1 with it)")
+    walk.add_argument("--refit-every", type=int, help="rows per fold: the model is re-trained every K rows")
+    walk.add_argument("--window", choices=["expanding", "sliding"], default="expanding", help="training rows of each fold: all the past, or a fixed-length window")
+    walk.add_argument("--season", type=int, help="period of the seasonal-naive baseline (default: from the dates' frequency)")
+    backtest.add_argument("--out", type=Path, help="output folder (default: out/backtest-<timestamp>)")
+    backtest.add_argument("--report", action="store_true", help="also write report.html")
+    _model_options(backtest)
+    _output_options(backtest)
+
+    report = verbs.add_parser(
+        "report", help="rebuild report.html from a run or backtest folder", formatter_class=_Formatter
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="folder written by seqcast run or seqcast backtest")
+    report.add_argument("--json", action="store_true", help="print only a JSON result on stdout")
 
     validate = verbs.add_parser("validate", help="check a CSV and report what seqcast sees", formatter_class=_Formatter)
     _data_options(validate, data_required=True)
@@ -197,6 +226,9 @@ class _Out:
         self.json = getattr(args, "json", False)
         self.quiet = getattr(args, "quiet", False)
         self.console = Console(stderr=self.json, highlight=False, soft_wrap=True)
+        if not self.console.is_terminal:
+            # Files and pipes get the leaderboard's natural width instead of rich's 80-column default.
+            self.console.width = 200
 
     def line(self, text: str = "") -> None:
         if not (self.json and self.quiet):
@@ -274,25 +306,48 @@ def _horizon_scores(f: Forecaster, test, out: _Out) -> dict:
     return {"horizon_scores": scores.to_dict(orient="index")}
 
 
-def _leaderboard_table(holdout) -> Table:
+def _leaderboard_table(board) -> Table:
+    """The leaderboard with every metric and the DM p-value against the best baseline."""
     table = Table(box=None, pad_edge=False)
     table.add_column("")
-    for name in ("RMSE", "MAE", "MAPE"):
+    for name in ("RMSE", "MAE", "MAPE", "sMAPE", "MASE", "R²", "dir", "lag", "DM p"):
         table.add_column(name, justify="right")
-    for name, row in holdout.leaderboard().iterrows():
+    for name, row in board.table.iterrows():
         label = name if name == MODEL else f"{name} (baseline)"
-        table.add_row(label, f"{row['rmse']:.2f}", f"{row['mae']:.2f}", f"{row['mape']:.2f}%")
+        p = "best" if name == board.best_baseline else _num(row["dm_p"], "{:.3g}")
+        table.add_row(
+            label,
+            _num(row["rmse"], "{:.2f}"),
+            _num(row["mae"], "{:.2f}"),
+            _num(row["mape"], "{:.2f}%"),
+            _num(row["smape"], "{:.2f}%"),
+            _num(row["mase"], "{:.2f}"),
+            _num(row["r2"], "{:.3f}"),
+            _num(row["direction"], "{:.0f}%"),
+            str(int(row["lag"])),
+            p,
+        )
     return table
 
 
-def _fresh_dir(path: Path | None, force: bool) -> Path:
+def _num(value, fmt: str) -> str:
+    return "n/a" if value is None or value != value else fmt.format(value)
+
+
+def _print_board(board, out: "_Out") -> None:
+    out.table(_leaderboard_table(board))
+    out.line(f"lag    seqcast: {board.lag_text}")
+    out.line(board.verdict())
+
+
+def _fresh_dir(path: Path | None, force: bool, prefix: str = "run") -> Path:
     if path is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("out") / f"run-{stamp}"
+        path = Path("out") / f"{prefix}-{stamp}"
         suffix = 1
         while path.exists():
             suffix += 1
-            path = Path("out") / f"run-{stamp}-{suffix}"
+            path = Path("out") / f"{prefix}-{stamp}-{suffix}"
         return path
     _refuse_overwrite(path, force)
     return path
@@ -336,10 +391,12 @@ def _cmd_run(args, out: _Out) -> int:
     holdout = evaluate_holdout(forecaster, train, test)
     _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
-    out.table(_leaderboard_table(holdout))
-    out.line(holdout.verdict())
+    _print_board(holdout.board, out)
     per_step = _horizon_scores(forecaster, test, out)
-    paths = write_run(out_dir, holdout, forecaster, info={"data": _describe(train), "test": _describe(test)})
+    info = {"data": _describe(train), "test": _describe(test), "warnings": _warnings(train, test)}
+    paths = write_run(out_dir, holdout, forecaster, info=info)
+    if args.report:
+        paths["report"] = write_report(out_dir)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name + ("/" if p.is_dir() else "") for p in paths.values()))
     out.result({"out": str(out_dir), **run_summary(holdout, forecaster), **per_step})
     return 0
@@ -371,12 +428,59 @@ def _cmd_train(args, out: _Out) -> int:
     holdout = evaluate_holdout(forecaster, train, test)
     _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
-    out.table(_leaderboard_table(holdout))
-    out.line(holdout.verdict())
+    _print_board(holdout.board, out)
     per_step = _horizon_scores(forecaster, test, out)
     forecaster.save(args.out)
     out.line(f"saved  {args.out}/")
     out.result({"model": str(args.out), **run_summary(holdout, forecaster), **per_step})
+    return 0
+
+
+def _warnings(*frames) -> list[str]:
+    return [w for frame in frames for w in (frame.attrs.get("warnings") or [])]
+
+
+def _cmd_backtest(args, out: _Out) -> int:
+    out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
+    frame = _load(args.data or GOOGLE_TRAIN, args)
+    out.line(f"data   {_describe(frame)}")
+    forecaster = _forecaster(args)
+    out.line(f"model  {_model_line(forecaster)}")
+
+    def progress(fold: dict) -> None:
+        rmse = fold["rmse"]
+        best = min((name for name in rmse if name != MODEL), key=lambda n: rmse[n])
+        out.line(
+            f"fold   {fold['fold']}/{fold['of']}  train {fold['train_start']}..{fold['train_end']} ({fold['n_train']})  "
+            f"test {fold['test_start']}..{fold['test_end']} ({fold['n_test']})  RMSE seqcast {rmse[MODEL]:.2f}, "
+            f"{best} {rmse[best]:.2f}  {fold['seconds']:.1f} s"
+        )
+
+    result = walk_forward(
+        forecaster,
+        frame,
+        folds=args.folds,
+        start=args.start,
+        refit_every=args.refit_every,
+        window=args.window,
+        period=args.season,
+        out_dir=out_dir,
+        on_fold=progress,
+    )
+    _print_board(result.board, out)
+    paths = result.write(out_dir, info={"data": _describe(frame), "warnings": _warnings(frame)})
+    paths = {"backtest": out_dir / "backtest.csv", **paths}
+    if args.report:
+        paths["report"] = write_report(out_dir)
+    out.line(f"outputs {out_dir}/  " + "  ".join(p.name for p in paths.values()))
+    out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), "folds": result.folds})
+    return 0
+
+
+def _cmd_report(args, out: _Out) -> int:
+    path = write_report(args.run_dir)
+    out.line(f"wrote  {path}")
+    out.result({"report": str(path)})
     return 0
 
 
@@ -536,6 +640,8 @@ _COMMANDS = {
     "forecast": _cmd_forecast,
     "validate": _cmd_validate,
     "tune": _cmd_tune,
+    "backtest": _cmd_backtest,
+    "report": _cmd_report,
 }
 
 

@@ -44,13 +44,90 @@ def plot_predictions(predictions: pd.DataFrame, path, *, target: str, title: str
 def plot_loss(history, path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = range(1, len(history.loss) + 1)
-    ax.plot(epochs, history.loss, label="training loss")
+    ax.plot(epochs, history.loss, marker="o", ms=3, label="training loss")
     if history.val_loss:
-        ax.plot(epochs, history.val_loss, label="validation loss")
+        ax.plot(epochs, history.val_loss, marker="o", ms=3, label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
     ax.set_title("Loss per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_fold_losses(folds: list[dict], path) -> Path:
+    """Training (and validation) loss per epoch of every walk-forward fold's model."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, fold in enumerate(folds):
+        color = cmap(i / max(len(folds) - 1, 1))
+        epochs = range(1, len(fold["loss"]) + 1)
+        ax.plot(epochs, fold["loss"], color=color, label=f"fold {fold['fold']}")
+        if fold.get("val_loss"):
+            ax.plot(epochs, fold["val_loss"], "--", color=color)
+    ax.set_yscale("log")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Loss (scaled units)")
+    ax.set_title("Training loss per epoch, one line per fold (dashed: validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    return _save(fig, path)
+
+
+def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None) -> Path:
+    """Residuals (actual - predicted) over time and their histogram, for seqcast and one baseline."""
+    fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    series = [("seqcast", "blue")] + ([(baseline, "0.45")] if baseline else [])
+    for name, color in series:
+        residual = predictions["actual"] - predictions[name]
+        label = name if name == "seqcast" else f"{name} (baseline)"
+        ax_time.plot(predictions.index, residual, color=color, lw=1, marker=".", ms=3, label=label)
+        ax_hist.hist(residual.dropna(), bins=30, color=color, alpha=0.5, label=label)
+    ax_time.axhline(0, color="black", lw=0.8)
+    ax_time.set_title(f"Residuals (real - predicted {target}) over time")
+    ax_time.set_ylabel(target)
+    if isinstance(predictions.index, pd.DatetimeIndex):
+        ax_time.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+        fig.autofmt_xdate()
+    ax_hist.set_title("Residual histogram")
+    ax_hist.set_xlabel(target)
+    # An explicit corner: "best" placement is slow on long series.
+    for ax in (ax_time, ax_hist):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left")
+    return _save(fig, path)
+
+
+def plot_backtest(predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None) -> Path:
+    """Walk-forward predictions over all folds, alternate folds shaded, beside the best baseline."""
+    fig, ax = plt.subplots(figsize=(12, 5))
+    for fold, part in predictions.groupby("fold"):
+        if int(fold) % 2 == 0:
+            ax.axvspan(part.index[0], part.index[-1], color="0.92", lw=0)
+    if baseline:
+        ax.plot(predictions.index, predictions[baseline], "--", color="0.45", lw=1, label=f"{baseline} (baseline)")
+    ax.plot(predictions.index, predictions["actual"], color="red", lw=1.5, label=f"Real {target}")
+    ax.plot(predictions.index, predictions["seqcast"], color="blue", lw=1.5, label=f"Predicted {target}")
+    ax.set_title(f"{target}: walk-forward predictions ({predictions['fold'].nunique()} folds, alternate folds shaded)")
+    ax.set_xlabel("Date")
+    ax.set_ylabel(target)
+    if isinstance(predictions.index, pd.DatetimeIndex):
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+        fig.autofmt_xdate()
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_fold_rmse(fold_table: pd.DataFrame, path) -> Path:
+    """RMSE of each model in each fold, as grouped bars."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    fold_table.plot.bar(ax=ax, width=0.8, rot=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("Fold")
+    ax.set_ylabel("RMSE (log scale)")
+    ax.set_title("RMSE per fold")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small", ncol=3)
     return _save(fig, path)

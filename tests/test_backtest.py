@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from seqcast import Forecaster
+from seqcast.backtest import MODEL, evaluate_holdout, plan_folds, score, walk_forward
+from seqcast.baselines import LastValue, LinearAR
+from seqcast.errors import ConfigError
+from seqcast.metrics import diebold_mariano
+
+from .conftest import TINY
+
+FIT_ENDS: list = []
+
+
+class RecordingLastValue(LastValue):
+    """Persistence that records the last date it was fit on (clones share the class-level list)."""
+
+    def fit(self, X, y=None):
+        FIT_ENDS.append((X.index[0], X.index[-1], len(X)))
+        return super().fit(X, y)
+
+
+def _index(n):
+    return pd.bdate_range("2020-01-01", periods=n)
+
+
+def test_plan_folds_expanding_sliding_start_and_refit_every():
+    idx = _index(100)
+    plan = plan_folds(idx, folds=4)  # TimeSeriesSplit sizing: 100 // 5 = 20 rows per fold
+    assert [(f.train, f.test) for f in plan] == [
+        (slice(0, 20), slice(20, 40)),
+        (slice(0, 40), slice(40, 60)),
+        (slice(0, 60), slice(60, 80)),
+        (slice(0, 80), slice(80, 100)),
+    ]
+    sliding = plan_folds(idx, folds=2, refit_every=10, window="sliding")
+    assert [(f.train, f.test) for f in sliding] == [(slice(0, 80), slice(80, 90)), (slice(10, 90), slice(90, 100))]
+    dated = plan_folds(idx, start=idx[90], refit_every=4)
+    assert [(f.test.start, f.test.stop) for f in dated] == [(90, 94), (94, 98), (98, 100)]
+    split = plan_folds(idx, start=str(idx[93].date()), folds=2)
+    assert [(f.test.start, f.test.stop) for f in split] == [(93, 97), (97, 100)]
+    with pytest.raises(ConfigError, match="needs at least 30"):
+        plan_folds(idx, folds=4, min_train=30)
+    with pytest.raises(ConfigError, match="not both"):
+        plan_folds(idx, start=idx[90], folds=2, refit_every=3)
+    with pytest.raises(ConfigError, match="inside that range"):
+        plan_folds(idx, start="2030-01-01")
+
+
+def test_walk_forward_refits_on_the_past_only_and_streams_backtest_csv(small_series, tmp_path):
+    frame = pd.concat(small_series)
+    forecaster = Forecaster(target="Open", **TINY)
+    FIT_ENDS.clear()
+    seen = []
+    result = walk_forward(
+        forecaster,
+        frame,
+        folds=2,
+        refit_every=10,
+        baselines={"recorder": RecordingLastValue("Open"), "persistence": LastValue("Open")},
+        out_dir=tmp_path,
+        on_fold=lambda s: seen.append((s["fold"], (tmp_path / "backtest.csv").exists())),
+    )
+    # Each fold's baseline saw exactly the rows before that fold.
+    assert FIT_ENDS == [(frame.index[0], frame.index[119], 120), (frame.index[0], frame.index[129], 130)]
+    assert seen == [(1, False), (2, False)]  # backtest.csv appears whole, only when every fold is done
+    # The model of fold 2 is a fresh clone fit on rows 0..129: same seed, same predictions.
+    fold2 = clone(forecaster).fit(frame.iloc[:130]).predict(frame.iloc[130:])
+    np.testing.assert_allclose(result.predictions[MODEL].iloc[10:].to_numpy(), fold2.to_numpy(), rtol=1e-6)
+
+    long = pd.read_csv(tmp_path / "backtest.csv", parse_dates=["date"])
+    assert list(long.columns) == ["fold", "date", "model", "actual", "predicted"]
+    assert len(long) == 20 * 3 and set(long["model"]) == {MODEL, "recorder", "persistence"}
+    persistence = long[long["model"] == "persistence"].set_index("date")
+    np.testing.assert_allclose(persistence["predicted"], frame["Open"].shift(1).iloc[120:], rtol=1e-6)
+    np.testing.assert_allclose(persistence["actual"], frame["Open"].iloc[120:], rtol=1e-6)
+
+    board = result.board.table
+    err = result.predictions[MODEL] - result.predictions["actual"]
+    assert board.loc[MODEL, "rmse"] == pytest.approx(float(np.sqrt(np.mean(err**2))), rel=1e-6)
+    dm = diebold_mariano(result.predictions["actual"], result.predictions[MODEL], result.predictions[result.board.best_baseline])
+    assert board.loc[MODEL, "dm_p"] == pytest.approx(dm.p_value, rel=1e-6)
+    # Direction is scored from the real previous value, including the first test row's.
+    prev = frame["Open"].shift(1).iloc[120:].to_numpy()
+    actual, pred = frame["Open"].iloc[120:].to_numpy(), result.predictions[MODEL].to_numpy()
+    hits = np.mean(np.sign(pred - prev) == np.sign(actual - prev)) * 100
+    assert board.loc[MODEL, "direction"] == pytest.approx(hits)
+
+    paths = result.write(tmp_path)
+    doc = json.loads(paths["leaderboard_json"].read_text())
+    assert doc["verdict"].startswith("seqcast") and len(doc["folds"]) == 2 and doc["folds"][1]["n_train"] == 130
+    table = pd.read_csv(paths["leaderboard"], index_col="model")
+    assert {"rmse", "mase", "direction", "lag", "dm_p", "dm_p_abs", "verdict"} <= set(table.columns)
+
+
+def test_sliding_window_and_horizon_checks(small_series):
+    frame = pd.concat(small_series)
+    FIT_ENDS.clear()
+    # Any estimator with target and lookback parameters can be backtested; a linear AR is quick.
+    walk_forward(
+        LinearAR(target="Open", lookback=10),
+        frame,
+        folds=2,
+        refit_every=10,
+        window="sliding",
+        baselines={"recorder": RecordingLastValue("Open")},
+    )
+    assert FIT_ENDS == [(frame.index[0], frame.index[119], 120), (frame.index[10], frame.index[129], 120)]
+    with pytest.raises(ConfigError, match="horizon 1"):
+        walk_forward(Forecaster(target="Open", **TINY), frame, folds=2, horizon=3)
+
+
+def _board(model, baseline_a, baseline_b, actual):
+    frame = pd.DataFrame({"actual": actual, MODEL: model, "a": baseline_a, "b": baseline_b})
+    return score(frame)
+
+
+def test_leaderboard_verdicts():
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=80).cumsum() + 100
+    close = actual + rng.normal(scale=0.5, size=80)
+    far = actual + rng.normal(scale=3.0, size=80)
+    better = _board(actual + rng.normal(scale=0.05, size=80), close, far, actual)
+    assert better.best_baseline == "a"
+    assert better.verdict().startswith("seqcast is significantly better than a (p")
+    assert better.table.loc["b", "verdict"].startswith("significantly worse than a")
+    assert better.table.loc["a", "verdict"] == "best baseline" and np.isnan(better.table.loc["a", "dm_p"])
+    tie = _board(close + rng.normal(scale=0.01, size=80), close, far, actual)
+    assert "not significantly" in tie.verdict() or "the difference is not significant" in tie.verdict()
+    worse = _board(far + 5, close, far, actual)
+    assert worse.verdict().startswith("seqcast does NOT beat the naive a forecast") and "significantly worse" in worse.verdict()
+
+
+def test_holdout_leaderboard_has_significance(small_series):
+    train, test = small_series
+    holdout = evaluate_holdout(Forecaster(target="Open", **TINY), train, test)
+    board = holdout.leaderboard()
+    assert board.index[0] == MODEL and {"dm_p", "dm_p_abs", "verdict", "mase", "lag"} <= set(board.columns)
+    assert set(holdout.board.comparisons.index) == set(board.index) - {MODEL}
+    # The persistence row is yesterday's Open from the real series: MASE scaled by the training naive error.
+    naive_scale = np.mean(np.abs(np.diff(train["Open"].to_numpy())))
+    yesterday = np.r_[train["Open"].iloc[-1], test["Open"].iloc[:-1]]
+    expected = np.mean(np.abs(test["Open"].to_numpy() - yesterday)) / naive_scale
+    assert board.loc["persistence", "mase"] == pytest.approx(expected)
+    assert holdout.verdict().startswith("seqcast")
