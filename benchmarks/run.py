@@ -80,15 +80,18 @@ def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
     return {"size": size, "gflops": spread(rates)}
 
 
-def bench_training(X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float) -> dict:
-    model = build_model(1, cell=cell, layers=layers, units=units, dropout=0.2, horizon=1, seed=0)
+def bench_training(
+    X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float, fused: bool = False
+) -> dict:
+    model = build_model(1, cell=cell, layers=layers, units=units, dropout=0.2, horizon=1, seed=0, fused=fused)
     # One warm-up epoch (oneDNN primitive creation, allocator growth), then `epochs` timed ones.
     history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0)
     seconds = history.epoch_seconds[1:]
     flops = epoch_flops(cell, layers, units, len(X), X.shape[1])
     median = statistics.median(seconds)
     return {
-        "config": f"{layers}x{cell.upper()}({units}), lookback {X.shape[1]}, {len(X)} windows, batch 64",
+        "config": f"{layers}x{cell.upper()}({units}){' fused' if fused else ''}, lookback {X.shape[1]}, "
+        f"{len(X)} windows, batch 64",
         "seconds_per_epoch": spread(seconds),
         "warmup_epoch_seconds": history.epoch_seconds[0],
         "windows_per_second": len(X) / median,
@@ -160,6 +163,7 @@ def rss_child() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # each result shows as soon as it is measured
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per config (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -193,9 +197,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads")
     if "train" in sections:
         results["training"] = {}
-        for cell, layers, units in (("lstm", 4, 50), ("gru", 4, 50), ("lstm", 2, 128)):
-            r = bench_training(X, y, cell=cell, layers=layers, units=units, epochs=args.epochs, gemm=rate)
-            results["training"][f"{cell}_{layers}x{units}"] = r
+        configs = (("lstm", 4, 50, False), ("lstm", 4, 50, True), ("gru", 4, 50, False), ("lstm", 2, 128, False))
+        for cell, layers, units, fused in configs:
+            r = bench_training(
+                X, y, cell=cell, layers=layers, units=units, epochs=args.epochs, gemm=rate, fused=fused
+            )
+            results["training"][f"{cell}_{layers}x{units}{'_fused' if fused else ''}"] = r
             s = r["seconds_per_epoch"]
             print(f"{r['config']}: {s['median']:.3f} s/epoch (min {s['min']:.3f}, max {s['max']:.3f}, n {s['n']}), "
                   f"{r['windows_per_second']:.0f} windows/s, {r['gflops']:.1f} GFLOP/s = "
