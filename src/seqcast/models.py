@@ -237,8 +237,8 @@ def build_model(
 # one batched GEMM and a few in-place elementwise ops per step, and the backward is written out so
 # that the weight gradients are two large GEMMs after the time loop instead of one small GEMM per
 # step. Weights carry a leading model axis K, so the same code trains K models of one shape at once
-# (K = 1 for a single model). Hand-written because no library offers a batched-weights LSTM, and
-# torch.compile of a 60-step loop costs minutes of compilation on this CPU. It is checked against
+# (K = 1 for a single model). Hand-written because neither torch nor a well-kept library offers a
+# batched-weights LSTM (torch.compile of the unrolled loop was not tried). It is checked against
 # torch.nn.LSTM in tests/test_speed_paths.py; benchmarks/README.md records that on the 2-core
 # machine it was measured on it is slower than PyTorch's oneDNN LSTM, hence opt-in.
 
@@ -249,9 +249,7 @@ def _gate_order(units: int, device: torch.device) -> Tensor:
     With o first and g last, the three sigmoid gates are one contiguous block and the three gates
     whose gradient is driven by the cell state (i, f, g) are another.
     """
-    return torch.cat(
-        [torch.arange(3 * units, 4 * units), torch.arange(0, 3 * units)]
-    ).to(device)
+    return torch.cat([torch.arange(3 * units, 4 * units), torch.arange(0, 3 * units)]).to(device)
 
 
 class _FusedLSTMLayer(torch.autograd.Function):
@@ -265,7 +263,8 @@ class _FusedLSTMLayer(torch.autograd.Function):
         xk = x.permute(1, 0, 2, 3).reshape(k, steps * batch, n_in)
         doubled = torch.ones(gates, dtype=x.dtype, device=x.device)
         doubled[3 * u :] = 2
-        projected = torch.baddbmm(((b_ih + b_hh) * doubled).unsqueeze(1), xk, (w_ih * doubled[:, None]).transpose(1, 2))
+        bias = ((b_ih + b_hh) * doubled).unsqueeze(1)
+        projected = torch.baddbmm(bias, xk, (w_ih * doubled[:, None]).transpose(1, 2))
         acts = projected.view(k, steps, batch, gates).transpose(0, 1).contiguous()
         h_all = x.new_empty(steps, k, batch, u)
         c_all = torch.empty_like(h_all)
