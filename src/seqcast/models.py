@@ -43,6 +43,7 @@ class StackedRNN(nn.Module):
         dropout: float = 0.2,
         horizon: int = 1,
         nonlinearity: str = "tanh",
+        fused: bool = False,
     ) -> None:
         super().__init__()
         _validate(n_features, cell, layers, units, dropout, horizon, nonlinearity)
@@ -53,6 +54,7 @@ class StackedRNN(nn.Module):
         self.dropout_rate = float(dropout)
         self.horizon = horizon
         self.nonlinearity = nonlinearity
+        self.fused = bool(fused)
 
         rnn_kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.rnn = _RECURRENT_CLASSES[cell](
@@ -69,8 +71,33 @@ class StackedRNN(nn.Module):
         keras_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        sequence, _ = self.rnn(x)
-        return self.head(self.dropout(sequence[:, -1, :]))
+        if self.uses_fused_path(x):
+            last = fused_lstm(
+                x.transpose(0, 1).unsqueeze(1),
+                self.stacked_weights(),
+                dropout=self.dropout_rate,
+                training=self.training,
+                generators=[None],
+            )[0]
+        else:
+            sequence, _ = self.rnn(x)
+            last = sequence[:, -1, :]
+        return self.head(self.dropout(last))
+
+    def uses_fused_path(self, x: Tensor) -> bool:
+        """With ``fused=True`` the fused LSTM runs CPU training; inference (no grad) keeps
+        oneDNN's faster forward and CUDA keeps cuDNN."""
+        return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
+
+    def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""
+        return [
+            tuple(
+                getattr(self.rnn, f"{name}_l{layer}").unsqueeze(0)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
+            for layer in range(self.layers)
+        ]
 
 
 def _validate(
@@ -183,8 +210,14 @@ def build_model(
     horizon: int,
     nonlinearity: str = "tanh",
     seed: int | None = None,
+    fused: bool = False,
 ) -> StackedRNN:
-    """Construct a :class:`StackedRNN`; with ``seed`` its initial weights are reproducible."""
+    """Construct a :class:`StackedRNN`; with ``seed`` its initial weights are reproducible.
+
+    ``fused=True`` trains an LSTM with the hand-written fused layer instead of PyTorch's oneDNN
+    kernel (same results within float rounding); it measured slower on a 2-core CPU, see
+    benchmarks/README.md, so it is off by default.
+    """
     if seed is not None:
         torch.manual_seed(seed)
     return StackedRNN(
@@ -195,4 +228,158 @@ def build_model(
         dropout=dropout,
         horizon=horizon,
         nonlinearity=nonlinearity,
+        fused=fused,
     )
+
+
+# --- Fused LSTM (opt-in CPU training path, and the engine of seqcast.ensemble) --------------------
+# A hand-written LSTM layer: the input projection of all timesteps is one GEMM, the recurrence is
+# one batched GEMM and a few in-place elementwise ops per step, and the backward is written out so
+# that the weight gradients are two large GEMMs after the time loop instead of one small GEMM per
+# step. Weights carry a leading model axis K, so the same code trains K models of one shape at once
+# (K = 1 for a single model). Hand-written because neither torch nor a well-kept library offers a
+# batched-weights LSTM (torch.compile of the unrolled loop was not tried). It is checked against
+# torch.nn.LSTM in tests/test_speed_paths.py; benchmarks/README.md records that on the 2-core
+# machine it was measured on it is slower than PyTorch's oneDNN LSTM, hence opt-in.
+
+
+def _gate_order(units: int, device: torch.device) -> Tensor:
+    """Row order taking PyTorch's gate blocks (i, f, g, o) to the internal (o, i, f, g).
+
+    With o first and g last, the three sigmoid gates are one contiguous block and the three gates
+    whose gradient is driven by the cell state (i, f, g) are another.
+    """
+    return torch.cat([torch.arange(3 * units, 4 * units), torch.arange(0, 3 * units)]).to(device)
+
+
+class _FusedLSTMLayer(torch.autograd.Function):
+    """One LSTM layer over (T, K, B, I) inputs with internal-order weights (K, 4U, ·), biases (K, 4U)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        steps, k, batch, n_in = x.shape
+        gates = w_hh.shape[1]
+        u = gates // 4
+        xk = x.permute(1, 0, 2, 3).reshape(k, steps * batch, n_in)
+        doubled = torch.ones(gates, dtype=x.dtype, device=x.device)
+        doubled[3 * u :] = 2
+        bias = ((b_ih + b_hh) * doubled).unsqueeze(1)
+        projected = torch.baddbmm(bias, xk, (w_ih * doubled[:, None]).transpose(1, 2))
+        acts = projected.view(k, steps, batch, gates).transpose(0, 1).contiguous()
+        h_all = x.new_empty(steps, k, batch, u)
+        c_all = torch.empty_like(h_all)
+        tanh_c = torch.empty_like(h_all)
+        w_hh_t = (w_hh * doubled[:, None]).transpose(1, 2).contiguous()
+        h = x.new_zeros(k, batch, u)
+        c = torch.zeros_like(h)
+        for a, o, i, f, g, c_t, tc, h_t in zip(
+            acts.unbind(0),
+            acts[..., :u].unbind(0),
+            acts[..., u : 2 * u].unbind(0),
+            acts[..., 2 * u : 3 * u].unbind(0),
+            acts[..., 3 * u :].unbind(0),
+            c_all.unbind(0),
+            tanh_c.unbind(0),
+            h_all.unbind(0),
+        ):
+            a.baddbmm_(h, w_hh_t)
+            # tanh(z) = 2·sigmoid(2z) - 1: PyTorch's CPU sigmoid is several times faster than its
+            # tanh on these small blocks. The g rows of the weights were doubled before the loop.
+            a.sigmoid_()
+            g.mul_(2).sub_(1)
+            torch.mul(f, c, out=c_t)
+            c_t.addcmul_(i, g)
+            torch.mul(c_t, 2, out=tc).sigmoid_().mul_(2).sub_(1)
+            h = torch.mul(o, tc, out=h_t)
+            c = c_t
+        ctx.save_for_backward(xk, w_ih, w_hh, acts, c_all, tanh_c, h_all)
+        return h_all
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        xk, w_ih, w_hh, acts, c_all, tanh_c, h_all = ctx.saved_tensors
+        steps, k, batch, u = h_all.shape
+        gates = 4 * u
+        o, i, f, g = acts[..., :u], acts[..., u : 2 * u], acts[..., 2 * u : 3 * u], acts[..., 3 * u :]
+        c_prev = torch.cat([torch.zeros_like(c_all[:1]), c_all[:-1]])
+        # Every factor that does not depend on the incoming gradient is computed for all steps at
+        # once, so the reversed loop is left with five small ops and one GEMM per step.
+        dc_from_dh = o * (1 - tanh_c * tanh_c)
+        do_from_dh = tanh_c * o * (1 - o)
+        from_dc = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], dim=-1)
+        d_pre = h_all.new_empty(steps, k, batch, gates)
+        dh_next = h_all.new_zeros(k, batch, u)
+        dc_next = torch.zeros_like(dh_next)
+        for t, gh, a_t, n_t, m_t, f_t, do_t, dc_t, dp_t in zip(
+            range(steps - 1, -1, -1),
+            reversed(grad_h.unbind(0)),
+            reversed(dc_from_dh.unbind(0)),
+            reversed(do_from_dh.unbind(0)),
+            reversed(from_dc.view(steps, k, batch, 3, u).unbind(0)),
+            reversed(f.unbind(0)),
+            reversed(d_pre[..., :u].unbind(0)),
+            reversed(d_pre[..., u:].view(steps, k, batch, 3, u).unbind(0)),
+            reversed(d_pre.unbind(0)),
+        ):
+            dh = gh + dh_next
+            dc = torch.addcmul(dc_next, dh, a_t)
+            torch.mul(dh, n_t, out=do_t)
+            torch.mul(m_t, dc.unsqueeze(2), out=dc_t)
+            if t:
+                dc_next = dc * f_t
+                dh_next = torch.bmm(dp_t, w_hh)
+        d_pre_k = d_pre.transpose(0, 1).reshape(k, steps * batch, gates)
+        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
+        grad_w_hh = torch.bmm(d_pre_k[:, batch:].transpose(1, 2), h_prev_k)
+        grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), xk)
+        grad_bias = d_pre_k.sum(1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(d_pre_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
+        # Two tensors, not one: a gradient shared by bias_ih and bias_hh would be scaled twice by
+        # in-place gradient clipping.
+        return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+
+
+def fused_lstm(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    dropout: float,
+    training: bool,
+    generators: list[torch.Generator | None],
+) -> Tensor:
+    """Run a stack of LSTM layers on time-major ``x (T, K, B, F)``; return the last step ``(K, B, U)``.
+
+    ``weights`` holds, per layer, PyTorch-layout ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a
+    leading model axis K. Dropout between layers draws one ``(T, B, U)`` mask per model from that
+    model's generator, in the order and shape ``torch.nn.LSTM`` draws it, so a model seeded the same
+    way gets the same masks as the plain path.
+    """
+    units = weights[0][1].shape[2]
+    order = _gate_order(units, x.device)
+    out = x
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        out = _FusedLSTMLayer.apply(out, w_ih[:, order], w_hh[:, order], b_ih[:, order], b_hh[:, order])
+        if training and dropout > 0 and layer < len(weights) - 1:
+            out = out * dropout_masks(out.shape, dropout, generators, dim=1, device=x.device)
+    return out[-1]
+
+
+def dropout_masks(
+    shape: torch.Size,
+    p: float,
+    generators: list[torch.Generator | None],
+    *,
+    dim: int,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Inverted-dropout masks, one per generator, drawn like ``torch.nn.functional.dropout`` draws
+    them (``bernoulli_(1 - p)`` on a contiguous tensor, then ``/ (1 - p)``), stacked along ``dim``."""
+    per_model = list(shape)
+    del per_model[dim]
+    masks = [
+        torch.empty(per_model, device=device).bernoulli_(1 - p, generator=gen).div_(1 - p)
+        for gen in generators
+    ]
+    return torch.stack(masks, dim=dim)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -160,6 +161,20 @@ def _mean_loss(
     return total.item() / len(X)
 
 
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, then restore the previous count."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -184,6 +199,7 @@ def train_model(
     verbose: int = 0,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int, float, float | None], None] | None = None,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` in place on windows ``X (N, T, F)`` and targets ``y (N, H)``.
 
@@ -191,12 +207,16 @@ def train_model(
     are given, else training loss) has not improved for N epochs, and always leaves the model
     with the weights of ``History.best_epoch`` (Keras restores them only when it stops early).
     The same ``seed`` gives bit-identical weights on the same machine and device.
+    ``threads`` sets torch's intra-op thread count for this call only (restored afterwards); on a
+    busy machine 1 thread can be several times faster than the default (benchmarks/README.md).
     The model is left in eval mode.
     """
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
     if early_stopping is not None:
         _check_positive_int("early_stopping", early_stopping)
+    if threads is not None:
+        _check_positive_int("threads", threads)
     if loss not in LOSSES:
         raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
@@ -234,7 +254,7 @@ def train_model(
         console=Console(stderr=True),
         disable=not verbose,
     )
-    with progress:
+    with progress, intra_op_threads(threads):
         task = progress.add_task("train", total=epochs, loss="-", val_loss="")
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
@@ -316,7 +336,8 @@ def predict_batches(
     if len(X) == 0:
         raise DataError("X has no samples to predict; the series is shorter than lookback")
     outputs = []
-    with torch.no_grad():
+    # inference_mode skips autograd's version counters and view tracking: cheaper than no_grad.
+    with torch.inference_mode():
         for start in range(0, len(X), batch_size):
             batch = _as_tensor(X[start : start + batch_size], torch_device, "X")
             if batch.ndim != 3:

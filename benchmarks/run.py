@@ -1,0 +1,230 @@
+"""Speed harness: `make bench` or `python benchmarks/run.py [--epochs N] [--threads N] [--out PATH]`.
+
+Prints a table and writes benchmarks/results.json. Every timing is a median over repeats with
+its min and max, because the machine this was written on is shared and timings are noisy.
+
+FLOP count (analytic, multiply-add = 2 FLOP): per recurrent layer and timestep the gate GEMMs
+cost 2·B·(in + units)·G·units with G = 4 gates (LSTM), 3 (GRU), 1 (RNN); elementwise gate math
+and the dense head are left out (< 2 %). The backward pass costs about twice the forward (one
+GEMM for the input gradient, one for the weight gradient), so a training epoch is
+3 · Σ_layers 2·N·T·(in + units)·G·units for N windows of T steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from seqcast.datasets import load_google  # noqa: E402
+from seqcast.models import build_model  # noqa: E402
+from seqcast.training import predict_batches, train_model  # noqa: E402
+from seqcast.windows import context_windows, fit_scaler, supervised_windows  # noqa: E402
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+LOOKBACK = 60
+
+
+def seed_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seed experiment's 1,198 training windows of scaled Open and the 20 January windows."""
+    train, test = load_google()
+    values = train["Open"].to_numpy(np.float64)[:, None]
+    scaler = fit_scaler(values)
+    scaled = scaler.transform(values)
+    X, y = supervised_windows(scaled, scaled[:, 0], LOOKBACK, 1)
+    both = np.concatenate([values, test["Open"].to_numpy(np.float64)[:, None]])
+    january, _ = context_windows(scaler.transform(both), LOOKBACK, len(test))
+    return np.ascontiguousarray(X, np.float32), np.ascontiguousarray(y, np.float32), january
+
+
+def epoch_flops(cell: str, layers: int, units: int, n_windows: int, lookback: int, n_features: int = 1) -> float:
+    forward = 0.0
+    for layer in range(layers):
+        inputs = n_features if layer == 0 else units
+        forward += 2.0 * n_windows * lookback * (inputs + units) * GATES[cell] * units
+    return 3.0 * forward
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - started)
+    rates = [2.0 * size**3 / t / 1e9 for t in times]
+    return {"size": size, "gflops": spread(rates)}
+
+
+def bench_training(
+    X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float, fused: bool = False
+) -> dict:
+    model = build_model(1, cell=cell, layers=layers, units=units, dropout=0.2, horizon=1, seed=0, fused=fused)
+    # One warm-up epoch (oneDNN primitive creation, allocator growth), then `epochs` timed ones.
+    history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0)
+    seconds = history.epoch_seconds[1:]
+    flops = epoch_flops(cell, layers, units, len(X), X.shape[1])
+    median = statistics.median(seconds)
+    return {
+        "config": f"{layers}x{cell.upper()}({units}){' fused' if fused else ''}, lookback {X.shape[1]}, "
+        f"{len(X)} windows, batch 64",
+        "seconds_per_epoch": spread(seconds),
+        "warmup_epoch_seconds": history.epoch_seconds[0],
+        "windows_per_second": len(X) / median,
+        "gflop_per_epoch": flops / 1e9,
+        "gflops": flops / median / 1e9,
+        "fraction_of_gemm": flops / median / 1e9 / gemm,
+        "final_loss": history.loss[-1],
+    }
+
+
+def bench_predict(X, january, *, repeats: int = 200) -> dict:
+    model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    result = {}
+    for name, windows, n in (("january_20", january, repeats), ("batch_1000", X[:1000], 20)):
+        predict_batches(model, windows)
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            predict_batches(model, windows)
+            times.append((time.perf_counter() - started) * 1e3)
+        result[name] = {"windows": len(windows), "milliseconds": spread(times)}
+    return result
+
+
+def bench_ensemble(X, y, *, k: int, epochs: int) -> dict:
+    """K seeds of the seed config: K sequential train_model fits vs one train_many call."""
+    from seqcast.ensemble import train_many
+
+    seeds = list(range(k))
+    kwargs = dict(cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
+    started = time.perf_counter()
+    for seed in seeds:
+        train_model(build_model(1, seed=seed, **kwargs), X, y, epochs=epochs, batch_size=64, seed=seed)
+    sequential = time.perf_counter() - started
+    models = [build_model(1, seed=seed, **kwargs) for seed in seeds]
+    started = time.perf_counter()
+    train_many(models, X, y, seeds=seeds, epochs=epochs, batch_size=64)
+    together = time.perf_counter() - started
+    windows = k * epochs * len(X)
+    return {
+        "models": k,
+        "epochs": epochs,
+        "sequential_seconds": sequential,
+        "together_seconds": together,
+        "sequential_windows_per_second": windows / sequential,
+        "together_windows_per_second": windows / together,
+        "speedup": sequential / together,
+    }
+
+
+def peak_rss_of_fit(threads: int) -> dict:
+    """Peak RSS of a fresh process that imports seqcast and fits the seed config for 2 epochs."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_child() -> None:
+    X, y, _ = seed_windows()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    train_model(model, X, y, epochs=2, batch_size=64, seed=0)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"after_imports_mib": before / 1024, "peak_fit_mib": after / 1024}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # each result shows as soon as it is measured
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per config (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--ensemble", type=int, default=8, help="models trained together")
+    parser.add_argument("--ensemble-epochs", type=int, default=2)
+    parser.add_argument("--only", choices=("gemm", "train", "predict", "ensemble", "rss"), action="append")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child()
+        return
+    sections = set(args.only or ("gemm", "train", "predict", "ensemble", "rss"))
+
+    X, y, january = seed_windows()
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "load_average_before": os.getloadavg(),
+        },
+    }
+    gemm = gemm_rate()
+    results["gemm"] = gemm
+    rate = gemm["gflops"]["median"]
+    print(f"fp32 GEMM 2048²: {rate:.1f} GFLOP/s (min {gemm['gflops']['min']:.1f}, max {gemm['gflops']['max']:.1f}), "
+          f"{torch.get_num_threads()} threads")
+    if "train" in sections:
+        results["training"] = {}
+        configs = (("lstm", 4, 50, False), ("lstm", 4, 50, True), ("gru", 4, 50, False), ("lstm", 2, 128, False))
+        for cell, layers, units, fused in configs:
+            r = bench_training(
+                X, y, cell=cell, layers=layers, units=units, epochs=args.epochs, gemm=rate, fused=fused
+            )
+            results["training"][f"{cell}_{layers}x{units}{'_fused' if fused else ''}"] = r
+            s = r["seconds_per_epoch"]
+            print(f"{r['config']}: {s['median']:.3f} s/epoch (min {s['min']:.3f}, max {s['max']:.3f}, n {s['n']}), "
+                  f"{r['windows_per_second']:.0f} windows/s, {r['gflops']:.1f} GFLOP/s = "
+                  f"{100 * r['fraction_of_gemm']:.0f}% of GEMM", flush=True)
+    if "predict" in sections:
+        results["predict"] = bench_predict(X, january)
+        for name, r in results["predict"].items():
+            m = r["milliseconds"]
+            print(f"predict {r['windows']} windows: {m['median']:.2f} ms (min {m['min']:.2f}, max {m['max']:.2f})")
+    if "ensemble" in sections:
+        r = bench_ensemble(X, y, k=args.ensemble, epochs=args.ensemble_epochs)
+        results["ensemble"] = r
+        print(f"{r['models']} models x {r['epochs']} epochs: sequential {r['sequential_windows_per_second']:.0f} "
+              f"windows/s, together {r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x)")
+    if "rss" in sections:
+        results["peak_rss"] = peak_rss_of_fit(args.threads)
+        print(f"peak RSS of a seed-config fit: {results['peak_rss']['peak_fit_mib']:.0f} MiB "
+              f"({results['peak_rss']['after_imports_mib']:.0f} MiB after imports)")
+    results["machine"]["load_average_after"] = os.getloadavg()
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

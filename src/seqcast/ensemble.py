@@ -1,0 +1,176 @@
+"""Train K LSTM models of one shape together, as if each had been fitted alone by ``train_model``.
+
+The K models' weights are stacked along a leading axis and every GEMM becomes one batched GEMM
+(``torch.bmm``) over the K models, so the per-operation overhead that dominates a small LSTM on a
+CPU is paid once per step instead of K times. Each model keeps everything that makes its fit its
+own: its initial weights, its batch order (a generator seeded with its seed, as in
+``train_model``), its dropout masks (another generator seeded with its seed, drawn in the order and
+shape ``torch.nn.LSTM`` draws them), its loss and its gradient-clipping norm. Adam, RMSprop and SGD
+are elementwise, so one optimizer over the stacked weights updates each model exactly as its own
+optimizer would. On the CPU, model k therefore ends with the weights of
+``train_model(models[k], X, y, seed=seeds[k])`` up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqcast.errors import ConfigError
+from seqcast.models import StackedRNN, dropout_masks, fused_lstm
+from seqcast.training import (
+    LOSSES,
+    History,
+    TrainingDiverged,
+    _check_positive_int,
+    _prepare,
+    intra_op_threads,
+    make_optimizer,
+    resolve_device,
+)
+
+_LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _check_same_shape(models: Sequence[StackedRNN]) -> None:
+    if not models:
+        raise ConfigError("train_many needs at least one model")
+    first = models[0]
+    for index, model in enumerate(models):
+        if not isinstance(model, StackedRNN):
+            raise ConfigError(f"models[{index}] is a {type(model).__name__}, not a seqcast StackedRNN")
+        if model.cell != "lstm":
+            raise ConfigError(
+                f"models[{index}] is a {model.cell.upper()}; train_many trains LSTM models only "
+                "(fit GRU/RNN models one by one with train_model)"
+            )
+        shape = (model.n_features, model.layers, model.units, model.horizon, model.dropout_rate)
+        wanted = (first.n_features, first.layers, first.units, first.horizon, first.dropout_rate)
+        if shape != wanted:
+            raise ConfigError(
+                f"models[{index}] has (features, layers, units, horizon, dropout) {shape} but models[0] "
+                f"has {wanted}; train_many trains models of one shape"
+            )
+
+
+def train_many(
+    models: Sequence[StackedRNN],
+    X: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    seeds: Sequence[int],
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    loss: str = "mse",
+    shuffle: bool = True,
+    clip_norm: float | None = None,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> tuple[list[StackedRNN], list[History]]:
+    """Train ``models`` (LSTM ``StackedRNN`` of one shape) in place on the same ``X``, ``y``.
+
+    ``seeds[k]`` plays the role of ``train_model``'s ``seed`` for ``models[k]`` (build the models
+    with ``build_model(..., seed=s)`` for reproducible initial weights). The other arguments mean
+    what they mean in ``train_model``; validation data and early stopping are not supported here
+    (fit one by one when a model must stop on its own). Returns the models, left in eval mode,
+    and one ``History`` per model; ``epoch_seconds`` is the time of the joint epoch.
+    """
+    models = list(models)
+    _check_same_shape(models)
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != len(models):
+        raise ConfigError(f"got {len(models)} models but {len(seeds)} seeds; give one seed per model")
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if threads is not None:
+        _check_positive_int("threads", threads)
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+        raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+
+    torch_device = resolve_device(device)
+    template = models[0]
+    X_t, y_t = _prepare(X, y, torch_device, template.horizon, ("X", "y"))
+    n_samples, k = len(X_t), len(models)
+
+    # One Parameter per weight name holding all K models' copies; copied back at the end.
+    names = [name for name, _ in template.named_parameters()]
+    stacked = {
+        name: nn.Parameter(
+            torch.stack([dict(model.named_parameters())[name].detach() for model in models]).to(torch_device)
+        )
+        for name in names
+    }
+    layer_weights = [
+        tuple(stacked[f"rnn.{name}_l{layer}"] for name in _LAYER_WEIGHTS)
+        for layer in range(template.layers)
+    ]
+    head_weight, head_bias = stacked["head.weight"], stacked["head.bias"]
+    params = list(stacked.values())
+    optim = make_optimizer(optimizer, params, lr)
+    shufflers = [torch.Generator().manual_seed(s) for s in seeds]
+    # train_model draws dropout masks from torch's global generator right after manual_seed(seed).
+    droppers = [torch.Generator(device=torch_device).manual_seed(s) for s in seeds]
+    loss_fn = LOSSES[loss]
+    p = template.dropout_rate
+    histories = [History() for _ in models]
+
+    with intra_op_threads(threads):
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            orders = torch.stack(
+                [torch.randperm(n_samples, generator=g) if shuffle else torch.arange(n_samples) for g in shufflers]
+            ).to(torch_device)
+            total = torch.zeros(k, dtype=torch.float64, device=torch_device)
+            for start in range(0, n_samples, batch_size):
+                index = orders[:, start : start + batch_size]
+                optim.zero_grad(set_to_none=True)
+                # (K, B, T, F) -> time-major (T, K, B, F)
+                batch_x = X_t[index].permute(2, 0, 1, 3)
+                last = fused_lstm(batch_x, layer_weights, dropout=p, training=True, generators=droppers)
+                if p > 0:
+                    last = last * dropout_masks(last.shape, p, droppers, dim=0, device=torch_device)
+                predictions = torch.baddbmm(head_bias.unsqueeze(1), last, head_weight.transpose(1, 2))
+                per_model = loss_fn(predictions, y_t[index], reduction="none").mean(dim=(1, 2))
+                # Summing keeps each model's gradient equal to that of its own mean loss.
+                per_model.sum().backward()
+                if clip_norm is not None:
+                    _clip_per_model_(params, clip_norm)
+                optim.step()
+                total += per_model.detach().double() * index.shape[1]
+            losses = (total / n_samples).tolist()
+            seconds = time.perf_counter() - started
+            for model_index, (history, value) in enumerate(zip(histories, losses)):
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"model {model_index} (seed {seeds[model_index]}) diverged at epoch {epoch} "
+                        f"(loss {value}): try a lower lr or clip_norm=1.0"
+                    )
+                history.loss.append(value)
+                history.epoch_seconds.append(seconds)
+
+    with torch.no_grad():
+        for model_index, model in enumerate(models):
+            model.to(torch_device)
+            for name, param in model.named_parameters():
+                param.copy_(stacked[name][model_index])
+            model.eval()
+    return models, histories
+
+
+def _clip_per_model_(params: list[nn.Parameter], clip_norm: float) -> None:
+    """``clip_grad_norm_`` applied to each model's slice of the stacked gradients separately."""
+    grads = [p.grad for p in params if p.grad is not None]
+    squares = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0)
+    # Same formula as torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), capped at 1.
+    scale = (clip_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.ndim - 1))))
