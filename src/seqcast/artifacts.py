@@ -144,3 +144,49 @@ def _read_json(path: Path) -> dict:
     if not isinstance(doc, dict):
         raise ArtifactError(f"{path} does not hold a JSON object: the file is corrupt")
     return doc
+
+
+def write_bundle_dir(directory, *, json_files: dict[str, dict], build) -> Path:
+    """A folder of `name.json` files plus whatever `build(staging)` writes into sub-folders, with a
+    manifest of every file's sha256 (paths relative to the folder), replacing `directory` whole."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for name, obj in json_files.items():
+            atomic_write_json(staging / name, obj)
+        build(staging)
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        atomic_write_json(
+            staging / MANIFEST,
+            {"seqcast_version": __version__, "files": {name: sha256_file(staging / name) for name in files}},
+        )
+        _swap_in(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_bundle_dir(directory, *, json_names: tuple[str, ...]) -> dict[str, dict]:
+    """Verify every file of a folder written by `write_bundle_dir` against its manifest; read the JSON files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory} is not a model folder (it does not exist or is a file)")
+    manifest_path = directory / MANIFEST
+    listed = _read_json(manifest_path).get("files")
+    if not isinstance(listed, dict):
+        raise ArtifactError(f"{manifest_path} has no 'files' table: the folder was not written by seqcast")
+    for name in json_names:
+        if name not in listed:
+            raise ArtifactError(f"{manifest_path} does not list {name}: the folder is incomplete")
+    for name, expected in listed.items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing: the model folder is incomplete; save the model again")
+        if sha256_file(path) != expected:
+            raise ArtifactError(
+                f"{path} does not match the sha256 in {MANIFEST}: it was changed or truncated after saving; "
+                "save the model again"
+            )
+    return {name: _read_json(directory / name) for name in json_names}

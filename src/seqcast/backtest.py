@@ -145,6 +145,8 @@ class Holdout:
     target: str
     predictions: pd.DataFrame  # index: dates; columns: actual, seqcast, then one per baseline
     board: Leaderboard
+    intervals: pd.DataFrame | None = None  # lower, upper, std of an ensemble's prediction, when it has them
+    interval: dict | None = None  # their level, coverage and mean width (interval_scores)
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -183,7 +185,36 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
     actual_history = pd.concat([train[target].iloc[-1:], test[target]])
     previous = actual_history.shift(1).iloc[1:] if test.index[0] > train.index[-1] else test[target].shift(1)
     board = score(predictions, train=train[target], previous=previous.to_numpy())
-    return Holdout(target=target, predictions=predictions, board=board)
+    intervals, interval = _intervals_of(model, test, test[target])
+    return Holdout(target=target, predictions=predictions, board=board, intervals=intervals, interval=interval)
+
+
+def _intervals_of(model, frame: pd.DataFrame, actual: pd.Series):
+    """An ensemble's lower/upper/std on `frame` and their scores; (None, None) for a single model."""
+    if not hasattr(model, "predict_interval"):
+        return None, None
+    bands = model.predict_interval(frame)[["lower", "upper", "std"]]
+    return bands, interval_scores(actual, bands["lower"], bands["upper"], level=model.interval)
+
+
+def plain_params(model) -> dict:
+    """`model`'s parameters that JSON can hold: a nested estimator's show as its own (`forecaster__units`)."""
+    if not hasattr(model, "get_params"):
+        return {}
+    return {k: v for k, v in model.get_params().items() if not hasattr(v, "get_params")}
+
+
+def interval_scores(actual, lower, upper, *, level: float) -> dict:
+    """Coverage (share of actual values inside [lower, upper]) and mean width, on rows with an interval."""
+    actual, lower, upper = (np.asarray(v, dtype=np.float64) for v in (actual, lower, upper))
+    rows = np.isfinite(actual) & np.isfinite(lower) & np.isfinite(upper)
+    inside = (actual[rows] >= lower[rows]) & (actual[rows] <= upper[rows])
+    return {
+        "level": float(level),
+        "coverage": float(inside.mean()) if rows.any() else None,
+        "mean_width": float(np.mean(upper[rows] - lower[rows])) if rows.any() else None,
+        "n": int(rows.sum()),
+    }
 
 
 @dataclass(frozen=True)
@@ -269,6 +300,8 @@ class Backtest:
     board: Leaderboard
     folds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    intervals: pd.DataFrame | None = None  # index: dates; lower, upper, std of an ensemble's predictions
+    interval: dict | None = None  # their level, coverage and mean width over all folds
 
     def fold_table(self) -> pd.DataFrame:
         """RMSE of every model in every fold."""
@@ -289,11 +322,17 @@ class Backtest:
             "n_predictions": int(self.predictions[MODEL].notna().sum()),
             "period": f"{self.predictions.index[0].date()}..{self.predictions.index[-1].date()}",
             **self.board.to_dict(),
+            **({"interval": self.interval} if self.interval else {}),
             "settings": self.settings,
             "folds": self.folds,
             **(info or {}),
         }
-        return {
+        paths = {}
+        if self.intervals is not None:
+            paths["intervals"] = atomic_write_text(
+                out_dir / "intervals.csv", self.intervals.rename_axis("date").to_csv(float_format="%.6f", date_format="%Y-%m-%d")
+            )
+        return paths | {
             "leaderboard": atomic_write_text(out_dir / "leaderboard.csv", table.to_csv(float_format="%.6g")),
             "leaderboard_json": atomic_write_json(out_dir / "leaderboard.json", doc),
             "folds": atomic_write_text(out_dir / "folds.csv", self.fold_table().to_csv(float_format="%.6g")),
@@ -389,7 +428,7 @@ def walk_forward(
     if baselines is None:
         baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)
-    summaries = []
+    summaries, bands = [], []
     try:
         for fold in plan:
             train, test = frame.iloc[fold.train], frame.iloc[fold.test]
@@ -400,6 +439,9 @@ def walk_forward(
                 columns[name] = clone(baseline).fit(train).predict(test)
             wide = pd.DataFrame(columns, index=test.index)
             writer.add(fold.number, wide)
+            fold_bands, _ = _intervals_of(model, test, test[target])
+            if fold_bands is not None:
+                bands.append(fold_bands)
             history = getattr(model, "history_", None)
             errors = wide.drop(columns="actual").sub(wide["actual"], axis=0)
             summary = {
@@ -439,6 +481,14 @@ def walk_forward(
         "window": window,
         "horizon": horizon,
         "baselines": {name: type(b).__name__ for name, b in baselines.items()},
-        "model": forecaster.get_params() if hasattr(forecaster, "get_params") else {},
+        "model": plain_params(forecaster),
     }
-    return Backtest(target=target, predictions=predictions, board=board, folds=summaries, settings=settings)
+    intervals = pd.concat(bands) if bands else None
+    interval = None
+    if intervals is not None:
+        actual = predictions["actual"].reindex(intervals.index)
+        interval = interval_scores(actual, intervals["lower"], intervals["upper"], level=forecaster.interval)
+    return Backtest(
+        target=target, predictions=predictions, board=board, folds=summaries, settings=settings,
+        intervals=intervals, interval=interval,
+    )

@@ -15,6 +15,7 @@ from rich.table import Table
 from . import __version__
 from .artifacts import atomic_write_text
 from .backtest import MODEL, evaluate_holdout, walk_forward
+from .conformal import EnsembleForecaster, load_model
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, SeqcastError
@@ -98,6 +99,20 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=param, type=kind, default=defaults[param], help=help_text, action=_Given)
 
 
+def _ensemble_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("ensemble and intervals")
+    group.add_argument(
+        "--ensemble", type=int, metavar="K",
+        help="train K models with seeds seed, seed+1, ... and predict their mean, with their spread and "
+        "conformal prediction intervals",
+    )
+    group.add_argument("--interval", type=float, default=0.9, help="level of the ensemble's prediction intervals")
+    group.add_argument(
+        "--calibration-fraction", type=float, default=0.2,
+        help="last fraction of the training rows held out from the ensemble's fit to calibrate its intervals",
+    )
+
+
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.add_argument("--json", action="store_true", help="print only a JSON result on stdout")
@@ -124,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder (default: out/run-<timestamp>)")
     run.add_argument("--report", action="store_true", help="also write report.html")
     _model_options(run)
+    _ensemble_options(run)
     _output_options(run)
 
     train = verbs.add_parser("train", help="train a model and save it", formatter_class=_Formatter)
@@ -131,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _test_options(train)
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
     _model_options(train)
+    _ensemble_options(train)
     _output_options(train)
 
     predict = verbs.add_parser("predict", help="predict every row that has enough history", formatter_class=_Formatter)
@@ -179,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", type=Path, help="output folder (default: out/backtest-<timestamp>)")
     backtest.add_argument("--report", action="store_true", help="also write report.html")
     _model_options(backtest)
+    _ensemble_options(backtest)
     _output_options(backtest)
 
     report = verbs.add_parser(
@@ -265,6 +283,39 @@ def _model_params(args) -> dict:
 def _forecaster(args) -> Forecaster:
     params = _model_params(args)
     return Forecaster(target=args.target, verbose=0 if args.quiet or args.json else 1, **params)
+
+
+def _estimator(args):
+    """The Forecaster of the options, or an ensemble of them with --ensemble K."""
+    forecaster = _forecaster(args)
+    if getattr(args, "ensemble", None) is None:
+        return forecaster
+    return EnsembleForecaster(
+        forecaster, n_members=args.ensemble, interval=args.interval, calibration_fraction=args.calibration_fraction
+    )
+
+
+def _single(model) -> Forecaster:
+    """The model itself, or an ensemble's first member (for what every member shares)."""
+    return model.members_[0] if isinstance(model, EnsembleForecaster) else model
+
+
+def _describe_model(model) -> str:
+    if not isinstance(model, EnsembleForecaster):
+        return _model_line(model)
+    base, k = model.forecaster, model.n_members
+    return (
+        f"{_model_line(base)}; ensemble of {k} (seeds {base.seed}..{base.seed + k - 1}), {model.interval:.0%} "
+        f"conformal intervals from the last {model.calibration_fraction:.0%} of the training rows"
+    )
+
+
+def _print_interval(interval: dict | None, out: "_Out") -> None:
+    if interval and interval["coverage"] is not None:
+        out.line(
+            f"interval {interval['level']:.0%}: coverage {interval['coverage']:.1%} of {interval['n']} actual values, "
+            f"mean width {interval['mean_width']:.2f}"
+        )
 
 
 def _model_line(f: Forecaster) -> str:
@@ -386,12 +437,13 @@ def _cmd_run(args, out: _Out) -> int:
         raise ConfigError("seqcast run needs a test period: give --test FILE or --test-from DATE")
     out_dir = _fresh_dir(args.out, args.force)
     train, test = _train_and_test(args, out)
-    forecaster = _forecaster(args)
-    out.line(f"model  {_model_line(forecaster)}")
+    forecaster = _estimator(args)
+    out.line(f"model  {_describe_model(forecaster)}")
     holdout = evaluate_holdout(forecaster, train, test)
-    _print_inputs(forecaster, train, out)
+    _print_inputs(_single(forecaster), train, out)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
+    _print_interval(holdout.interval, out)
     per_step = _horizon_scores(forecaster, test, out)
     info = {"data": _describe(train), "test": _describe(test), "warnings": _warnings(train, test)}
     paths = write_run(out_dir, holdout, forecaster, info=info)
@@ -402,8 +454,13 @@ def _cmd_run(args, out: _Out) -> int:
     return 0
 
 
-def _print_training(forecaster: Forecaster, out: _Out) -> None:
-    h = forecaster.history_
+def _print_training(model, out: _Out) -> None:
+    if isinstance(model, EnsembleForecaster):
+        for number, member in enumerate(model.members_, start=1):
+            out.line(f"member {number} (seed {member.seed})")
+            _print_training(member, out)
+        return
+    h = model.history_
     val = f"  val loss {h.val_loss[-1]:.5f}" if h.val_loss else ""
     early = f"  (early stop, best epoch {h.best_epoch})" if h.stopped_early else ""
     out.line(
@@ -415,20 +472,21 @@ def _print_training(forecaster: Forecaster, out: _Out) -> None:
 def _cmd_train(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
     train, test = _train_and_test(args, out)
-    forecaster = _forecaster(args)
-    out.line(f"model  {_model_line(forecaster)}")
+    forecaster = _estimator(args)
+    out.line(f"model  {_describe_model(forecaster)}")
     if test is None:
         forecaster.fit(train)
-        _print_inputs(forecaster, train, out)
+        _print_inputs(_single(forecaster), train, out)
         _print_training(forecaster, out)
         forecaster.save(args.out)
         out.line(f"saved  {args.out}/")
         out.result({"model": str(args.out), "final_loss": forecaster.history_.loss[-1]})
         return 0
     holdout = evaluate_holdout(forecaster, train, test)
-    _print_inputs(forecaster, train, out)
+    _print_inputs(_single(forecaster), train, out)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
+    _print_interval(holdout.interval, out)
     per_step = _horizon_scores(forecaster, test, out)
     forecaster.save(args.out)
     out.line(f"saved  {args.out}/")
@@ -444,8 +502,8 @@ def _cmd_backtest(args, out: _Out) -> int:
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     frame = _load(args.data or GOOGLE_TRAIN, args)
     out.line(f"data   {_describe(frame)}")
-    forecaster = _forecaster(args)
-    out.line(f"model  {_model_line(forecaster)}")
+    forecaster = _estimator(args)
+    out.line(f"model  {_describe_model(forecaster)}")
 
     def progress(fold: dict) -> None:
         rmse = fold["rmse"]
@@ -468,12 +526,14 @@ def _cmd_backtest(args, out: _Out) -> int:
         on_fold=progress,
     )
     _print_board(result.board, out)
+    _print_interval(result.interval, out)
     paths = result.write(out_dir, info={"data": _describe(frame), "warnings": _warnings(frame)})
     paths = {"backtest": out_dir / "backtest.csv", **paths}
     if args.report:
         paths["report"] = write_report(out_dir)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name for p in paths.values()))
-    out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), "folds": result.folds})
+    interval = {"interval": result.interval} if result.interval else {}
+    out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), **interval, "folds": result.folds})
     return 0
 
 
@@ -486,15 +546,18 @@ def _cmd_report(args, out: _Out) -> int:
 
 def _cmd_predict(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
-    forecaster = Forecaster.load(args.model)
+    model = load_model(args.model)
+    forecaster = _single(model)
     frame = load_csv(args.data, required=forecaster.required_columns_, adjust_splits=args.adjust_splits)
     out.line(f"data   {_describe(frame)}")
-    predictions = forecaster.predict(frame)
+    predictions = model.predict(frame)
     table = frame[[]].copy()
     table.index.name = "date"
     if forecaster.target_ in frame.columns:
         table["actual"] = frame[forecaster.target_]
     table["predicted"] = predictions
+    if isinstance(model, EnsembleForecaster):
+        table = table.join(model.predict_interval(frame)[["lower", "upper", "std"]])
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
     n = int(predictions.notna().sum())
     out.line(f"wrote  {args.out}: {n} of {len(frame)} rows predicted (the first need {forecaster.lookback} rows of history)" if n < len(frame) else f"wrote  {args.out}: {n} rows predicted")
@@ -511,7 +574,8 @@ def _cmd_forecast(args, out: _Out) -> int:
     _refuse_overwrite(plot_path, args.force)
     if args.history < 1:
         raise ConfigError(f"--history must be at least 1, got {args.history}")
-    forecaster = Forecaster.load(args.model)
+    model = load_model(args.model)
+    forecaster = _single(model)
     target = forecaster.target_
     if args.data is None:
         frame, history = None, forecaster.context_
@@ -520,7 +584,7 @@ def _cmd_forecast(args, out: _Out) -> int:
         required = list(dict.fromkeys([*forecaster.required_columns_, target]))
         frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
         out.line(f"data   {_describe(frame)}")
-    table = forecaster.forecast(args.horizon, frame=frame)
+    table = model.forecast(args.horizon, frame=frame)
     calendar = getattr(infer_calendar(history.index), "freqstr", "") if len(history) > 1 else ""
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
     past = history[target].iloc[-args.history :] if target in history.columns else None

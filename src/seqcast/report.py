@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .artifacts import atomic_write_json, atomic_write_text
-from .backtest import MODEL, Holdout, read_backtest_csv, wide_predictions
+from .backtest import MODEL, Holdout, plain_params, read_backtest_csv, wide_predictions
 from .errors import ArtifactError
 from .plots import plot_backtest, plot_fold_losses, plot_fold_rmse, plot_loss, plot_predictions, plot_residuals
 from .training import History
@@ -28,6 +28,8 @@ def write_run(out_dir, holdout: Holdout, forecaster, *, info: dict | None = None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = holdout.predictions.rename(columns={MODEL: "predicted"})
+    if holdout.intervals is not None:
+        frame = frame.join(holdout.intervals)
     frame.index.name = "date"
     paths = {
         "predictions": atomic_write_text(out_dir / "predictions.csv", frame.to_csv(float_format="%.6f")),
@@ -49,7 +51,8 @@ def run_summary(holdout: Holdout, forecaster, info: dict | None = None) -> dict:
         "best_baseline": holdout.best_baseline(),
         "verdict": holdout.verdict(),
         "leaderboard": holdout.board.to_dict(),
-        "params": forecaster.get_params(),
+        **({"interval": holdout.interval} if holdout.interval else {}),
+        "params": plain_params(forecaster),
         "train_seconds": float(sum(forecaster.history_.epoch_seconds)),
         "final_loss": forecaster.history_.loss[-1] if forecaster.history_.loss else None,
         "history": forecaster.history_.to_dict(),
@@ -112,7 +115,7 @@ def write_report(run_dir) -> Path:
                 f"{run_dir / 'metrics.json'} has no leaderboard (written by an older seqcast): rerun seqcast run"
             )
         predictions = pd.read_csv(run_dir / "predictions.csv", parse_dates=["date"], index_col="date")
-        predictions = predictions.rename(columns={"predicted": MODEL})
+        predictions = predictions.rename(columns={"predicted": MODEL}).drop(columns=["lower", "upper", "std"], errors="ignore")
         board = doc["leaderboard"]
         history = History.from_dict(doc.get("history", {"loss": []}))
         figures = _run_figures(run_dir, predictions, doc["target"], doc["best_baseline"], history)

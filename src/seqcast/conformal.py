@@ -1,0 +1,235 @@
+"""Ensembles of Forecasters with split-conformal prediction intervals.
+
+A separate estimator rather than an `ensemble=` parameter of Forecaster: the ensemble only needs
+Forecaster's public behaviour (fit, predict, forecast, save/load), so Forecaster stays one model and
+any parameter added to it later (threads, ...) reaches the members through `forecaster` untouched.
+
+Members are fitted one after another: the batched `ensemble.train_many` path measured slower than
+sequential fits on the 2-core CPU this was built on (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.metrics import r2_score
+from sklearn.utils.validation import check_is_fitted
+
+from . import __version__
+from .artifacts import read_bundle_dir, write_bundle_dir
+from .data import resolve_column
+from .errors import ArtifactError, ConfigError, DataError
+from .forecaster import Forecaster
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def conformal_quantile(scores, level: float) -> float:
+    """The split-conformal half-width: the ceil((n+1)·level)-th smallest of n calibration scores.
+
+    With exchangeable scores, |y − ŷ| ≤ this value with probability at least `level` for a new point.
+    Hand-written (a sort and an index): MAPIE would bring a dependency for these two lines.
+    """
+    level = _check_level(level)
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    n = scores.size
+    k = math.ceil((n + 1) * level)
+    if k > n:
+        raise DataError(
+            f"a {level:.0%} interval needs at least {math.ceil(level / (1 - level))} calibration residuals, "
+            f"got {n}: raise calibration_fraction (--calibration-fraction), give more rows or lower the level"
+        )
+    return float(scores[k - 1])
+
+
+def _check_level(level) -> float:
+    if not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+        raise ConfigError(f"the interval level must be between 0 and 1 (e.g. 0.9), got {level!r}")
+    return float(level)
+
+
+class EnsembleForecaster(RegressorMixin, BaseEstimator):
+    """`n_members` copies of `forecaster` with seeds seed, seed+1, ...; predicts the members' mean.
+
+    With `calibration_fraction` > 0, the last fraction of the training rows is held out from the
+    members' fit and predicted one step ahead (each row from the real rows before it, as at test
+    time); the absolute residuals of the mean give split-conformal intervals at any level. Those
+    rows still serve as context, so a frame that follows the training rows is predicted from them.
+    """
+
+    def __init__(self, forecaster=None, n_members: int = 5, interval: float = 0.9, calibration_fraction: float = 0.2):
+        self.forecaster = forecaster
+        self.n_members = n_members
+        self.interval = interval
+        self.calibration_fraction = calibration_fraction
+
+    # The settings backtests and the CLI read from a model, taken from the member template.
+    def _template(self) -> Forecaster:
+        return Forecaster() if self.forecaster is None else self.forecaster
+
+    @property
+    def target(self) -> str:
+        return self._template().target
+
+    @property
+    def lookback(self) -> int:
+        return self._template().lookback
+
+    @property
+    def horizon(self) -> int:
+        return self._template().horizon
+
+    @property
+    def strategy(self) -> str:
+        return self._template().strategy
+
+    def _check_params(self) -> None:
+        if not isinstance(self.n_members, (int, np.integer)) or self.n_members < 1:
+            raise ConfigError(f"n_members (--ensemble) must be a whole number of at least 1, got {self.n_members!r}")
+        _check_level(self.interval)
+        if not 0.0 <= float(self.calibration_fraction) < 1.0:
+            raise ConfigError(f"calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}")
+
+    def fit(self, X, y=None):
+        self._check_params()
+        template = self._template()
+        frame = template._frame(X, y) if y is not None else X
+        if not isinstance(frame, pd.DataFrame):
+            raise DataError("EnsembleForecaster needs a DataFrame with dates (or X with y as Forecaster takes)")
+        n_cal = int(round(len(frame) * float(self.calibration_fraction)))
+        fit_rows = frame.iloc[: len(frame) - n_cal]
+        seed = int(template.seed)
+        self.members_ = [clone(template).set_params(seed=seed + i).fit(fit_rows) for i in range(self.n_members)]
+        if n_cal:
+            calibration = frame.iloc[len(frame) - n_cal :]
+            target = self.members_[0].target_
+            predicted = self._member_predictions(calibration).mean(axis=1)
+            residuals = (calibration[target].to_numpy(dtype=np.float64) - predicted)[np.isfinite(predicted)]
+            self.calibration_scores_ = np.sort(np.abs(residuals))
+            conformal_quantile(self.calibration_scores_, self.interval)
+            for member in self.members_:
+                # The held-out rows are the most recent past: the context a later frame follows on from.
+                member.context_ = frame[member.required_columns_].iloc[-member.context_rows_ :].astype(np.float64)
+                member.n_train_rows_ = len(frame)
+                member.train_end_ = frame.index[-1]
+        else:
+            self.calibration_scores_ = np.empty(0)
+        first = self.members_[0]
+        self.target_ = first.target_
+        self.history_ = first.history_
+        self.n_features_in_ = first.n_features_in_
+        return self
+
+    def _member_predictions(self, X) -> np.ndarray:
+        """One column per member: its one-step predictions of X's rows."""
+        return np.column_stack([m.predict(X).to_numpy() for m in self.members_])
+
+    def predict(self, X) -> pd.Series:
+        """The members' mean one-step prediction for each row of X (NaN where a row lacks history)."""
+        check_is_fitted(self, "members_")
+        index = self.members_[0]._frame(X).index
+        return pd.Series(self._member_predictions(X).mean(axis=1), index=index, name=self.target_)
+
+    def predict_members(self, X) -> pd.DataFrame:
+        """Each member's one-step predictions, one column per member ("m1", "m2", ...)."""
+        check_is_fitted(self, "members_")
+        index = self.members_[0]._frame(X).index
+        columns = [f"m{i}" for i in range(1, len(self.members_) + 1)]
+        return pd.DataFrame(self._member_predictions(X), index=index, columns=columns)
+
+    def predict_interval(self, X, level: float | None = None) -> pd.DataFrame:
+        """Columns lower, mean, upper (split-conformal at `level`, default `interval`) and std (the members' spread)."""
+        check_is_fitted(self, "members_")
+        if not self.calibration_scores_.size:
+            raise ConfigError("this ensemble was fitted with calibration_fraction 0: refit with a calibration fraction for intervals")
+        half = conformal_quantile(self.calibration_scores_, self.interval if level is None else level)
+        members = self.predict_members(X)
+        mean = members.mean(axis=1)
+        return pd.DataFrame(
+            {"lower": mean - half, "mean": mean, "upper": mean + half, "std": members.std(axis=1, ddof=0)},
+            index=members.index,
+        )
+
+    def predict_horizons(self, X) -> pd.DataFrame:
+        """The members' mean of :meth:`Forecaster.predict_horizons`."""
+        check_is_fitted(self, "members_")
+        return sum(m.predict_horizons(X) for m in self.members_) / len(self.members_)
+
+    def forecast(self, horizon: int | None = None, frame=None) -> pd.DataFrame:
+        """The members' mean forecast after the last row, with their spread (std)."""
+        check_is_fitted(self, "members_")
+        tables = [m.forecast(horizon, frame=frame) for m in self.members_]
+        values = np.column_stack([t["forecast"].to_numpy() for t in tables])
+        out = tables[0].copy()
+        out["forecast"] = values.mean(axis=1)
+        out["std"] = values.std(axis=1, ddof=0)
+        return out
+
+    def score_horizons(self, X) -> pd.DataFrame:
+        check_is_fitted(self, "members_")
+        return Forecaster.score_horizons(self, X)
+
+    def _frame(self, X, y=None) -> pd.DataFrame:
+        return self.members_[0]._frame(X, y)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """R² of the mean prediction on the rows that have one (as :meth:`Forecaster.score`)."""
+        predicted = self.predict(X).to_numpy()
+        if y is None:
+            frame = self._frame(X)
+            y = frame[resolve_column(frame, self.target_, source=frame.attrs.get("source", "<frame>"))]
+        actual = np.asarray(y, dtype=np.float64)
+        scored = np.isfinite(predicted)
+        weights = None if sample_weight is None else np.asarray(sample_weight)[scored]
+        return float(r2_score(actual[scored], predicted[scored], sample_weight=weights))
+
+    def save(self, directory) -> "EnsembleForecaster":
+        """One Forecaster folder per member (member-01, ...) under one manifest that covers them all."""
+        check_is_fitted(self, "members_")
+        params = {k: v for k, v in self.get_params(deep=False).items() if k != "forecaster"}
+        doc = {
+            "seqcast_version": __version__,
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "params": params,
+            "members": [_member_dir(i) for i in range(len(self.members_))],
+            "seeds": [int(m.seed) for m in self.members_],
+            "calibration_scores": self.calibration_scores_.tolist(),
+        }
+
+        def build(staging: Path) -> None:
+            for i, member in enumerate(self.members_):
+                member.save(staging / _member_dir(i))
+
+        write_bundle_dir(directory, json_files={ENSEMBLE_FILE: doc}, build=build)
+        return self
+
+    @classmethod
+    def load(cls, directory, *, device: str | None = None) -> "EnsembleForecaster":
+        doc = read_bundle_dir(directory, json_names=(ENSEMBLE_FILE,))[ENSEMBLE_FILE]
+        try:
+            members = [Forecaster.load(Path(directory) / name, device=device) for name in doc["members"]]
+            template = clone(members[0]).set_params(seed=int(doc["seeds"][0]))
+            est = cls(forecaster=template, **doc["params"])
+            est.members_ = members
+            est.calibration_scores_ = np.sort(np.asarray(doc["calibration_scores"], dtype=np.float64))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ArtifactError(f"{directory}: the saved ensemble does not fit its {ENSEMBLE_FILE} ({exc})") from exc
+        first = members[0]
+        est.target_, est.history_, est.n_features_in_ = first.target_, first.history_, first.n_features_in_
+        return est
+
+
+def _member_dir(i: int) -> str:
+    return f"member-{i + 1:02d}"
+
+
+def load_model(directory, *, device: str | None = None):
+    """A saved Forecaster or EnsembleForecaster, whichever `directory` holds."""
+    if (Path(directory) / ENSEMBLE_FILE).is_file():
+        return EnsembleForecaster.load(directory, device=device)
+    return Forecaster.load(directory, device=device)

@@ -1,0 +1,129 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+from sklearn.base import clone
+
+from seqcast.backtest import evaluate_holdout, interval_scores, walk_forward
+from seqcast.cli import main
+from seqcast.conformal import EnsembleForecaster, conformal_quantile, load_model
+from seqcast.errors import ArtifactError, DataError
+from seqcast.forecaster import Forecaster
+
+from .conftest import TINY
+
+# A small net that learns a constant level within a few epochs.
+NOISE_NET = dict(lookback=5, layers=1, units=4, epochs=3, batch_size=32, lr=0.01, dropout=0.0, device="cpu")
+
+
+def _noise_series(n: int, seed: int = 1) -> pd.DataFrame:
+    """Gaussian noise (sd 1) around a level of 100: a series whose residuals are exchangeable."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"Open": 100 + rng.normal(0, 1, n)}, index=pd.bdate_range("2020-01-01", periods=n, name="Date"))
+
+
+def test_conformal_quantile_is_the_ceil_n_plus_1_level_order_statistic():
+    scores = np.random.default_rng(0).exponential(size=37)
+    for level in (0.5, 0.8, 0.9, 0.95):
+        k = math.ceil((len(scores) + 1) * level)
+        assert conformal_quantile(scores, level) == sorted(scores)[k - 1]
+    with pytest.raises(DataError, match="at least 19 calibration residuals"):
+        conformal_quantile(scores[:10], 0.95)
+
+
+def test_conformal_interval_of_a_known_predictor_covers_its_level():
+    # The true mean as the predictor and N(0, 1) noise: the half-width tends to the normal quantile.
+    rng = np.random.default_rng(3)
+    half = conformal_quantile(np.abs(rng.normal(size=2000)), 0.9)
+    assert half == pytest.approx(norm.ppf(0.95), abs=0.1)
+    fresh = rng.normal(size=20000)
+    coverage = np.mean(np.abs(fresh) <= half)
+    assert 0.88 <= coverage <= 0.92
+
+
+def test_ensemble_interval_covers_about_90_percent_of_gaussian_noise():
+    frame = _noise_series(700)
+    model = EnsembleForecaster(Forecaster(**NOISE_NET), n_members=2, interval=0.9, calibration_fraction=0.5)
+    model.fit(frame.iloc[:400])
+    bands = model.predict_interval(frame.iloc[400:])
+    actual = frame["Open"].iloc[400:]
+    coverage = ((actual >= bands["lower"]) & (actual <= bands["upper"])).mean()
+    assert 0.80 <= coverage <= 0.97
+    # The noise has sd 1, so the 90% half-width cannot be much below its normal quantile.
+    assert ((bands["upper"] - bands["lower"]) / 2).iloc[0] > 0.9 * norm.ppf(0.95)
+    scores = interval_scores(actual, bands["lower"], bands["upper"], level=0.9)
+    assert scores["coverage"] == pytest.approx(coverage) and scores["n"] == 300
+
+
+def test_mean_of_members_spread_and_determinism(small_series):
+    train, test = small_series
+    base = Forecaster(**TINY, seed=4)
+    model = EnsembleForecaster(base, n_members=3, calibration_fraction=0.25).fit(train)
+    # Independent reference: single Forecasters with seeds 4, 5, 6 fitted on the rows before the
+    # calibration rows, predicting the test rows with the calibration rows as their context.
+    fit_rows, n_cal = len(train) - 30, 30
+    both = pd.concat([train.iloc[fit_rows:], test])
+    members = [clone(base).set_params(seed=4 + i).fit(train.iloc[:fit_rows]).predict(both).iloc[n_cal:] for i in range(3)]
+    stacked = np.column_stack(members)
+    assert not np.allclose(stacked[:, 0], stacked[:, 1])
+    bands = model.predict_interval(test)
+    np.testing.assert_allclose(model.predict(test), stacked.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(bands["mean"], stacked.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(bands["std"], stacked.std(axis=1), rtol=1e-5)
+    assert (bands["lower"] < bands["mean"]).all() and np.allclose(bands["upper"] - bands["mean"], bands["mean"] - bands["lower"])
+    again = EnsembleForecaster(base, n_members=3, calibration_fraction=0.25).fit(train).predict_interval(test)
+    pd.testing.assert_frame_equal(bands, again)
+
+
+def test_save_load_round_trip_and_tampering(small_series, tmp_path):
+    train, test = small_series
+    model = EnsembleForecaster(Forecaster(**TINY), n_members=2, calibration_fraction=0.25).fit(train)
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded, EnsembleForecaster) and len(loaded.members_) == 2
+    pd.testing.assert_frame_equal(loaded.predict_interval(test, level=0.8), model.predict_interval(test, level=0.8))
+    pd.testing.assert_frame_equal(loaded.forecast(1), model.forecast(1))
+    weights = tmp_path / "m" / "member-02" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_model(tmp_path / "m")
+
+
+def test_holdout_and_walk_forward_report_interval_coverage(small_series, tmp_path):
+    train, test = small_series
+    frame = pd.concat([train, test])
+    model = EnsembleForecaster(Forecaster(**TINY), n_members=2, calibration_fraction=0.3)
+    holdout = evaluate_holdout(model, train, test)
+    inside = (test["Open"] >= holdout.intervals["lower"]) & (test["Open"] <= holdout.intervals["upper"])
+    assert holdout.interval["coverage"] == pytest.approx(inside.mean()) and holdout.interval["n"] == len(test)
+    result = walk_forward(model, frame, folds=2, refit_every=10, out_dir=tmp_path)
+    result.write(tmp_path)
+    doc = json.loads((tmp_path / "leaderboard.json").read_text())
+    bands = pd.read_csv(tmp_path / "intervals.csv", parse_dates=["date"], index_col="date")
+    actual = frame["Open"].reindex(bands.index)
+    assert len(bands) == 20
+    assert doc["interval"]["coverage"] == pytest.approx(((actual >= bands["lower"]) & (actual <= bands["upper"])).mean())
+    assert doc["interval"]["mean_width"] == pytest.approx((bands["upper"] - bands["lower"]).mean(), rel=1e-5)
+    assert doc["settings"]["model"]["forecaster__units"] == TINY["units"]
+
+
+def test_cli_ensemble_run_writes_interval_columns_and_predict_reads_them(small_series, tmp_path, capsys):
+    train, test = small_series
+    train.to_csv(tmp_path / "train.csv")
+    test.to_csv(tmp_path / "test.csv")
+    tiny = ["--lookback", "10", "--layers", "1", "--units", "8", "--epochs", "2", "--dropout", "0", "--device", "cpu"]
+    code = main(["run", "--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--out",
+                 str(tmp_path / "run"), "--ensemble", "2", "--interval", "0.8", "--quiet", *tiny])
+    assert code == 0
+    assert "interval 80%: coverage" in capsys.readouterr().out
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert {"lower", "upper", "std"} <= set(predictions.columns)
+    assert (predictions["lower"] <= predictions["predicted"]).all()
+    code = main(["predict", "--model", str(tmp_path / "run" / "model"), "--data", str(tmp_path / "test.csv"),
+                 "--out", str(tmp_path / "p.csv"), "--quiet"])
+    assert code == 0
+    again = pd.read_csv(tmp_path / "p.csv")
+    np.testing.assert_allclose(again["lower"], predictions["lower"], rtol=1e-5)
