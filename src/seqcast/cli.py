@@ -18,10 +18,11 @@ from .backtest import MODEL, evaluate_holdout, walk_forward
 from .conformal import EnsembleForecaster, load_model
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
-from .errors import ConfigError, SeqcastError
+from .errors import ConfigError, DataError, SeqcastError
 from .features import infer_calendar
 from .forecast_plot import plot_forecast
 from .forecaster import PRESETS, Forecaster
+from .many import backtest_many, find_series, is_many
 from .report import run_summary, write_report, write_run
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
@@ -193,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--refit-every", type=int, help="rows per fold: the model is re-trained every K rows")
     walk.add_argument("--window", choices=["expanding", "sliding"], default="expanding", help="training rows of each fold: all the past, or a fixed-length window")
     walk.add_argument("--season", type=int, help="period of the seasonal-naive baseline (default: from the dates' frequency)")
+    many = backtest.add_argument_group(
+        "many series",
+        "--data 'prices/*.csv' (quoted) backtests every file, or a long-format file with an id column "
+        "(unique_id, ds, y or Name, date, close) every id; one folder per series plus aggregate.csv/json",
+    )
+    many.add_argument("--id-column", help="column naming the series in a long-format file (default: detected)")
+    many.add_argument("--jobs", type=int, default=1, help="series backtested at once (joblib); -1 for one per core")
+    many.add_argument(
+        "--scheduler",
+        default=os.environ.get(SCHEDULER_ENV),
+        help=f"Dask scheduler address such as tcp://HOST:8786 (default: ${SCHEDULER_ENV}); runs the series on that cluster",
+    )
     backtest.add_argument("--out", type=Path, help="output folder (default: out/backtest-<timestamp>)")
     backtest.add_argument("--report", action="store_true", help="also write report.html")
     _model_options(backtest)
@@ -499,6 +512,8 @@ def _warnings(*frames) -> list[str]:
 
 
 def _cmd_backtest(args, out: _Out) -> int:
+    if args.data is not None and is_many(args.data, args.id_column):
+        return _cmd_backtest_many(args, out)
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     frame = _load(args.data or GOOGLE_TRAIN, args)
     out.line(f"data   {_describe(frame)}")
@@ -535,6 +550,75 @@ def _cmd_backtest(args, out: _Out) -> int:
     interval = {"interval": result.interval} if result.interval else {}
     out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), **interval, "folds": result.folds})
     return 0
+
+
+def _cmd_backtest_many(args, out: _Out) -> int:
+    out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
+    series = find_series(args.data, target=args.target, id_column=args.id_column, adjust_splits=args.adjust_splits)
+    forecaster = _estimator(args)
+    where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.jobs} local job{'s' if args.jobs != 1 else ''}"
+    out.line(f"data   {args.data}: {len(series)} series ({', '.join(series)}); {where}")
+    out.line(f"model  {_describe_model(forecaster)}")
+
+    def progress(result) -> None:
+        out.line("")
+        if result.error is not None:
+            out.line(f"series {result.name}: error: {result.error}")
+            return
+        out.line(f"series {result.name}: {result.n_predictions} predictions {result.period}, {result.seconds:.1f} s")
+        _print_board(result.board, out)
+        _print_interval(result.interval, out)
+
+    many = backtest_many(
+        series,
+        forecaster,
+        out_dir=out_dir,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        target=args.target,
+        adjust_splits=args.adjust_splits,
+        on_series=progress,
+        folds=args.folds,
+        start=args.start,
+        refit_every=args.refit_every,
+        window=args.window,
+        period=args.season,
+    )
+    summary = many.summary
+    out.line("")
+    out.table(_aggregate_table(many.table))
+    if "mean_skill" not in summary:
+        raise DataError(f"every one of the {summary['n_series']} series failed; see {out_dir / 'aggregate.csv'}")
+    coverage = f"; mean interval coverage {summary['mean_coverage']:.1%}" if "mean_coverage" in summary else ""
+    out.line(
+        f"aggregate {summary['n_series'] - summary['n_failed']} of {summary['n_series']} series: mean skill "
+        f"{summary['mean_skill']:+.3f} (1 - RMSE seqcast / RMSE best baseline), seqcast beats its best baseline on "
+        f"{summary['n_beat_best_baseline']}, significantly (DM p < {summary['alpha']}) on "
+        f"{summary['n_beat_significantly']}{coverage}"
+    )
+    out.line(f"outputs {out_dir}/  aggregate.csv  aggregate.json  " + "  ".join(f"{_folder_of(r)}/" for r in many.results))
+    out.result({"out": str(out_dir), **summary, "series": json.loads(many.table.reset_index().to_json(orient="records"))})
+    return 0
+
+
+def _folder_of(result) -> str:
+    return Path(result.out_dir).name
+
+
+def _aggregate_table(table) -> Table:
+    out = Table(box=None, pad_edge=False, title="aggregate", title_justify="left")
+    for name in ("series", "n", "RMSE", "best baseline", "its RMSE", "skill", "DM p", "verdict"):
+        out.add_column(name, justify="left" if name in ("series", "best baseline", "verdict") else "right")
+    for name, row in table.iterrows():
+        if isinstance(row.get("error"), str):
+            out.add_row(str(name), "", "", "", "", "", "", "error")
+            continue
+        verdict = "better, significant" if row["beats_best_significantly"] else "better" if row["beats_best"] else "not better"
+        out.add_row(
+            str(name), str(int(row["n_predictions"])), _num(row["rmse"], "{:.2f}"), str(row["best_baseline"]),
+            _num(row["best_baseline_rmse"], "{:.2f}"), _num(row["skill"], "{:+.3f}"), _num(row["dm_p"], "{:.3g}"), verdict,
+        )
+    return out
 
 
 def _cmd_report(args, out: _Out) -> int:

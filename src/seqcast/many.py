@@ -1,0 +1,261 @@
+"""Backtest many series at once: one walk-forward backtest per series, in parallel, plus an aggregate.
+
+The series come from a glob of CSV files (one series per file, named by the file's stem) or from
+one long-format file with an id column (`unique_id, ds, y` or `Name, date, close`). Each series'
+backtest runs in a joblib worker (or on a Dask cluster through joblib's dask backend) and writes
+its own folder as soon as it ends, so only a small summary of each stays in memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed, parallel_config
+from sklearn.base import clone
+
+from .artifacts import atomic_write_json, atomic_write_text
+from .backtest import ALPHA, MODEL, Leaderboard, walk_forward
+from .data import _read_csv, _validate, load_csv
+from .errors import ConfigError, DataError, SeqcastError
+from .tuning import _dask_client
+
+# Column names that mark a long-format file, matched case-insensitively, first match wins.
+ID_COLUMNS = ("unique_id", "id", "name", "symbol", "ticker", "series")
+GLOB_CHARS = "*?["
+
+
+@dataclass
+class SeriesResult:
+    """What one series' backtest leaves in memory: its leaderboard and summary, or the error it hit."""
+
+    name: str
+    out_dir: str
+    board: Leaderboard | None = None
+    interval: dict | None = None
+    n_predictions: int = 0
+    period: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+
+    def row(self) -> dict:
+        """One row of aggregate.csv: the model's RMSE, the best baseline's, the skill and the DM verdict."""
+        row = {"series": self.name, "n_predictions": self.n_predictions, "period": self.period, "seconds": round(self.seconds, 3)}
+        if self.board is None:
+            return row | {"error": self.error}
+        table, best = self.board.table, self.board.best_baseline
+        model_rmse, best_rmse = float(table.loc[MODEL, "rmse"]), float(table.loc[best, "rmse"])
+        p = float(table.loc[MODEL, "dm_p"])
+        row |= {
+            "rmse": model_rmse,
+            "best_baseline": best,
+            "best_baseline_rmse": best_rmse,
+            "skill": 1 - model_rmse / best_rmse if best_rmse > 0 else float("nan"),
+            "dm_p": p,
+            "beats_best": model_rmse < best_rmse,
+            "beats_best_significantly": model_rmse < best_rmse and math.isfinite(p) and p < ALPHA,
+        }
+        if self.interval:
+            row |= {"coverage": self.interval["coverage"], "mean_width": self.interval["mean_width"]}
+        return row | {"error": None}
+
+
+@dataclass
+class ManyBacktest:
+    """Every series' result, in series order, and the aggregate over the series that ran."""
+
+    results: list[SeriesResult]
+    table: pd.DataFrame  # one row per series (SeriesResult.row)
+    summary: dict  # aggregate()
+
+
+def is_many(spec, id_column: str | None = None) -> bool:
+    """Whether `spec` names several series: a glob pattern, or a CSV with an id column."""
+    text = os.fspath(spec)
+    if any(c in text for c in GLOB_CHARS):
+        return True
+    return id_column is not None or (Path(text).is_file() and _id_column(_header(text), None, text) is not None)
+
+
+def _header(path: str) -> list[str]:
+    with open(path, encoding="utf-8-sig") as fh:
+        first = fh.readline()
+    delimiter = max((",", ";", "\t"), key=first.count)
+    return [c.strip() for c in first.rstrip("\r\n").split(delimiter)]
+
+
+def _id_column(columns: list[str], id_column: str | None, source: str) -> str | None:
+    folded = {c.casefold(): c for c in columns}
+    if id_column is not None:
+        if id_column.casefold() not in folded:
+            raise DataError(f"{source} has no column {id_column!r} for --id-column; columns: {', '.join(columns)}")
+        return folded[id_column.casefold()]
+    return next((folded[name] for name in ID_COLUMNS if name in folded), None)
+
+
+def find_series(spec, *, target: str | None = None, id_column: str | None = None, adjust_splits: bool = False) -> dict:
+    """The series `spec` names, by name: CSV paths for a glob (workers read their own file), validated
+    frames for a long-format file (one per id, errors naming the file's own row numbers)."""
+    text = os.fspath(spec)
+    if any(c in text for c in GLOB_CHARS):
+        paths = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+        if not paths:
+            raise DataError(f"no file matches {text!r}: check the pattern (quote it so the shell leaves it alone)")
+        names: dict[str, Path] = {}
+        for path in paths:
+            if path.stem in names:
+                raise DataError(f"{names[path.stem]} and {path} would both be series {path.stem!r}: rename one")
+            names[path.stem] = path
+        return names
+    raw, rows = _read_csv(text)
+    column = _id_column([str(c) for c in raw.columns], id_column, text)
+    if column is None:
+        raise DataError(
+            f"{text} has no id column ({', '.join(ID_COLUMNS)}): name it with --id-column, or give a glob of files"
+        )
+    frames = {}
+    for name, positions in raw.groupby(column, sort=True).indices.items():
+        lines = [rows[i] for i in positions]
+        part = raw.iloc[positions].drop(columns=column).reset_index(drop=True)
+        frames[str(name)] = _validate(
+            part,
+            source=f"{text} ({column} {name})",
+            where=lambda i, lines=lines: f"row {lines[i]}",
+            target=target,
+            required=(),
+            adjust_splits=adjust_splits,
+        )
+    return frames
+
+
+def backtest_series(
+    name: str, source, forecaster, *, out_dir, target: str | None = None, adjust_splits: bool = False, **walk
+) -> SeriesResult:
+    """One series' walk-forward backtest, written to out_dir (backtest.csv, leaderboard.*, folds.csv).
+
+    Data or configuration problems of this series are kept in the result, so the others still run.
+    """
+    began = time.perf_counter()
+    out_dir = Path(out_dir)
+    try:
+        frame = load_csv(source, target=target, adjust_splits=adjust_splits) if isinstance(source, (str, Path)) else source
+        result = walk_forward(clone(forecaster), frame, out_dir=out_dir, **walk)
+        result.write(out_dir, info={"series": name, "data": str(frame.attrs.get("source", name))})
+    except SeqcastError as exc:
+        return SeriesResult(name=name, out_dir=str(out_dir), seconds=time.perf_counter() - began, error=str(exc))
+    index = result.predictions.index
+    return SeriesResult(
+        name=name,
+        out_dir=str(out_dir),
+        board=result.board,
+        interval=result.interval,
+        n_predictions=int(result.predictions[MODEL].notna().sum()),
+        period=f"{index[0].date()}..{index[-1].date()}",
+        seconds=time.perf_counter() - began,
+    )
+
+
+def aggregate(table: pd.DataFrame) -> dict:
+    """Mean skill (1 − RMSE model / RMSE best baseline) and how many series beat their best baseline."""
+    ok = table[table["error"].isna()] if "error" in table else table
+    summary = {
+        "n_series": int(len(table)),
+        "n_failed": int(len(table) - len(ok)),
+        "alpha": ALPHA,
+    }
+    if len(ok):
+        skill = ok["skill"].astype(float)
+        summary |= {
+            "mean_skill": float(skill.mean()),
+            "median_skill": float(skill.median()),
+            "n_beat_best_baseline": int(ok["beats_best"].astype(bool).sum()),
+            "n_beat_significantly": int(ok["beats_best_significantly"].astype(bool).sum()),
+        }
+        if "coverage" in ok:
+            summary["mean_coverage"] = float(ok["coverage"].astype(float).mean())
+    return summary
+
+
+def backtest_many(
+    series: dict,
+    forecaster,
+    *,
+    out_dir,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    target: str | None = None,
+    adjust_splits: bool = False,
+    on_series: Callable[[SeriesResult], None] | None = None,
+    **walk,
+) -> ManyBacktest:
+    """Backtest every series of `series` (name -> CSV path or frame) in parallel; write
+    out_dir/<name>/ per series and out_dir/aggregate.csv + aggregate.json (rewritten as series end).
+
+    `walk` goes to :func:`seqcast.backtest.walk_forward` (folds, start, refit_every, window, period).
+    """
+    if not series:
+        raise DataError("no series to backtest")
+    out_dir = Path(out_dir)
+    folders = {name: _folder(name) for name in series}
+    if len(set(folders.values())) < len(folders):
+        raise ConfigError(f"two series names map to the same folder name: {sorted(folders)}; rename one")
+    tasks = (
+        delayed(backtest_series)(name, source, forecaster, out_dir=out_dir / folders[name], target=target,
+                                 adjust_splits=adjust_splits, **walk)
+        for name, source in series.items()
+    )
+    done: dict[str, SeriesResult] = {}
+    for result in _parallel(tasks, jobs, scheduler):
+        done[result.name] = result
+        _write_aggregate(out_dir, [done[n] for n in series if n in done])
+        if on_series is not None:
+            on_series(result)
+    results = [done[name] for name in series]
+    table, summary = _write_aggregate(out_dir, results)
+    return ManyBacktest(results=results, table=table, summary=summary)
+
+
+def _parallel(tasks, jobs: int, scheduler: str | None):
+    if scheduler is None:
+        yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
+        return
+    client = _dask_client(scheduler)
+    try:
+        with parallel_config(backend="dask"):
+            yield from Parallel(n_jobs=-1, return_as="generator_unordered")(tasks)
+    finally:
+        client.close()
+
+
+def _folder(name: str) -> str:
+    """A folder name for a series: its name with path separators and leading dots made harmless."""
+    safe = "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in name).lstrip(".")
+    if not safe:
+        raise ConfigError(f"series name {name!r} cannot name a folder")
+    return safe
+
+
+def _write_aggregate(out_dir: Path, results: list[SeriesResult]) -> tuple[pd.DataFrame, dict]:
+    table = pd.DataFrame([r.row() for r in results]).set_index("series")
+    summary = aggregate(table)
+    atomic_write_text(out_dir / "aggregate.csv", table.to_csv(float_format="%.6g"))
+    rows = [{k: _plain(v) for k, v in row.items()} for row in table.reset_index().to_dict(orient="records")]
+    atomic_write_json(out_dir / "aggregate.json", {"kind": "backtest-many", **summary, "series": rows})
+    return table, summary
+
+
+def _plain(value):
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
