@@ -555,7 +555,8 @@ def _cmd_backtest(args, out: _Out) -> int:
 def _cmd_backtest_many(args, out: _Out) -> int:
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     series = find_series(args.data, target=args.target, id_column=args.id_column, adjust_splits=args.adjust_splits)
-    forecaster = _estimator(args)
+    # No per-epoch progress bars: parallel series would interleave them.
+    forecaster = _estimator(argparse.Namespace(**{**vars(args), "quiet": True}))
     where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.jobs} local job{'s' if args.jobs != 1 else ''}"
     out.line(f"data   {args.data}: {len(series)} series ({', '.join(series)}); {where}")
     out.line(f"model  {_describe_model(forecaster)}")
