@@ -303,9 +303,11 @@ def _estimator(args):
     forecaster = _forecaster(args)
     if getattr(args, "ensemble", None) is None:
         return forecaster
-    return EnsembleForecaster(
+    ensemble = EnsembleForecaster(
         forecaster, n_members=args.ensemble, interval=args.interval, calibration_fraction=args.calibration_fraction
     )
+    ensemble._check_params()  # before any "model" line or output folder
+    return ensemble
 
 
 def _single(model) -> Forecaster:
