@@ -19,7 +19,7 @@ from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, SeqcastError
 from .features import infer_calendar
-from .forecast_plot import plot_forecast
+from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .report import run_summary, write_report, write_run
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
