@@ -269,6 +269,7 @@ class Backtest:
     board: Leaderboard
     folds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    per_step: pd.DataFrame | None = None  # per_step_table(): RMSE/MAE at every step h = 1..H of every model
 
     def fold_table(self) -> pd.DataFrame:
         """RMSE of every model in every fold."""
@@ -293,11 +294,16 @@ class Backtest:
             "folds": self.folds,
             **(info or {}),
         }
-        return {
+        if self.per_step is not None:
+            doc["per_step"] = [{k: _plain(v) for k, v in row.items()} for row in self.per_step.to_dict(orient="records")]
+        paths = {
             "leaderboard": atomic_write_text(out_dir / "leaderboard.csv", table.to_csv(float_format="%.6g")),
             "leaderboard_json": atomic_write_json(out_dir / "leaderboard.json", doc),
             "folds": atomic_write_text(out_dir / "folds.csv", self.fold_table().to_csv(float_format="%.6g")),
         }
+        if self.per_step is not None:
+            paths["per_step"] = atomic_write_text(out_dir / "per_step.csv", self.per_step.to_csv(index=False, float_format="%.6g"))
+        return paths
 
 
 class _FoldWriter:
@@ -364,7 +370,7 @@ def walk_forward(
     start=None,
     refit_every: int | None = None,
     window: str = "expanding",
-    horizon: int = 1,
+    horizon: int | None = None,
     baselines: dict | None = None,
     period: int | None = None,
     out_dir=None,
@@ -374,13 +380,24 @@ def walk_forward(
     the fold's past rows only (the Forecaster fits its own scaler on them), then predict the fold's rows
     one step ahead, each from the real values before it.
 
+    Every test row is also a forecast origin for steps h = 1..H (H: `horizon`, by default the
+    forecaster's own; a different value re-sets the forecaster's horizon). Each model's and baseline's
+    h-step forecasts (`predict_horizons`) are scored against the real value h - 1 rows after the
+    origin, which may lie in a later fold (the model still saw only rows before its own fold); origins
+    whose h-step target is past the last row are not scored at that step. The result's `per_step` holds
+    RMSE/MAE per step; the leaderboard stays the one-step (h = 1) table.
+
     With `out_dir`, each fold's predictions are appended to out_dir/backtest.csv as soon as it ends.
     `on_fold` receives a summary dict after each fold (for progress lines).
     """
-    if horizon != 1:
-        raise ConfigError(
-            f"--horizon {horizon}: walk-forward backtests score one-step-ahead predictions only; use --horizon 1"
-        )
+    own = getattr(forecaster, "horizon", 1)
+    if horizon is None:
+        horizon = own
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
+    horizon = int(horizon)
+    if horizon != own:
+        forecaster = clone(forecaster).set_params(horizon=horizon)
     target = _target_of(forecaster, frame)
     lookback = int(getattr(forecaster, "lookback", 1))
     plan = plan_folds(
@@ -389,15 +406,22 @@ def walk_forward(
     if baselines is None:
         baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)
-    summaries = []
+    summaries, steps = [], []
     try:
         for fold in plan:
             train, test = frame.iloc[fold.train], frame.iloc[fold.test]
             began = time.perf_counter()
             model = clone(forecaster).fit(train)
-            columns = {"actual": test[target], MODEL: model.predict(test)}
-            for name, baseline in baselines.items():
-                columns[name] = clone(baseline).fit(train).predict(test)
+            fitted = {name: clone(baseline).fit(train) for name, baseline in baselines.items()}
+            if horizon == 1:
+                columns = {"actual": test[target], MODEL: model.predict(test)}
+                columns.update({name: baseline.predict(test) for name, baseline in fitted.items()})
+                ahead = {name: column.to_numpy()[:, None] for name, column in columns.items() if name != "actual"}
+            else:
+                ahead = {MODEL: model.predict_horizons(test).to_numpy()}
+                ahead.update({name: b.predict_horizons(test, horizon).to_numpy() for name, b in fitted.items()})
+                columns = {"actual": test[target], **{name: pd.Series(v[:, 0], index=test.index) for name, v in ahead.items()}}
+            steps.append(_step_errors(frame[target].to_numpy(dtype=np.float64), fold.test.start, ahead))
             wide = pd.DataFrame(columns, index=test.index)
             writer.add(fold.number, wide)
             history = getattr(model, "history_", None)
@@ -426,11 +450,12 @@ def walk_forward(
     predictions = wide_predictions(long)
     first_test = plan[0].test.start
     previous = frame[target].shift(1).reindex(predictions.index)
+    # The leaderboard scores one-step forecasts, whose errors need no multi-step DM correction.
     board = score(
         predictions.drop(columns="fold"),
         train=frame[target].iloc[:first_test],
         previous=previous.to_numpy(),
-        horizon=horizon,
+        horizon=1,
     )
     settings = {
         "folds": len(plan),
@@ -441,4 +466,55 @@ def walk_forward(
         "baselines": {name: type(b).__name__ for name, b in baselines.items()},
         "model": forecaster.get_params() if hasattr(forecaster, "get_params") else {},
     }
-    return Backtest(target=target, predictions=predictions, board=board, folds=summaries, settings=settings)
+    per_step = per_step_table(pd.concat(steps, ignore_index=True))
+    return Backtest(target=target, predictions=predictions, board=board, folds=summaries, settings=settings, per_step=per_step)
+
+
+def _step_errors(actual: np.ndarray, first: int, ahead: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long table (origin, step, model, error) of forecasts issued at rows first, first+1, ...
+
+    `ahead[name][i, k-1]` forecasts row first + i + k - 1 of `actual`; targets past its end are left out.
+    """
+    rows = []
+    for name, values in ahead.items():
+        n, horizon = values.shape
+        origin = first + np.arange(n)[:, None]
+        step = np.arange(1, horizon + 1)[None, :]
+        where = (origin + step - 1).ravel()
+        keep = where < len(actual)
+        error = np.full(where.shape, np.nan)
+        error[keep] = actual[where[keep]] - values.ravel()[keep]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "origin": np.broadcast_to(origin, values.shape).ravel()[keep],
+                    "step": np.broadcast_to(step, values.shape).ravel()[keep],
+                    "model": name,
+                    "error": error[keep],
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def per_step_table(errors: pd.DataFrame) -> pd.DataFrame:
+    """RMSE, MAE and n per step and model, from (origin, step, model, error) rows, plus the DM p-value
+    of each model against the step's best baseline (HLN-corrected for an h-step horizon).
+
+    At each step only origins that every model forecast are scored, so the rows compare like with like.
+    """
+    wide = errors.pivot_table(index=["step", "origin"], columns="model", values="error", aggfunc="first", dropna=False)
+    names = list(dict.fromkeys(errors["model"]))
+    wide = wide[names].dropna()
+    out = []
+    for step, part in wide.groupby(level="step"):
+        rmse = np.sqrt((part**2).mean())
+        mae = part.abs().mean()
+        best = str(rmse.drop(index=MODEL, errors="ignore").idxmin()) if len(names) > 1 else None
+        for name in names:
+            p = np.nan
+            if best is not None and name != best and len(part) > 2:
+                zero = np.zeros(len(part))
+                p = diebold_mariano(zero, -part[name].to_numpy(), -part[best].to_numpy(), horizon=int(step)).p_value
+            out.append({"step": int(step), "model": name, "rmse": float(rmse[name]), "mae": float(mae[name]), "n": len(part), "dm_p": p, "best_baseline": best})
+    return pd.DataFrame(out, columns=["step", "model", "rmse", "mae", "n", "dm_p", "best_baseline"])

@@ -53,6 +53,8 @@ _MODEL_OPTIONS = (
     ("--early-stopping", "early_stopping", int, "stop after this many epochs without improvement"),
     ("--val-fraction", "val_fraction", float, "last fraction of training windows held out for validation"),
     ("--device", "device", str, "auto, cpu or cuda"),
+    ("--threads", "threads", int,
+     "torch intra-op threads for training and prediction (None: torch's default); 1 is often fastest on a busy machine"),
 )
 
 

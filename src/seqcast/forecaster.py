@@ -28,7 +28,7 @@ from .features import (
     target_matrix,
 )
 from .models import build_model
-from .training import History, predict_batches, resolve_device, train_model
+from .training import History, intra_op_threads, predict_batches, resolve_device, train_model
 from .windows import (
     context_windows,
     fit_scaler,
@@ -94,6 +94,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         early_stopping: int | None = None,
         val_fraction: float = 0.0,
         device: str = "auto",
+        threads: int | None = None,
         verbose: int = 0,
     ):
         self.target = target
@@ -119,6 +120,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.val_fraction = val_fraction
         self.device = device
+        self.threads = threads
         self.verbose = verbose
 
     def _check_params(self) -> None:
@@ -136,6 +138,10 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 1
+        ):
+            raise ConfigError(f"threads must be a whole number of at least 1 (or None for torch's default), got {self.threads!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Forecaster":
@@ -240,6 +246,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             y_val=y_val,
             verbose=self.verbose,
             device=self.device_,
+            threads=self.threads,
         )
         self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
@@ -309,6 +316,11 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self._check_design(design, combined.attrs.get("source", "<frame>"), last=last)
         return self.input_scaler_.transform(design.to_numpy())
 
+    def _run(self, windows: np.ndarray) -> np.ndarray:
+        """The network's scaled outputs for `windows`, on `threads` torch threads (None: torch's default)."""
+        with intra_op_threads(self.threads):
+            return predict_batches(self.model_, windows, device=self.device_)
+
     def _levels(self, learned: np.ndarray, anchor) -> np.ndarray:
         """Model outputs (scaled, shape (N, H)) as price levels, anchored on the last known levels."""
         unscaled = self.target_scaler_.inverse_transform(learned.reshape(-1, 1)).reshape(learned.shape)
@@ -338,7 +350,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         windows, rows, _, anchors = self._windows(combined, len(frame))
         out = np.full(len(frame), np.nan)
         if len(windows):
-            learned = predict_batches(self.model_, windows, device=self.device_)[:, :1]
+            learned = self._run(windows)[:, :1]
             out[rows] = self._levels(learned, anchors)[:, 0]
         return pd.Series(out, index=frame.index, name=self.target_)
 
@@ -355,7 +367,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         out = np.full((len(frame), self.horizon), np.nan)
         windows, rows, positions, anchors = self._windows(combined, len(frame))
         if len(windows) and self.strategy == "direct":
-            learned = predict_batches(self.model_, windows, device=self.device_)
+            learned = self._run(windows)
             out[rows] = self._levels(learned, anchors)
         elif len(windows):
             histories = [combined.iloc[max(0, p - self.context_rows_) : p] for p in positions]
@@ -376,7 +388,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 current = pd.DataFrame({target: values[i]}, index=indexes[i])
                 scaled = self._scaled_design(current, last=len(current) - 1)
                 windows.append(scaled[-self.lookback :])
-            learned = predict_batches(self.model_, np.stack(windows), device=self.device_)
+            learned = self._run(np.stack(windows))
             anchors = np.array([v[-1] for v in values])
             out[:, step] = self._levels(learned, anchors)[:, 0]
             for i in range(len(histories)):
@@ -415,7 +427,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         dates = future_index(combined.index, horizon)
         if self.strategy == "direct":
             scaled = self._scaled_design(combined, last=len(combined) - 1)
-            learned = predict_batches(self.model_, scaled[None, -self.lookback :], device=self.device_)
+            learned = self._run(scaled[None, -self.lookback :])
             anchor = combined[self.target_].to_numpy()[-1:] if self.target_ in combined else None
             levels = self._levels(learned[:, :horizon], anchor)[0]
         else:
