@@ -145,6 +145,7 @@ class Holdout:
     target: str
     predictions: pd.DataFrame  # index: dates; columns: actual, seqcast, then one per baseline
     board: Leaderboard
+    horizon_scores: pd.DataFrame | None = None  # the model's score_horizons on the test rows when horizon > 1
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -183,7 +184,8 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
     actual_history = pd.concat([train[target].iloc[-1:], test[target]])
     previous = actual_history.shift(1).iloc[1:] if test.index[0] > train.index[-1] else test[target].shift(1)
     board = score(predictions, train=train[target], previous=previous.to_numpy())
-    return Holdout(target=target, predictions=predictions, board=board)
+    steps = model.score_horizons(test) if getattr(model, "horizon", 1) > 1 else None
+    return Holdout(target=target, predictions=predictions, board=board, horizon_scores=steps)
 
 
 @dataclass(frozen=True)
@@ -280,8 +282,15 @@ class Backtest:
             rows.append({"fold": int(fold), **{n: float(np.sqrt(np.nanmean(errors[n] ** 2))) for n in names}})
         return pd.DataFrame(rows).set_index("fold")
 
+    def per_step_records(self) -> list[dict]:
+        """The per-step table as JSON-ready rows (step, model, rmse, mae, n, dm_p, best_baseline)."""
+        if self.per_step is None:
+            return []
+        return [{k: _plain(v) for k, v in row.items()} for row in self.per_step.to_dict(orient="records")]
+
     def write(self, out_dir, *, info: dict | None = None) -> dict[str, Path]:
-        """leaderboard.csv, leaderboard.json (leaderboard, verdict, folds, settings) and folds.csv."""
+        """leaderboard.csv, leaderboard.json (leaderboard, verdict, folds, settings, per-step scores),
+        folds.csv and per_step.csv."""
         out_dir = Path(out_dir)
         table = self.board.table
         doc = {
@@ -295,7 +304,7 @@ class Backtest:
             **(info or {}),
         }
         if self.per_step is not None:
-            doc["per_step"] = [{k: _plain(v) for k, v in row.items()} for row in self.per_step.to_dict(orient="records")]
+            doc["per_step"] = self.per_step_records()
         paths = {
             "leaderboard": atomic_write_text(out_dir / "leaderboard.csv", table.to_csv(float_format="%.6g")),
             "leaderboard_json": atomic_write_json(out_dir / "leaderboard.json", doc),

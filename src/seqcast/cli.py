@@ -21,7 +21,7 @@ from .errors import ConfigError, SeqcastError
 from .features import infer_calendar
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
-from .report import run_summary, write_report, write_run
+from .report import horizon_scores, run_summary, write_report, write_run
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
 
@@ -295,17 +295,37 @@ def _print_inputs(f: Forecaster, train, out: _Out) -> None:
         out.line(f"note   same-day values of {', '.join(f.same_day_columns_)} are inputs, as asked (--same-day)")
 
 
-def _horizon_scores(f: Forecaster, test, out: _Out) -> dict:
-    if f.horizon == 1:
+def _horizon_scores(f: Forecaster, holdout, out: _Out) -> dict:
+    scores = holdout.horizon_scores
+    if scores is None:
         return {}
-    scores = f.score_horizons(test)
     table = Table(box=None, pad_edge=False, title=f"per step ({f.strategy})", title_justify="left")
     for name in ("step", "RMSE", "MAE", "n"):
         table.add_column(name, justify="right")
     for step, row in scores.iterrows():
         table.add_row(step, f"{row['rmse']:.2f}", f"{row['mae']:.2f}", str(int(row["n"])))
     out.table(table)
-    return {"horizon_scores": scores.to_dict(orient="index")}
+    return horizon_scores(holdout)
+
+
+def _print_per_step(per_step, out: _Out) -> None:
+    """Backtest RMSE at every step h = 1..H, one column per model, and seqcast's DM p-value."""
+    if per_step is None or per_step["step"].max() < 2:
+        return
+    names = list(dict.fromkeys(per_step["model"]))
+    table = Table(box=None, pad_edge=False, title="RMSE per horizon step (h1 = the leaderboard above)", title_justify="left")
+    for name in ("step", "n", *names, "best baseline", "DM p"):
+        table.add_column(name, justify="left" if name == "best baseline" else "right")
+    for step, part in per_step.groupby("step"):
+        rows = part.set_index("model")
+        table.add_row(
+            f"h{step}",
+            str(int(rows["n"].iloc[0])),
+            *[_num(rows.loc[name, "rmse"], "{:.2f}") for name in names],
+            str(rows["best_baseline"].iloc[0]),
+            _num(rows.loc[MODEL, "dm_p"], "{:.3g}"),
+        )
+    out.table(table)
 
 
 def _leaderboard_table(board) -> Table:
@@ -394,7 +414,7 @@ def _cmd_run(args, out: _Out) -> int:
     _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
-    per_step = _horizon_scores(forecaster, test, out)
+    per_step = _horizon_scores(forecaster, holdout, out)
     info = {"data": _describe(train), "test": _describe(test), "warnings": _warnings(train, test)}
     paths = write_run(out_dir, holdout, forecaster, info=info)
     if args.report:
@@ -431,7 +451,7 @@ def _cmd_train(args, out: _Out) -> int:
     _print_inputs(forecaster, train, out)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
-    per_step = _horizon_scores(forecaster, test, out)
+    per_step = _horizon_scores(forecaster, holdout, out)
     forecaster.save(args.out)
     out.line(f"saved  {args.out}/")
     out.result({"model": str(args.out), **run_summary(holdout, forecaster), **per_step})
@@ -470,12 +490,16 @@ def _cmd_backtest(args, out: _Out) -> int:
         on_fold=progress,
     )
     _print_board(result.board, out)
+    _print_per_step(result.per_step, out)
     paths = result.write(out_dir, info={"data": _describe(frame), "warnings": _warnings(frame)})
     paths = {"backtest": out_dir / "backtest.csv", **paths}
     if args.report:
         paths["report"] = write_report(out_dir)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name for p in paths.values()))
-    out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), "folds": result.folds})
+    out.result(
+        {"out": str(out_dir), "target": result.target, **result.board.to_dict(), "folds": result.folds,
+         "per_step": result.per_step_records()}
+    )
     return 0
 
 
