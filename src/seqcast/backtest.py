@@ -405,7 +405,7 @@ def walk_forward(
     if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
     horizon = int(horizon)
-    if horizon != own:
+    if horizon != own and _has_horizon(forecaster):
         forecaster = clone(forecaster).set_params(horizon=horizon)
     target = _target_of(forecaster, frame)
     lookback = int(getattr(forecaster, "lookback", 1))
@@ -427,8 +427,7 @@ def walk_forward(
                 columns.update({name: baseline.predict(test) for name, baseline in fitted.items()})
                 ahead = {name: column.to_numpy()[:, None] for name, column in columns.items() if name != "actual"}
             else:
-                ahead = {MODEL: model.predict_horizons(test).to_numpy()}
-                ahead.update({name: b.predict_horizons(test, horizon).to_numpy() for name, b in fitted.items()})
+                ahead = {name: _ahead(m, test, horizon) for name, m in {MODEL: model, **fitted}.items()}
                 columns = {"actual": test[target], **{name: pd.Series(v[:, 0], index=test.index) for name, v in ahead.items()}}
             steps.append(_step_errors(frame[target].to_numpy(dtype=np.float64), fold.test.start, ahead))
             wide = pd.DataFrame(columns, index=test.index)
@@ -477,6 +476,21 @@ def walk_forward(
     }
     per_step = per_step_table(pd.concat(steps, ignore_index=True))
     return Backtest(target=target, predictions=predictions, board=board, folds=summaries, settings=settings, per_step=per_step)
+
+
+def _has_horizon(estimator) -> bool:
+    return hasattr(estimator, "get_params") and "horizon" in estimator.get_params()
+
+
+def _ahead(estimator, test: pd.DataFrame, horizon: int) -> np.ndarray:
+    """(rows, horizon) forecasts: a Forecaster's own horizon, or a baseline's h-step forecasts."""
+    if _has_horizon(estimator):
+        return estimator.predict_horizons(test).to_numpy()
+    if not hasattr(estimator, "predict_horizons"):
+        raise ConfigError(
+            f"{type(estimator).__name__} forecasts one step only: backtest it with horizon 1, or drop it from the baselines"
+        )
+    return estimator.predict_horizons(test, horizon).to_numpy()
 
 
 def _step_errors(actual: np.ndarray, first: int, ahead: dict[str, np.ndarray]) -> pd.DataFrame:
