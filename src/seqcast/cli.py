@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description=(
             "Re-trains a fresh model on each fold's past rows only (scaler included), predicts the fold one "
-            "step ahead and ranks the model beside every baseline with Diebold-Mariano p-values. Without "
+            "step ahead and ranks the model beside every baseline with Diebold-Mariano p-values; with "
+            "--horizon H it also forecasts H steps from every row and scores each step (per_step.csv). Without "
             "--data: the bundled Google training file. Without --start: --folds folds ending at the last row."
         ),
     )
