@@ -184,7 +184,7 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
     actual_history = pd.concat([train[target].iloc[-1:], test[target]])
     previous = actual_history.shift(1).iloc[1:] if test.index[0] > train.index[-1] else test[target].shift(1)
     board = score(predictions, train=train[target], previous=previous.to_numpy())
-    steps = model.score_horizons(test) if getattr(model, "horizon", 1) > 1 else None
+    steps = model.score_horizons(test) if getattr(model, "horizon", 1) > 1 and hasattr(model, "score_horizons") else None
     return Holdout(target=target, predictions=predictions, board=board, horizon_scores=steps)
 
 
