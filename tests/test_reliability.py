@@ -356,3 +356,47 @@ def test_large_file_errors_still_name_the_exact_row(tmp_path):
     path.write_text("Date,Open\n" + "\n".join(f"{d:%Y-%m-%d},{o}" for d, o in zip(dates, opens)) + "\n")
     with pytest.raises(DataError, match=r"big\.csv row 43212, column Open: \"12\.\.5\" is not a number"):
         load_csv(path)
+
+
+def _price_file(n: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("1990-01-01", periods=n)
+    opens = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    volumes = rng.integers(0, 10**9, n)
+    return "Date,Open,Close,Volume,Symbol\n" + "".join(
+        f"{d:%Y-%m-%d}, {float(o)!r},{o * 1.001:.9f},{v},X\n" for d, o, v in zip(dates, opens, volumes)
+    )
+
+
+def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monkeypatch):
+    """A well-formed file goes through pandas's C parser; a blank line sends the same content
+    through the csv module. Both must give the identical frame and identical error messages."""
+    import seqcast.data as data
+
+    text = _price_file(3_000)
+    plain, careful = tmp_path / "plain.csv", tmp_path / "careful.csv"
+    plain.write_text(text)
+    careful.write_text(text + "\n")
+    real_reader = data.csv.reader
+    monkeypatch.setattr(data.csv, "reader", lambda *a, **k: pytest.fail("took the csv module path"))
+    fast = load_csv(plain)
+    monkeypatch.setattr(data.csv, "reader", real_reader)
+    slow = load_csv(careful)
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
+    assert fast["Symbol"].tolist() == ["X"] * 3_000
+
+    for bad, expected in [("abc", r'row 1501, column Open: "abc" is not a number'),
+                          ("", r"row 1501, column Open is empty"),
+                          ("-3", r"row 1501, column Open: -3(\.0)? is not a positive price")]:
+        lines = text.splitlines()
+        cells = lines[1500].split(",")
+        cells[1] = bad
+        lines[1500] = ",".join(cells)
+        plain.write_text("\n".join(lines) + "\n")
+        careful.write_text("\n".join(lines) + "\n\n")
+        messages = []
+        for path in (plain, careful):
+            with pytest.raises(DataError, match=expected) as exc:
+                load_csv(path)
+            messages.append(str(exc.value).replace(path.name, "FILE"))
+        assert messages[0] == messages[1]
