@@ -121,7 +121,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         return values
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, checkpoint_dir=None, checkpoint_every=None, resume=False):
+        """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`."""
         self._check_params()
         frame = self._frame(X, y)
         source = frame.attrs.get("source", "<frame>")
@@ -175,6 +176,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
             y_val=y_val,
             verbose=self.verbose,
             device=self.device_,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         self.context_ = frame[self.input_columns_].iloc[-self.lookback :].astype(np.float64)
         self.n_train_rows_ = len(frame)
