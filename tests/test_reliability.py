@@ -8,8 +8,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,16 @@ from .conftest import TINY
 
 CLI_TINY = ["--epochs", "1", "--layers", "1", "--units", "4", "--lookback", "3", "--device", "cpu", "--quiet"]
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models train many times faster on one thread when the machine is busy, and the
+    subprocesses (OMP_NUM_THREADS=1) must use the same thread count as the in-process runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +315,7 @@ def _run_subprocess(out: Path, data: Path, seed: int) -> subprocess.Popen:
     argv = [sys.executable, "-m", "seqcast.cli", "run", "--out", str(out), "--data", str(data),
             "--test-from", "2012-05-01", "--seed", str(seed), "--epochs", "2", "--layers", "2", "--units", "4",
             "--lookback", "5", "--dropout", "0.3", "--val-fraction", "0.1", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -400,3 +412,120 @@ def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monke
                 load_csv(path)
             messages.append(str(exc.value).replace(path.name, "FILE"))
         assert messages[0] == messages[1]
+
+
+# ---------------------------------------------------------------- training survives interruption
+
+RESUME = ["--epochs", "60", "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
+          "--dropout", "0.2", "--seed", "5", "--device", "cpu"]
+
+
+def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), *RESUME, *extra]
+
+
+def _subprocess(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "seqcast.cli", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(short_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "model"
+    assert main([*_train_argv(short_csv, out), "--quiet"]) == 0
+    return out
+
+
+def _same_model(a: Path, b: Path) -> None:
+    assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()
+    history = [json.loads((p / "state.json").read_text())["history"]["loss"] for p in (a, b)]
+    assert history[0] == history[1] and len(history[0]) == 60
+
+
+def _checkpoint_epoch(folder: Path) -> int:
+    try:
+        return json.loads((folder / "checkpoint.json").read_text())["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0  # not written yet, or being swapped in
+
+
+def test_killed_training_resumes_to_the_same_final_weights(short_csv, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / "model.checkpoint"
+    proc = _subprocess([*_train_argv(short_csv, out), "--checkpoint-every", "5", "--quiet"])
+    try:
+        while _checkpoint_epoch(checkpoint) < 10 and proc.poll() is None:
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    killed_at = _checkpoint_epoch(checkpoint)
+    assert 10 <= killed_at < 60 and killed_at % 5 == 0 and not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--checkpoint-every", "5"]) == 0
+    assert f"resume {checkpoint}" in capsys.readouterr().out
+    _same_model(out, uninterrupted)
+    assert _checkpoint_epoch(checkpoint) == 60
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_to_the_same_weights(short_csv, uninterrupted, tmp_path):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / "model.checkpoint"
+    proc = _subprocess([*_train_argv(short_csv, out), "--checkpoint-every", "1", "--quiet"])
+    # Interrupt once training runs, i.e. once it has written a checkpoint.
+    while _checkpoint_epoch(checkpoint) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"seqcast: interrupted; checkpoint of epoch {_checkpoint_epoch(checkpoint)} saved in {checkpoint}/" in err
+    assert f"--resume {checkpoint}" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--quiet"]) == 0
+    _same_model(out, uninterrupted)
+
+
+def test_resuming_with_other_settings_or_a_tampered_checkpoint_is_refused(short_csv, tmp_path, capsys):
+    out, checkpoint = tmp_path / "model", tmp_path / "model.checkpoint"
+    short = [*_train_argv(short_csv, out), "--epochs", "2", "--checkpoint-every", "1", "--quiet"]
+    assert main(short) == 0
+    shutil.rmtree(out)
+    assert main([*_train_argv(short_csv, out), "--lr", "0.01", "--resume", str(checkpoint), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqcast: error: cannot resume from {checkpoint}: lr differ") and not out.exists()
+    weights = checkpoint / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--quiet"]) == 2
+    assert "weights.safetensors" in capsys.readouterr().err and not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_forecaster_fit_resumes_with_early_stopping_validation_and_dropout(small_series, tmp_path):
+    train, _ = small_series
+    params = dict(TINY, layers=2, epochs=6, dropout=0.3, val_fraction=0.2, early_stopping=3, optimizer="rmsprop")
+    full = Forecaster(**params).fit(train)
+    Forecaster(**{**params, "epochs": 3}).fit(train, checkpoint_dir=tmp_path / "ck", checkpoint_every=1)
+    resumed = Forecaster(**params).fit(train, checkpoint_dir=tmp_path / "ck", resume=True)
+    for name, tensor in full.model_.state_dict().items():
+        assert torch.equal(tensor, resumed.model_.state_dict()[name]), name
+    assert resumed.history_.loss == full.history_.loss and resumed.history_.val_loss == full.history_.val_loss
+    assert resumed.history_.best_epoch == full.history_.best_epoch
+
+
+def test_a_backup_left_by_an_interrupted_swap_does_not_block_the_next_write(saved_model, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    write_model_dir(folder, json_files={"config.json": {"v": 1}}, tensors={"w": torch.zeros(2)})
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt  # after the new folder is in place, while the old one is deleted
+
+    monkeypatch.setattr(artifacts.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_model_dir(folder, json_files={"config.json": {"v": 2}}, tensors={"w": torch.ones(2)})
+    monkeypatch.undo()
+    assert json.loads((folder / "config.json").read_text()) == {"v": 2}
+    write_model_dir(folder, json_files={"config.json": {"v": 3}}, tensors={"w": torch.ones(2)})
+    docs, tensors = read_model_dir(folder, json_names=("config.json",))
+    assert docs["config.json"] == {"v": 3} and torch.equal(tensors["w"], torch.ones(2))
