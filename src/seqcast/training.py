@@ -388,7 +388,8 @@ def _tensors_sha256(*tensors: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for t in tensors:
         digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        # The buffer itself, not .tobytes(): no second copy of a large training set.
+        digest.update(t.detach().cpu().contiguous().numpy())
     return digest.hexdigest()
 
 
