@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from seqcast import load_csv
@@ -325,6 +325,12 @@ def test_cli_validate_never_crashes(workdir, data, json_flag, target):
 
 @_settings("args")
 @given(verb=st.sampled_from(["validate", "train", "run", "predict"]), args=arguments())
+# Cases the fuzzer found (tracebacks before the fixes on this branch).
+@example(verb="train", args=["--seed=-9223372036854775809"])
+@example(verb="train", args=["--device=meta"])
+@example(verb="train", args=["--device=mps"])
+@example(verb="train", args=["--test-from=0000-01-01"])
+@example(verb="train", args=["--test-from=2020-01-01T00:00:00+05:00"])
 def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):
     """Random option values on the bundled file cut to 80 rows, so that training is short."""
     data = workdir / "short.csv"
@@ -386,6 +392,8 @@ def test_cli_train_on_fuzzed_data_never_crashes(workdir, data):
 
 @_settings("run")
 @given(data=csv_bytes, fuzz_test_file=st.booleans())
+@example(data=b"Date,Open\n0000-1,1", fuzz_test_file=False)  # year 0: found by the fuzzer
+@example(data=b"Date,Open\n2017-01-03,1\n2017-01-04,2\n", fuzz_test_file=True)  # test file without Close
 def test_cli_run_on_fuzzed_train_or_test_file_never_crashes(workdir, data, fuzz_test_file):
     """One side is fuzzed, the other is a real file, so that valid cases run to the end."""
     fuzzed = _write(workdir, data)

@@ -23,7 +23,9 @@ class LastValue(BaseEstimator):
         return self
 
     def predict(self, X: pd.DataFrame) -> pd.Series:
-        combined, n_context = with_context(X[[self.column_]], self.tail_)
+        # A test file may lack the column (e.g. Close) that the training file had.
+        column = resolve_column(X, self.column_, source=X.attrs.get("source", "<frame>"))
+        combined, n_context = with_context(X[[column]].set_axis([self.column_], axis=1), self.tail_)
         shifted = combined[self.column_].shift(1).to_numpy()[n_context:]
         return pd.Series(shifted, index=X.index, name=self.target)
 

@@ -518,6 +518,8 @@ def _parse_dates(values: pd.Series, column: str, problems: _Problems) -> pd.Date
             break
     missing = texts == ""
     problems.add(missing, (column, texts), " is missing; fill it in or remove that row")
+    # pandas parses year 0 and earlier, Python's datetime (used by every report) does not.
+    problems.add(np.asarray(best.year < 1), (column, texts), ': "{text}" is before year 1' + _FIX_ROW)
     problems.add(
         best.isna() & ~missing,
         (column, texts),

@@ -88,6 +88,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        # torch.manual_seed's range; numpy and Python's random take any integer.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not -(2**63) <= self.seed < 2**64:
+            raise ConfigError(f"seed must be a whole number between -2**63 and 2**64 - 1, got {self.seed!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not float(self.lr) > 0:
