@@ -329,6 +329,7 @@ def test_cli_validate_never_crashes(workdir, data, json_flag, target):
 @example(verb="train", args=["--seed=-9223372036854775809"])
 @example(verb="train", args=["--device=meta"])
 @example(verb="train", args=["--device=mps"])
+@example(verb="train", args=["--lr=3.402823466385288e+37"])
 @example(verb="train", args=["--test-from=0000-01-01"])
 @example(verb="train", args=["--test-from=2020-01-01T00:00:00+05:00"])
 def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):

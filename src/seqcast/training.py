@@ -91,6 +91,9 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
     """
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    # Adam divides lr by its bias correction (>= 0.1) in float32, whose limit is 3.4e38.
+    if lr > 1e30:
+        raise ConfigError(f"lr {lr!r} is too large (at most 1e30, typical values are 1e-4..1e-2)")
     key = name.lower() if isinstance(name, str) else name
     if key == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=KERAS_EPSILON)
