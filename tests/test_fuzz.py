@@ -395,6 +395,7 @@ def test_cli_train_on_fuzzed_data_never_crashes(workdir, data):
 @given(data=csv_bytes, fuzz_test_file=st.booleans())
 @example(data=b"Date,Open\n0000-1,1", fuzz_test_file=False)  # year 0: found by the fuzzer
 @example(data=b"Date,Open\n2017-01-03,1\n2017-01-04,2\n", fuzz_test_file=True)  # test file without Close
+@example(data=b"Date,Open,Close\n1/1/0100,1,116\n", fuzz_test_file=True)  # test period before the training data
 def test_cli_run_on_fuzzed_train_or_test_file_never_crashes(workdir, data, fuzz_test_file):
     """One side is fuzzed, the other is a real file, so that valid cases run to the end."""
     fuzzed = _write(workdir, data)

@@ -210,6 +210,13 @@ def _train_and_test(args, out: _Out):
     out.line(f"data   {_describe(frame)}")
     if test_path is not None:
         train, test = frame, _load(test_path, args)
+        # A test period inside the training dates would leak, and its first rows have no history.
+        if test.index[0] <= train.index[-1]:
+            raise ConfigError(
+                f"{test_path} starts on {test.index[0].isoformat()[:10]}, before the training data in {data_path} "
+                f"ends ({train.index[-1].isoformat()[:10]}): give a test file that follows the training rows, "
+                "or use --test-from DATE on one file"
+            )
     elif args.test_from:
         train, test = split_by_date(frame, args.test_from)
     else:
