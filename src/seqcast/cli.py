@@ -22,6 +22,7 @@ from .features import infer_calendar
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .report import horizon_scores, run_summary, write_report, write_run
+from .training import TrainingInterrupted
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
 
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="model folder to write")
     _model_options(train)
     _output_options(train)
+    checkpoints = train.add_argument_group("checkpoints (Ctrl-C always saves one)")
+    checkpoints.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N epochs to OUT.checkpoint/"
+    )
+    checkpoints.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue from the checkpoint in DIR (same data and settings)"
+    )
 
     predict = verbs.add_parser("predict", help="predict every row that has enough history", formatter_class=_Formatter)
     predict.add_argument("--model", type=Path, required=True, help="model folder written by train or run")
@@ -393,6 +401,13 @@ def _train_and_test(args, out: _Out):
     out.line(f"data   {_describe(frame)}")
     if test_path is not None:
         train, test = frame, _load(test_path, args)
+        # A test period inside the training dates would leak, and its first rows have no history.
+        if test.index[0] <= train.index[-1]:
+            raise ConfigError(
+                f"{test_path} starts on {test.index[0].isoformat()[:10]}, before the training data in {data_path} "
+                f"ends ({train.index[-1].isoformat()[:10]}): give a test file that follows the training rows, "
+                "or use --test-from DATE on one file"
+            )
     elif args.test_from:
         train, test = split_by_date(frame, args.test_from)
     else:
@@ -435,21 +450,38 @@ def _print_training(forecaster: Forecaster, out: _Out) -> None:
     )
 
 
+def _checkpoint_dir(args) -> Path:
+    if args.resume is not None:
+        if not (args.resume / "checkpoint.json").is_file():
+            raise ConfigError(f"{args.resume} holds no checkpoint; give the folder named in the interrupt message")
+        return args.resume
+    directory = args.out.with_name(args.out.name + ".checkpoint")
+    if args.checkpoint_every is not None:
+        _refuse_overwrite(directory, args.force)
+    return directory
+
+
 def _cmd_train(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
+    checkpoint_dir = _checkpoint_dir(args)
     train, test = _train_and_test(args, out)
     forecaster = _forecaster(args)
     out.line(f"model  {_model_line(forecaster)}")
+    if args.resume is not None:
+        out.line(f"resume {args.resume}")
+    forecaster.fit(
+        train, checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume is not None
+    )
+    _print_inputs(forecaster, train, out)
+    if args.checkpoint_every is not None:
+        out.line(f"checkpoint {checkpoint_dir}/ (epoch {len(forecaster.history_.loss)})")
     if test is None:
-        forecaster.fit(train)
-        _print_inputs(forecaster, train, out)
         _print_training(forecaster, out)
         forecaster.save(args.out)
         out.line(f"saved  {args.out}/")
         out.result({"model": str(args.out), "final_loss": forecaster.history_.loss[-1]})
         return 0
-    holdout = evaluate_holdout(forecaster, train, test)
-    _print_inputs(forecaster, train, out)
+    holdout = evaluate_holdout(forecaster, train, test, fit=False)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
     per_step = _horizon_scores(forecaster, holdout, out)
@@ -684,6 +716,13 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"seqcast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(
+            f"seqcast: interrupted; checkpoint of epoch {exc.epoch} saved in {exc.checkpoint}/; "
+            f"continue with the same command plus --resume {exc.checkpoint}",
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:
         print("seqcast: interrupted; no output was left half-written", file=sys.stderr)
         return 130

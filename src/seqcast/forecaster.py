@@ -128,6 +128,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        # torch.manual_seed's range; numpy and Python's random take any integer.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not -(2**63) <= self.seed < 2**64:
+            raise ConfigError(f"seed must be a whole number between -2**63 and 2**64 - 1, got {self.seed!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not float(self.lr) > 0:
@@ -180,7 +183,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         return values
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, checkpoint_dir=None, checkpoint_every=None, resume=False):
+        """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`."""
         self._check_params()
         frame = self._frame(X, y)
         source = frame.attrs.get("source", "<frame>")
@@ -247,6 +251,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
             verbose=self.verbose,
             device=self.device_,
             threads=self.threads,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
