@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# 10,000 property-based cases over the loader and every CLI verb (tests/test_fuzz.py); `make test`
+# runs the same properties with about 520.
+fuzz: $(STAMP)
+	SEQCAST_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-show-statistics tests/test_fuzz.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 

@@ -7,7 +7,7 @@ from sklearn.base import clone
 
 from seqcast import Forecaster
 from seqcast.backtest import MODEL, evaluate_holdout, plan_folds, score, walk_forward
-from seqcast.baselines import LastValue, LinearAR
+from seqcast.baselines import Drift, LastValue, LinearAR
 from seqcast.errors import ConfigError
 from seqcast.metrics import diebold_mariano
 
@@ -110,8 +110,53 @@ def test_sliding_window_and_horizon_checks(small_series):
         baselines={"recorder": RecordingLastValue("Open")},
     )
     assert FIT_ENDS == [(frame.index[0], frame.index[119], 120), (frame.index[10], frame.index[129], 120)]
-    with pytest.raises(ConfigError, match="horizon 1"):
-        walk_forward(Forecaster(target="Open", **TINY), frame, folds=2, horizon=3)
+    with pytest.raises(ConfigError, match="horizon must be"):
+        walk_forward(Forecaster(target="Open", **TINY), frame, folds=2, horizon=0)
+
+
+def test_walk_forward_scores_every_horizon_step_like_a_hand_loop(small_series, tmp_path):
+    frame = pd.concat(small_series)
+    y = frame["Open"].to_numpy()
+    n, H, size = len(frame), 3, 8
+    forecaster = Forecaster(target="Open", **{**TINY, "threads": 1})
+    baselines = {"persistence": LastValue("Open"), "drift": Drift("Open")}
+    result = walk_forward(forecaster, frame, folds=2, refit_every=size, horizon=H, baselines=baselines)
+    assert result.settings["horizon"] == H
+
+    # Hand loop over the origins of both folds: fold f trains on rows [0, start), issues forecasts at
+    # every row p of [start, start + size) for rows p .. p + H - 1.
+    errors = {name: {k: [] for k in range(1, H + 1)} for name in (MODEL, "persistence", "drift")}
+    for start in (n - 2 * size, n - size):
+        model = clone(forecaster).set_params(horizon=H).fit(frame.iloc[:start])
+        ahead = model.predict_horizons(frame.iloc[start : start + size]).to_numpy()
+        slope = (y[start - 1] - y[0]) / (start - 1)
+        for i, p in enumerate(range(start, start + size)):
+            for k in range(1, H + 1):
+                if p + k - 1 < n:
+                    errors[MODEL][k].append(y[p + k - 1] - ahead[i, k - 1])
+                    errors["persistence"][k].append(y[p + k - 1] - y[p - 1])
+                    errors["drift"][k].append(y[p + k - 1] - (y[p - 1] + k * slope))
+    table = result.per_step.set_index(["step", "model"])
+    for name, by_step in errors.items():
+        for k, errs in by_step.items():
+            errs = np.asarray(errs)
+            assert table.loc[(k, name), "n"] == 2 * size - (k - 1)
+            assert table.loc[(k, name), "rmse"] == pytest.approx(np.sqrt(np.mean(errs**2)), rel=1e-6)
+            assert table.loc[(k, name), "mae"] == pytest.approx(np.mean(np.abs(errs)), rel=1e-6)
+    # Step 1 is the one-step leaderboard; the DM p-value at step k uses the h-step variance.
+    for name in (MODEL, "persistence", "drift"):
+        assert table.loc[(1, name), "rmse"] == pytest.approx(result.board.table.loc[name, "rmse"], rel=1e-9)
+    best = table.loc[(H, MODEL), "best_baseline"]
+    other = np.asarray(errors[best][H])
+    dm = diebold_mariano(np.zeros(other.size), -np.asarray(errors[MODEL][H]), -other, horizon=H)
+    assert table.loc[(H, MODEL), "dm_p"] == pytest.approx(dm.p_value, rel=1e-6)
+
+    paths = result.write(tmp_path)
+    written = pd.read_csv(paths["per_step"])
+    assert list(written.columns) == ["step", "model", "rmse", "mae", "n", "dm_p", "best_baseline"]
+    assert len(written) == 3 * H
+    doc = json.loads(paths["leaderboard_json"].read_text())
+    assert [(r["step"], r["model"]) for r in doc["per_step"]] == list(zip(written["step"], written["model"]))
 
 
 def _board(model, baseline_a, baseline_b, actual):

@@ -82,3 +82,44 @@ def test_default_baselines_depend_on_columns_and_frequency():
     assert "seasonal-naive(12)" in default_baselines(monthly, "Open", lookback=60)
     assert "linear-ar(60)" not in default_baselines(monthly, "Open", lookback=60)  # too short to fit
     assert seasonal_period(daily.index) is None
+
+
+def test_h_step_forecasts_of_each_baseline_by_hand():
+    rng = np.random.default_rng(3)
+    values = 50 + np.cumsum(rng.normal(0, 1, 40))
+    close = values + rng.normal(0, 0.5, 40)
+    series = _frame(values, close=close)
+    train, test = series.iloc[:30], series.iloc[30:]
+    H = 5
+    y, c = values, close
+
+    def by_hand(rule):
+        # Forecast issued at row p (knowing rows < p) for row p + k - 1, k = 1..H.
+        return np.array([[rule(p, k) for k in range(1, H + 1)] for p in range(30, 40)])
+
+    slope = (y[29] - y[0]) / 29
+    fitted_ar = LinearAR("Open", lookback=4).fit(train)
+
+    def ar(p, k):
+        window = list(y[p - 4 : p])
+        for _ in range(k):
+            window.append(float(fitted_ar.model_.predict(np.array([window[-4:]]))[0]))
+        return window[-1]
+
+    cases = [
+        (LastValue("Open"), lambda p, k: y[p - 1]),
+        (LastValue("Open", column="Close"), lambda p, k: c[p - 1]),
+        (Drift("Open"), lambda p, k: y[p - 1] + k * slope),
+        (MovingAverage("Open", window=3), lambda p, k: y[p - 3 : p].mean()),
+        # One season back from the target row, or two when the target is more than a season ahead.
+        (SeasonalNaive("Open", period=3), lambda p, k: y[p + k - 1 - 3 * int(np.ceil(k / 3))]),
+        (fitted_ar, ar),
+    ]
+    for baseline, rule in cases:
+        fitted = baseline if baseline is fitted_ar else clone(baseline).fit(train)
+        got = fitted.predict_horizons(test, H)
+        assert list(got.columns) == [f"h{k}" for k in range(1, H + 1)]
+        np.testing.assert_allclose(got.to_numpy(), by_hand(rule), rtol=1e-9, err_msg=type(baseline).__name__)
+        np.testing.assert_allclose(got["h1"].to_numpy(), fitted.predict(test).to_numpy(), rtol=1e-12)
+    with pytest.raises(ConfigError, match="horizon"):
+        LastValue("Open").fit(train).predict_horizons(test, 0)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from seqcast import Forecaster, load_csv
 from seqcast.cli import main
 from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 
@@ -171,3 +172,25 @@ def test_same_day_inputs_are_announced_and_recorded(tmp_path, capsys):
     assert main(["train", "--data", str(GOOGLE_TRAIN), "--adjust-splits", "--same-day", "Close", "--out", str(model), *FAST]) == 0
     assert "same-day values of Close are inputs" in capsys.readouterr().out
     assert json.loads((model / "config.json").read_text())["same_day_inputs"] == ["Close"]
+
+
+def test_run_with_a_horizon_writes_per_step_scores(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--horizon", "3", "--threads", "1", "--report", *FAST]) == 0
+    assert "per step (direct)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["threads"] == 1
+    # Each step by hand: the forecast issued on test day t for day t + k - 1 against the raw test file.
+    model = Forecaster.load(out / "model")
+    test = load_csv(GOOGLE_TEST)
+    ahead = model.predict_horizons(test).to_numpy()
+    y = test["Open"].to_numpy()
+    for k in (1, 2, 3):
+        errors = np.array([y[t + k - 1] - ahead[t, k - 1] for t in range(len(y) - k + 1)])
+        scores = metrics["horizon_scores"][f"h{k}"]
+        assert scores["n"] == len(errors)
+        assert scores["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-5)
+        assert scores["mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-5)
+    assert metrics["horizon_scores"]["h1"]["rmse"] == pytest.approx(metrics["metrics"]["seqcast"]["rmse"], rel=1e-9)
+    page = (out / "report.html").read_text()
+    assert "Accuracy per horizon step" in page and f"{metrics['horizon_scores']['h3']['rmse']:.4g}" in page

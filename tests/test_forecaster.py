@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from seqcast import ArtifactError, DataError, Forecaster
+from seqcast import ArtifactError, ConfigError, DataError, Forecaster
 from seqcast.windows import context_windows, fit_scaler
 
 from .conftest import TINY
@@ -233,3 +233,35 @@ def test_presets_are_forecaster_params():
     assert set(PRESETS["indicators"]) <= set(Forecaster().get_params())
     with pytest.raises(ConfigError, match="unknown preset"):
         Forecaster.from_preset("magic")
+
+
+def test_threads_applies_to_training_and_prediction_only(small_series, monkeypatch):
+    import seqcast.forecaster as module
+
+    train, test = small_series
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1  # a count different from the current one, so the check can fail
+    seen = {"train": [], "predict": []}
+    real_train, real_predict = module.train_model, module.predict_batches
+
+    def train_model(*args, **kwargs):
+        return real_train(*args, **kwargs, on_epoch=lambda *_: seen["train"].append(torch.get_num_threads()))
+
+    def predict_batches(*args, **kwargs):
+        seen["predict"].append(torch.get_num_threads())
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_model", train_model)
+    monkeypatch.setattr(module, "predict_batches", predict_batches)
+    # A two-thread fit is slow on a busy 2-core machine: keep it to one epoch of a few windows.
+    short = {**TINY, "lookback": 5, "epochs": 1, "batch_size": 32}
+    f = Forecaster(**{**short, "horizon": 2, "threads": want}).fit(train.iloc[-40:])
+    f.predict(test), f.predict_horizons(test), f.forecast()
+    assert seen["train"] == [want] and seen["predict"] == [want] * 3
+    assert torch.get_num_threads() == before
+    seen["predict"].clear()
+    Forecaster(**short).fit(train.iloc[-40:]).predict(test)  # None leaves torch's count alone
+    assert seen["predict"] == [before]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            Forecaster(**{**TINY, "threads": bad}).fit(train)

@@ -1,4 +1,5 @@
 import base64
+import json
 import io
 import re
 import shutil
@@ -25,7 +26,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.fixture(scope="module")
 def backtest_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bt") / "backtest"
-    code = main(["backtest", "--data", str(GOOGLE_TRAIN), "--start", "2016-11-01", "--refit-every", "21", "--report", "--out", str(out), *FAST])
+    code = main(["backtest", "--data", str(GOOGLE_TRAIN), "--start", "2016-11-01", "--refit-every", "21", "--horizon", "2", "--threads", "1", "--report", "--out", str(out), *FAST])
     assert code == 0
     return out
 
@@ -50,11 +51,36 @@ def test_backtest_cli_prints_the_leaderboard_and_writes_every_output(backtest_di
     assert long["fold"].max() == 2 and long["date"].min() == "2016-11-01"
 
 
+def test_backtest_writes_per_step_scores(backtest_dir):
+    steps = pd.read_csv(backtest_dir / "per_step.csv").set_index(["step", "model"])
+    assert sorted(set(steps.index.get_level_values("step"))) == [1, 2]
+    # Persistence two steps ahead, by hand from the raw file: the forecast issued on day p for day p + 1
+    # is the Open of day p - 1. Origins run from 2016-11-01 to the last row; the last one has no h2 target.
+    raw = pd.read_csv(GOOGLE_TRAIN, thousands=",")
+    dates = pd.to_datetime(raw["Date"], format="%m/%d/%Y")
+    y = raw["Open"].to_numpy(dtype=float)
+    first = int(np.argmax(dates >= pd.Timestamp("2016-11-01")))
+    errors = np.array([y[p + 1] - y[p - 1] for p in range(first, len(y) - 1)])
+    assert steps.loc[(2, "persistence"), "n"] == len(errors)
+    assert steps.loc[(2, "persistence"), "rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-5)
+    board = pd.read_csv(backtest_dir / "leaderboard.csv", index_col="model")
+    assert steps.loc[(1, "seqcast"), "rmse"] == pytest.approx(board.loc["seqcast", "rmse"], rel=1e-5)
+    doc = json.loads((backtest_dir / "leaderboard.json").read_text())
+    assert len(doc["per_step"]) == len(steps) and doc["settings"]["model"]["threads"] == 1
+    page = (backtest_dir / "report.html").read_text()
+    assert "Accuracy per horizon step" in page and "<td>h2</td>" in page
+    assert f"{steps.loc[(2, 'persistence'), 'rmse']:.4g}" in page
+
+
 def test_backtest_on_a_yahoo_layout_csv(tmp_path, capsys):
     data = _yahoo_csv(tmp_path / "GOOG.csv")
     out = tmp_path / "bt"
-    assert main(["backtest", "--data", str(data), "--folds", "2", "--refit-every", "15", "--report", "--out", str(out), *FAST]) == 0
+    args = ["--folds", "2", "--refit-every", "15", "--horizon", "2", "--threads", "1", "--report", "--out", str(out)]
+    assert main(["backtest", "--data", str(data), *args, *FAST]) == 0
     printed = capsys.readouterr().out
+    steps = pd.read_csv(out / "per_step.csv").set_index(["step", "model"])
+    h2 = next(line for line in printed.splitlines() if line.strip().startswith("h2"))
+    assert "RMSE per horizon step" in printed and f"{steps.loc[(2, 'persistence'), 'rmse']:.2f}" in h2
     assert "DM p" in printed and "last-close (baseline)" in printed and "best" in printed
     verdict = [line for line in printed.splitlines() if line.startswith(("seqcast is", "seqcast does"))]
     assert verdict and ("p = " in verdict[0] or "p < " in verdict[0])

@@ -92,7 +92,8 @@ def _swap_in(staging: Path, directory: Path) -> None:
     if not directory.exists():
         os.replace(staging, directory)
         return
-    backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    # A fresh (empty) name every time: a backup left by an interrupted swap must not block the next one.
+    backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
     os.replace(directory, backup)
     try:
         os.replace(staging, directory)

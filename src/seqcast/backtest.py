@@ -147,6 +147,7 @@ class Holdout:
     board: Leaderboard
     intervals: pd.DataFrame | None = None  # lower, upper, std of an ensemble's prediction, when it has them
     interval: dict | None = None  # their level, coverage and mean width (interval_scores)
+    horizon_scores: pd.DataFrame | None = None  # the model's score_horizons on the test rows when horizon > 1
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -185,8 +186,11 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
     actual_history = pd.concat([train[target].iloc[-1:], test[target]])
     previous = actual_history.shift(1).iloc[1:] if test.index[0] > train.index[-1] else test[target].shift(1)
     board = score(predictions, train=train[target], previous=previous.to_numpy())
+    steps = model.score_horizons(test) if getattr(model, "horizon", 1) > 1 and hasattr(model, "score_horizons") else None
     intervals, interval = _intervals_of(model, test, test[target])
-    return Holdout(target=target, predictions=predictions, board=board, intervals=intervals, interval=interval)
+    return Holdout(
+        target=target, predictions=predictions, board=board, horizon_scores=steps, intervals=intervals, interval=interval
+    )
 
 
 def _intervals_of(model, frame: pd.DataFrame, actual: pd.Series):
@@ -300,6 +304,7 @@ class Backtest:
     board: Leaderboard
     folds: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    per_step: pd.DataFrame | None = None  # per_step_table(): RMSE/MAE at every step h = 1..H of every model
     intervals: pd.DataFrame | None = None  # index: dates; lower, upper, std of an ensemble's predictions
     interval: dict | None = None  # their level, coverage and mean width over all folds
 
@@ -312,8 +317,15 @@ class Backtest:
             rows.append({"fold": int(fold), **{n: float(np.sqrt(np.nanmean(errors[n] ** 2))) for n in names}})
         return pd.DataFrame(rows).set_index("fold")
 
+    def per_step_records(self) -> list[dict]:
+        """The per-step table as JSON-ready rows (step, model, rmse, mae, n, dm_p, best_baseline)."""
+        if self.per_step is None:
+            return []
+        return [{k: _plain(v) for k, v in row.items()} for row in self.per_step.to_dict(orient="records")]
+
     def write(self, out_dir, *, info: dict | None = None) -> dict[str, Path]:
-        """leaderboard.csv, leaderboard.json (leaderboard, verdict, folds, settings) and folds.csv."""
+        """leaderboard.csv, leaderboard.json (leaderboard, verdict, folds, settings, per-step scores),
+        folds.csv and per_step.csv."""
         out_dir = Path(out_dir)
         table = self.board.table
         doc = {
@@ -327,16 +339,20 @@ class Backtest:
             "folds": self.folds,
             **(info or {}),
         }
-        paths = {}
-        if self.intervals is not None:
-            paths["intervals"] = atomic_write_text(
-                out_dir / "intervals.csv", self.intervals.rename_axis("date").to_csv(float_format="%.6f", date_format="%Y-%m-%d")
-            )
-        return paths | {
+        if self.per_step is not None:
+            doc["per_step"] = self.per_step_records()
+        paths = {
             "leaderboard": atomic_write_text(out_dir / "leaderboard.csv", table.to_csv(float_format="%.6g")),
             "leaderboard_json": atomic_write_json(out_dir / "leaderboard.json", doc),
             "folds": atomic_write_text(out_dir / "folds.csv", self.fold_table().to_csv(float_format="%.6g")),
         }
+        if self.per_step is not None:
+            paths["per_step"] = atomic_write_text(out_dir / "per_step.csv", self.per_step.to_csv(index=False, float_format="%.6g"))
+        if self.intervals is not None:
+            paths["intervals"] = atomic_write_text(
+                out_dir / "intervals.csv", self.intervals.rename_axis("date").to_csv(float_format="%.6f", date_format="%Y-%m-%d")
+            )
+        return paths
 
 
 class _FoldWriter:
@@ -403,7 +419,7 @@ def walk_forward(
     start=None,
     refit_every: int | None = None,
     window: str = "expanding",
-    horizon: int = 1,
+    horizon: int | None = None,
     baselines: dict | None = None,
     period: int | None = None,
     out_dir=None,
@@ -413,13 +429,24 @@ def walk_forward(
     the fold's past rows only (the Forecaster fits its own scaler on them), then predict the fold's rows
     one step ahead, each from the real values before it.
 
+    Every test row is also a forecast origin for steps h = 1..H (H: `horizon`, by default the
+    forecaster's own; a different value re-sets the forecaster's horizon). Each model's and baseline's
+    h-step forecasts (`predict_horizons`) are scored against the real value h - 1 rows after the
+    origin, which may lie in a later fold (the model still saw only rows before its own fold); origins
+    whose h-step target is past the last row are not scored at that step. The result's `per_step` holds
+    RMSE/MAE per step; the leaderboard stays the one-step (h = 1) table.
+
     With `out_dir`, each fold's predictions are appended to out_dir/backtest.csv as soon as it ends.
     `on_fold` receives a summary dict after each fold (for progress lines).
     """
-    if horizon != 1:
-        raise ConfigError(
-            f"--horizon {horizon}: walk-forward backtests score one-step-ahead predictions only; use --horizon 1"
-        )
+    own = getattr(forecaster, "horizon", 1)
+    if horizon is None:
+        horizon = own
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
+    horizon = int(horizon)
+    if horizon != own and _has_horizon(forecaster):
+        forecaster = clone(forecaster).set_params(horizon=horizon)
     target = _target_of(forecaster, frame)
     lookback = int(getattr(forecaster, "lookback", 1))
     plan = plan_folds(
@@ -428,15 +455,21 @@ def walk_forward(
     if baselines is None:
         baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)
-    summaries, bands = [], []
+    summaries, steps, bands = [], [], []
     try:
         for fold in plan:
             train, test = frame.iloc[fold.train], frame.iloc[fold.test]
             began = time.perf_counter()
             model = clone(forecaster).fit(train)
-            columns = {"actual": test[target], MODEL: model.predict(test)}
-            for name, baseline in baselines.items():
-                columns[name] = clone(baseline).fit(train).predict(test)
+            fitted = {name: clone(baseline).fit(train) for name, baseline in baselines.items()}
+            if horizon == 1:
+                columns = {"actual": test[target], MODEL: model.predict(test)}
+                columns.update({name: baseline.predict(test) for name, baseline in fitted.items()})
+                ahead = {name: column.to_numpy()[:, None] for name, column in columns.items() if name != "actual"}
+            else:
+                ahead = {name: _ahead(m, test, horizon) for name, m in {MODEL: model, **fitted}.items()}
+                columns = {"actual": test[target], **{name: pd.Series(v[:, 0], index=test.index) for name, v in ahead.items()}}
+            steps.append(_step_errors(frame[target].to_numpy(dtype=np.float64), fold.test.start, ahead))
             wide = pd.DataFrame(columns, index=test.index)
             writer.add(fold.number, wide)
             fold_bands, _ = _intervals_of(model, test, test[target])
@@ -468,11 +501,12 @@ def walk_forward(
     predictions = wide_predictions(long)
     first_test = plan[0].test.start
     previous = frame[target].shift(1).reindex(predictions.index)
+    # The leaderboard scores one-step forecasts, whose errors need no multi-step DM correction.
     board = score(
         predictions.drop(columns="fold"),
         train=frame[target].iloc[:first_test],
         previous=previous.to_numpy(),
-        horizon=horizon,
+        horizon=1,
     )
     settings = {
         "folds": len(plan),
@@ -483,12 +517,78 @@ def walk_forward(
         "baselines": {name: type(b).__name__ for name, b in baselines.items()},
         "model": plain_params(forecaster),
     }
+    per_step = per_step_table(pd.concat(steps, ignore_index=True))
     intervals = pd.concat(bands) if bands else None
     interval = None
     if intervals is not None:
         actual = predictions["actual"].reindex(intervals.index)
         interval = interval_scores(actual, intervals["lower"], intervals["upper"], level=forecaster.interval)
     return Backtest(
-        target=target, predictions=predictions, board=board, folds=summaries, settings=settings,
+        target=target, predictions=predictions, board=board, folds=summaries, settings=settings, per_step=per_step,
         intervals=intervals, interval=interval,
     )
+
+
+def _has_horizon(estimator) -> bool:
+    return hasattr(estimator, "get_params") and "horizon" in estimator.get_params()
+
+
+def _ahead(estimator, test: pd.DataFrame, horizon: int) -> np.ndarray:
+    """(rows, horizon) forecasts: a Forecaster's own horizon, or a baseline's h-step forecasts."""
+    if _has_horizon(estimator):
+        return estimator.predict_horizons(test).to_numpy()
+    if not hasattr(estimator, "predict_horizons"):
+        raise ConfigError(
+            f"{type(estimator).__name__} forecasts one step only: backtest it with horizon 1, or drop it from the baselines"
+        )
+    return estimator.predict_horizons(test, horizon).to_numpy()
+
+
+def _step_errors(actual: np.ndarray, first: int, ahead: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Long table (origin, step, model, error) of forecasts issued at rows first, first+1, ...
+
+    `ahead[name][i, k-1]` forecasts row first + i + k - 1 of `actual`; targets past its end are left out.
+    """
+    rows = []
+    for name, values in ahead.items():
+        n, horizon = values.shape
+        origin = first + np.arange(n)[:, None]
+        step = np.arange(1, horizon + 1)[None, :]
+        where = (origin + step - 1).ravel()
+        keep = where < len(actual)
+        error = np.full(where.shape, np.nan)
+        error[keep] = actual[where[keep]] - values.ravel()[keep]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "origin": np.broadcast_to(origin, values.shape).ravel()[keep],
+                    "step": np.broadcast_to(step, values.shape).ravel()[keep],
+                    "model": name,
+                    "error": error[keep],
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def per_step_table(errors: pd.DataFrame) -> pd.DataFrame:
+    """RMSE, MAE and n per step and model, from (origin, step, model, error) rows, plus the DM p-value
+    of each model against the step's best baseline (HLN-corrected for an h-step horizon).
+
+    At each step only origins that every model forecast are scored, so the rows compare like with like.
+    """
+    wide = errors.pivot_table(index=["step", "origin"], columns="model", values="error", aggfunc="first", dropna=False)
+    names = list(dict.fromkeys(errors["model"]))
+    wide = wide[names].dropna()
+    out = []
+    for step, part in wide.groupby(level="step"):
+        rmse = np.sqrt((part**2).mean())
+        mae = part.abs().mean()
+        best = str(rmse.drop(index=MODEL, errors="ignore").idxmin()) if len(names) > 1 else None
+        for name in names:
+            p = np.nan
+            if best is not None and name != best and len(part) > 2:
+                zero = np.zeros(len(part))
+                p = diebold_mariano(zero, -part[name].to_numpy(), -part[best].to_numpy(), horizon=int(step)).p_value
+            out.append({"step": int(step), "model": name, "rmse": float(rmse[name]), "mae": float(mae[name]), "n": len(part), "dm_p": p, "best_baseline": best})
+    return pd.DataFrame(out, columns=["step", "model", "rmse", "mae", "n", "dm_p", "best_baseline"])

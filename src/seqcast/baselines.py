@@ -2,6 +2,9 @@
 
 Each baseline predicts row t from real values before t only: the rows of X before it and, when X
 starts after the training rows, the remembered training tail (as Forecaster does).
+`predict_horizons(X, H)` gives each row's forecasts for H steps: the last value (persistence,
+last-close) and the moving average stay flat, drift adds h times its slope, seasonal naive repeats
+the season, and the linear AR feeds its own predictions back.
 """
 
 from __future__ import annotations
@@ -46,15 +49,18 @@ class _HistoryBaseline(BaseEstimator):
         self.tail_ = X[[self.column_]].iloc[-self._history_rows() :].astype(np.float64)
         return self
 
-    def predict(self, X: pd.DataFrame) -> pd.Series:
+    def _windows(self, X: pd.DataFrame):
+        """The real values before each row of X (after the training tail) and those rows' positions."""
         source = X.attrs.get("source", "<frame>")
         column = resolve_column(X, self.column_, source=source)
         frame = X[[column]].set_axis([self.column_], axis=1)
         combined, _ = with_context(frame, self.tail_)
         values = combined[self.column_].to_numpy(dtype=np.float64)
+        return context_windows(values[:, None], self._history_rows(), len(X))
+
+    def predict(self, X: pd.DataFrame) -> pd.Series:
         out = np.full(len(X), np.nan)
-        n_hist = self._history_rows()
-        windows, rows = context_windows(values[:, None], n_hist, len(X))
+        windows, rows = self._windows(X)
         if len(windows):
             out[rows] = self._predict_windows(windows[:, :, 0])
         return pd.Series(out, index=X.index, name=self.target_)
@@ -62,6 +68,29 @@ class _HistoryBaseline(BaseEstimator):
     def _predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """One prediction per row of `windows` (N, history): the real values before each predicted row."""
         raise NotImplementedError
+
+    def predict_horizons(self, X: pd.DataFrame, horizon: int) -> pd.DataFrame:
+        """Forecasts of the next `horizon` rows issued at each row of X, from the real values before it.
+
+        Same layout as Forecaster.predict_horizons: row t, column "hk" predicts the row k-1 after t, so
+        "h1" is :meth:`predict`.
+        """
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
+        out = np.full((len(X), int(horizon)), np.nan)
+        windows, rows = self._windows(X)
+        if len(windows):
+            out[rows] = self._predict_steps(windows[:, :, 0], int(horizon))
+        return pd.DataFrame(out, index=X.index, columns=[f"h{k}" for k in range(1, int(horizon) + 1)])
+
+    def _predict_steps(self, windows: np.ndarray, horizon: int) -> np.ndarray:
+        """(N, horizon) forecasts: predict one step, append it to the window as if observed, repeat."""
+        windows = windows.copy()
+        out = np.empty((len(windows), horizon))
+        for step in range(horizon):
+            out[:, step] = self._predict_windows(windows)
+            windows = np.concatenate([windows[:, 1:], out[:, step : step + 1]], axis=1)
+        return out
 
 
 class LastValue(_HistoryBaseline):
@@ -77,6 +106,9 @@ class LastValue(_HistoryBaseline):
     def _predict_windows(self, windows):
         return windows[:, -1]
 
+    def _predict_steps(self, windows, horizon):
+        return np.repeat(windows[:, -1:], horizon, axis=1)
+
 
 class Drift(_HistoryBaseline):
     """Random walk with drift: the previous value plus the mean daily change of the training series."""
@@ -91,6 +123,9 @@ class Drift(_HistoryBaseline):
 
     def _predict_windows(self, windows):
         return windows[:, -1] + self.drift_
+
+    def _predict_steps(self, windows, horizon):
+        return windows[:, -1:] + self.drift_ * np.arange(1, horizon + 1)
 
 
 class MovingAverage(_HistoryBaseline):
@@ -110,6 +145,11 @@ class MovingAverage(_HistoryBaseline):
     def _predict_windows(self, windows):
         return windows.mean(axis=1)
 
+    def _predict_steps(self, windows, horizon):
+        # The usual flat moving-average forecast: feeding its own means back would smooth it further
+        # with no new information.
+        return np.repeat(windows.mean(axis=1, keepdims=True), horizon, axis=1)
+
 
 class SeasonalNaive(_HistoryBaseline):
     """The value one season earlier: y[t - period] (e.g. 12 for monthly, 24 for hourly series)."""
@@ -127,6 +167,10 @@ class SeasonalNaive(_HistoryBaseline):
 
     def _predict_windows(self, windows):
         return windows[:, 0]
+
+    def _predict_steps(self, windows, horizon):
+        # Step k repeats the value one (or more) seasons before it: y[t + k - 1 - period * ceil(k / period)].
+        return windows[:, np.arange(horizon) % windows.shape[1]]
 
 
 class LinearAR(_HistoryBaseline):

@@ -20,10 +20,11 @@ from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, DataError, SeqcastError
 from .features import infer_calendar
-from .forecast_plot import plot_forecast
+from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .many import backtest_many, find_series, is_many
-from .report import run_summary, write_report, write_run
+from .report import horizon_scores, run_summary, write_report, write_run
+from .training import TrainingInterrupted
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
 from .windows import split_by_date
 
@@ -55,6 +56,8 @@ _MODEL_OPTIONS = (
     ("--early-stopping", "early_stopping", int, "stop after this many epochs without improvement"),
     ("--val-fraction", "val_fraction", float, "last fraction of training windows held out for validation"),
     ("--device", "device", str, "auto, cpu or cuda"),
+    ("--threads", "threads", int,
+     "torch intra-op threads for training and prediction (None: torch's default); 1 is often fastest on a busy machine"),
 )
 
 
@@ -150,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(train)
     _ensemble_options(train)
     _output_options(train)
+    checkpoints = train.add_argument_group("checkpoints (Ctrl-C always saves one)")
+    checkpoints.add_argument(
+        "--checkpoint-every", type=int, metavar="N", help="write a checkpoint every N epochs to OUT.checkpoint/"
+    )
+    checkpoints.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue from the checkpoint in DIR (same data and settings)"
+    )
 
     predict = verbs.add_parser("predict", help="predict every row that has enough history", formatter_class=_Formatter)
     predict.add_argument("--model", type=Path, required=True, help="model folder written by train or run")
@@ -183,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description=(
             "Re-trains a fresh model on each fold's past rows only (scaler included), predicts the fold one "
-            "step ahead and ranks the model beside every baseline with Diebold-Mariano p-values. Without "
+            "step ahead and ranks the model beside every baseline with Diebold-Mariano p-values; with "
+            "--horizon H it also forecasts H steps from every row and scores each step (per_step.csv). Without "
             "--data: the bundled Google training file. Without --start: --folds folds ending at the last row."
         ),
     )
@@ -359,17 +370,37 @@ def _print_inputs(f: Forecaster, train, out: _Out) -> None:
         out.line(f"note   same-day values of {', '.join(f.same_day_columns_)} are inputs, as asked (--same-day)")
 
 
-def _horizon_scores(f: Forecaster, test, out: _Out) -> dict:
-    if f.horizon == 1:
+def _horizon_scores(f: Forecaster, holdout, out: _Out) -> dict:
+    scores = holdout.horizon_scores
+    if scores is None:
         return {}
-    scores = f.score_horizons(test)
     table = Table(box=None, pad_edge=False, title=f"per step ({f.strategy})", title_justify="left")
     for name in ("step", "RMSE", "MAE", "n"):
         table.add_column(name, justify="right")
     for step, row in scores.iterrows():
         table.add_row(step, f"{row['rmse']:.2f}", f"{row['mae']:.2f}", str(int(row["n"])))
     out.table(table)
-    return {"horizon_scores": scores.to_dict(orient="index")}
+    return horizon_scores(holdout)
+
+
+def _print_per_step(per_step, out: _Out) -> None:
+    """Backtest RMSE at every step h = 1..H, one column per model, and seqcast's DM p-value."""
+    if per_step is None or per_step["step"].max() < 2:
+        return
+    names = list(dict.fromkeys(per_step["model"]))
+    table = Table(box=None, pad_edge=False, title="RMSE per horizon step (h1 = the leaderboard above)", title_justify="left")
+    for name in ("step", "n", *names, "best baseline", "DM p"):
+        table.add_column(name, justify="left" if name == "best baseline" else "right")
+    for step, part in per_step.groupby("step"):
+        rows = part.set_index("model")
+        table.add_row(
+            f"h{step}",
+            str(int(rows["n"].iloc[0])),
+            *[_num(rows.loc[name, "rmse"], "{:.2f}") for name in names],
+            str(rows["best_baseline"].iloc[0]),
+            _num(rows.loc[MODEL, "dm_p"], "{:.3g}"),
+        )
+    out.table(table)
 
 
 def _leaderboard_table(board) -> Table:
@@ -436,6 +467,13 @@ def _train_and_test(args, out: _Out):
     out.line(f"data   {_describe(frame)}")
     if test_path is not None:
         train, test = frame, _load(test_path, args)
+        # A test period inside the training dates would leak, and its first rows have no history.
+        if test.index[0] <= train.index[-1]:
+            raise ConfigError(
+                f"{test_path} starts on {test.index[0].isoformat()[:10]}, before the training data in {data_path} "
+                f"ends ({train.index[-1].isoformat()[:10]}): give a test file that follows the training rows, "
+                "or use --test-from DATE on one file"
+            )
     elif args.test_from:
         train, test = split_by_date(frame, args.test_from)
     else:
@@ -459,7 +497,7 @@ def _cmd_run(args, out: _Out) -> int:
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
     _print_interval(holdout.interval, out)
-    per_step = _horizon_scores(forecaster, test, out)
+    per_step = _horizon_scores(forecaster, holdout, out)
     info = {"data": _describe(train), "test": _describe(test), "warnings": _warnings(train, test)}
     paths = write_run(out_dir, holdout, forecaster, info=info)
     if args.report:
@@ -484,25 +522,47 @@ def _print_training(model, out: _Out) -> None:
     )
 
 
+def _checkpoint_dir(args) -> Path:
+    if args.resume is not None:
+        if not (args.resume / "checkpoint.json").is_file():
+            raise ConfigError(f"{args.resume} holds no checkpoint; give the folder named in the interrupt message")
+        return args.resume
+    directory = args.out.with_name(args.out.name + ".checkpoint")
+    if args.checkpoint_every is not None:
+        _refuse_overwrite(directory, args.force)
+    return directory
+
+
 def _cmd_train(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
+    checkpoint_dir = _checkpoint_dir(args)
     train, test = _train_and_test(args, out)
     forecaster = _estimator(args)
     out.line(f"model  {_describe_model(forecaster)}")
-    if test is None:
+    if isinstance(forecaster, EnsembleForecaster):
+        if args.resume is not None or args.checkpoint_every is not None:
+            raise ConfigError("--ensemble trains several models and takes no --checkpoint-every or --resume: drop one")
         forecaster.fit(train)
-        _print_inputs(_single(forecaster), train, out)
+    else:
+        if args.resume is not None:
+            out.line(f"resume {args.resume}")
+        forecaster.fit(
+            train, checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume is not None
+        )
+    _print_inputs(_single(forecaster), train, out)
+    if args.checkpoint_every is not None:
+        out.line(f"checkpoint {checkpoint_dir}/ (epoch {len(forecaster.history_.loss)})")
+    if test is None:
         _print_training(forecaster, out)
         forecaster.save(args.out)
         out.line(f"saved  {args.out}/")
         out.result({"model": str(args.out), "final_loss": forecaster.history_.loss[-1]})
         return 0
-    holdout = evaluate_holdout(forecaster, train, test)
-    _print_inputs(_single(forecaster), train, out)
+    holdout = evaluate_holdout(forecaster, train, test, fit=False)
     _print_training(forecaster, out)
     _print_board(holdout.board, out)
     _print_interval(holdout.interval, out)
-    per_step = _horizon_scores(forecaster, test, out)
+    per_step = _horizon_scores(forecaster, holdout, out)
     forecaster.save(args.out)
     out.line(f"saved  {args.out}/")
     out.result({"model": str(args.out), **run_summary(holdout, forecaster), **per_step})
@@ -543,6 +603,7 @@ def _cmd_backtest(args, out: _Out) -> int:
         on_fold=progress,
     )
     _print_board(result.board, out)
+    _print_per_step(result.per_step, out)
     _print_interval(result.interval, out)
     paths = result.write(out_dir, info={"data": _describe(frame), "warnings": _warnings(frame)})
     paths = {"backtest": out_dir / "backtest.csv", **paths}
@@ -550,7 +611,10 @@ def _cmd_backtest(args, out: _Out) -> int:
         paths["report"] = write_report(out_dir)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name for p in paths.values()))
     interval = {"interval": result.interval} if result.interval else {}
-    out.result({"out": str(out_dir), "target": result.target, **result.board.to_dict(), **interval, "folds": result.folds})
+    out.result(
+        {"out": str(out_dir), "target": result.target, **result.board.to_dict(), **interval, "folds": result.folds,
+         "per_step": result.per_step_records()}
+    )
     return 0
 
 
@@ -808,6 +872,13 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"seqcast: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(
+            f"seqcast: interrupted; checkpoint of epoch {exc.epoch} saved in {exc.checkpoint}/; "
+            f"continue with the same command plus --resume {exc.checkpoint}",
+            file=sys.stderr,
+        )
+        return 130
     except KeyboardInterrupt:
         print("seqcast: interrupted; no output was left half-written", file=sys.stderr)
         return 130

@@ -155,9 +155,11 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
             index=members.index,
         )
 
-    def predict_horizons(self, X) -> pd.DataFrame:
-        """The members' mean of :meth:`Forecaster.predict_horizons`."""
+    def predict_horizons(self, X, horizon: int | None = None) -> pd.DataFrame:
+        """The members' mean of :meth:`Forecaster.predict_horizons` (`horizon`, if given, must be the members')."""
         check_is_fitted(self, "members_")
+        if horizon is not None and horizon != self.horizon:
+            raise ConfigError(f"this ensemble forecasts {self.horizon} step(s); build it with horizon {horizon}")
         return sum(m.predict_horizons(X) for m in self.members_) / len(self.members_)
 
     def forecast(self, horizon: int | None = None, frame=None) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from .features import (
     target_matrix,
 )
 from .models import build_model
-from .training import History, predict_batches, resolve_device, train_model
+from .training import History, intra_op_threads, predict_batches, resolve_device, train_model
 from .windows import (
     context_windows,
     fit_scaler,
@@ -94,6 +94,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         early_stopping: int | None = None,
         val_fraction: float = 0.0,
         device: str = "auto",
+        threads: int | None = None,
         verbose: int = 0,
     ):
         self.target = target
@@ -119,6 +120,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.val_fraction = val_fraction
         self.device = device
+        self.threads = threads
         self.verbose = verbose
 
     def _check_params(self) -> None:
@@ -126,6 +128,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        # torch.manual_seed's range; numpy and Python's random take any integer.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not -(2**63) <= self.seed < 2**64:
+            raise ConfigError(f"seed must be a whole number between -2**63 and 2**64 - 1, got {self.seed!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not float(self.lr) > 0:
@@ -136,6 +141,10 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 1
+        ):
+            raise ConfigError(f"threads must be a whole number of at least 1 (or None for torch's default), got {self.threads!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Forecaster":
@@ -174,7 +183,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         return values
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, checkpoint_dir=None, checkpoint_every=None, resume=False):
+        """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`."""
         self._check_params()
         frame = self._frame(X, y)
         source = frame.attrs.get("source", "<frame>")
@@ -240,6 +250,10 @@ class Forecaster(RegressorMixin, BaseEstimator):
             y_val=y_val,
             verbose=self.verbose,
             device=self.device_,
+            threads=self.threads,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
         )
         self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
@@ -309,6 +323,11 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self._check_design(design, combined.attrs.get("source", "<frame>"), last=last)
         return self.input_scaler_.transform(design.to_numpy())
 
+    def _run(self, windows: np.ndarray) -> np.ndarray:
+        """The network's scaled outputs for `windows`, on `threads` torch threads (None: torch's default)."""
+        with intra_op_threads(self.threads):
+            return predict_batches(self.model_, windows, device=self.device_)
+
     def _levels(self, learned: np.ndarray, anchor) -> np.ndarray:
         """Model outputs (scaled, shape (N, H)) as price levels, anchored on the last known levels."""
         unscaled = self.target_scaler_.inverse_transform(learned.reshape(-1, 1)).reshape(learned.shape)
@@ -338,7 +357,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         windows, rows, _, anchors = self._windows(combined, len(frame))
         out = np.full(len(frame), np.nan)
         if len(windows):
-            learned = predict_batches(self.model_, windows, device=self.device_)[:, :1]
+            learned = self._run(windows)[:, :1]
             out[rows] = self._levels(learned, anchors)[:, 0]
         return pd.Series(out, index=frame.index, name=self.target_)
 
@@ -355,7 +374,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         out = np.full((len(frame), self.horizon), np.nan)
         windows, rows, positions, anchors = self._windows(combined, len(frame))
         if len(windows) and self.strategy == "direct":
-            learned = predict_batches(self.model_, windows, device=self.device_)
+            learned = self._run(windows)
             out[rows] = self._levels(learned, anchors)
         elif len(windows):
             histories = [combined.iloc[max(0, p - self.context_rows_) : p] for p in positions]
@@ -376,7 +395,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 current = pd.DataFrame({target: values[i]}, index=indexes[i])
                 scaled = self._scaled_design(current, last=len(current) - 1)
                 windows.append(scaled[-self.lookback :])
-            learned = predict_batches(self.model_, np.stack(windows), device=self.device_)
+            learned = self._run(np.stack(windows))
             anchors = np.array([v[-1] for v in values])
             out[:, step] = self._levels(learned, anchors)[:, 0]
             for i in range(len(histories)):
@@ -415,7 +434,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         dates = future_index(combined.index, horizon)
         if self.strategy == "direct":
             scaled = self._scaled_design(combined, last=len(combined) - 1)
-            learned = predict_batches(self.model_, scaled[None, -self.lookback :], device=self.device_)
+            learned = self._run(scaled[None, -self.lookback :])
             anchor = combined[self.target_].to_numpy()[-1:] if self.target_ in combined else None
             levels = self._levels(learned[:, :horizon], anchor)[0]
         else:

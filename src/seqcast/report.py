@@ -56,8 +56,26 @@ def run_summary(holdout: Holdout, forecaster, info: dict | None = None) -> dict:
         "train_seconds": float(sum(forecaster.history_.epoch_seconds)),
         "final_loss": forecaster.history_.loss[-1] if forecaster.history_.loss else None,
         "history": forecaster.history_.to_dict(),
+        **horizon_scores(holdout),
         **(info or {}),
     }
+
+
+def horizon_scores(holdout: Holdout) -> dict:
+    """{"horizon_scores": {"h1": {"rmse", "mae", "n"}, ...}} for a multi-step model, else {}."""
+    if holdout.horizon_scores is None:
+        return {}
+    return {
+        "horizon_scores": {
+            step: {"rmse": _number(row["rmse"]), "mae": _number(row["mae"]), "n": int(row["n"])}
+            for step, row in holdout.horizon_scores.iterrows()
+        }
+    }
+
+
+def _number(value) -> float | None:
+    value = float(value)
+    return value if value == value else None
 
 
 def _run_figures(out_dir: Path, predictions: pd.DataFrame, target: str, best: str, history: History) -> dict[str, Path]:
@@ -215,6 +233,7 @@ def render_html(*, title: str, doc: dict, board: dict, params: dict, settings: d
     if board.get("comparisons"):
         sections.append("<h3>seqcast against every baseline (Diebold–Mariano)</h3>")
         sections.append(_table(board["comparisons"], ["baseline", "dm_stat", "dm_p", "dm_stat_abs", "dm_p_abs", "n"]))
+    sections.append(_step_section(doc))
 
     for name in ("plot", "backtest_plot", "residuals", "loss", "fold_rmse"):
         if name in figures:
@@ -237,6 +256,34 @@ def render_html(*, title: str, doc: dict, board: dict, params: dict, settings: d
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+
+
+def _step_section(doc: dict) -> str:
+    """The per-step accuracy of a multi-step model: a run's holdout scores or a backtest's per-step table."""
+    if doc.get("horizon_scores"):
+        rows = [{"step": step, **scores} for step, scores in doc["horizon_scores"].items()]
+        return (
+            "<h2>Accuracy per horizon step</h2><p>Forecasts issued at each test row for the next steps; "
+            "step hk is scored against the real value k - 1 rows later.</p>"
+            + _table(rows, ["step", "rmse", "mae", "n"])
+        )
+    records = doc.get("per_step") or []
+    if not records or max(r["step"] for r in records) < 2:
+        return ""
+    names = list(dict.fromkeys(r["model"] for r in records))
+    rows = {}
+    for r in records:
+        row = rows.setdefault(r["step"], {"step": f"h{r['step']}", "n": r["n"], "best baseline": r.get("best_baseline")})
+        row[f"RMSE {r['model']}"] = r["rmse"]
+        if r["model"] == MODEL:
+            row["DM p (seqcast)"] = r.get("dm_p")
+    columns = ["step", "n", *[f"RMSE {n}" for n in names], "best baseline", "DM p (seqcast)"]
+    return (
+        "<h2>Accuracy per horizon step</h2><p>Every test row is a forecast origin; step hk is scored against "
+        "the real value k - 1 rows later (the leaderboard above is step h1). DM p: seqcast against the "
+        "step's best baseline, HLN-corrected for an h-step horizon.</p>"
+        + _table(list(rows.values()), columns, text_columns=("best baseline",))
     )
 
 

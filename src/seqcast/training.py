@@ -8,12 +8,16 @@ batch-size-weighted mean of the batch losses.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn import functional as F
 
-from seqcast.errors import ConfigError, DataError, SeqcastError
+from seqcast.artifacts import read_model_dir, write_model_dir
+from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
@@ -32,6 +37,15 @@ KERAS_EPSILON = 1e-7
 
 class TrainingDiverged(SeqcastError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``checkpoint`` names the folder that holds the last finished epoch."""
+
+    def __init__(self, epoch: int, checkpoint: Path | None):
+        super().__init__(epoch, checkpoint)
+        self.epoch = epoch
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -78,6 +92,9 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
     """
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    # Adam divides lr by its bias correction (>= 0.1) in float32, whose limit is 3.4e38.
+    if lr > 1e30:
+        raise ConfigError(f"lr {lr!r} is too large (at most 1e30, typical values are 1e-4..1e-2)")
     key = name.lower() if isinstance(name, str) else name
     if key == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=KERAS_EPSILON)
@@ -96,6 +113,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"device {device!r} is not a valid torch device; use cpu, cuda or auto") from exc
+    # Other torch device types (meta, mps, xpu …) are untested here and fail deep inside training.
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported; use cpu, cuda or auto")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"device {device!r} was requested but this PyTorch build sees no CUDA GPU; "
@@ -200,6 +220,9 @@ def train_model(
     device: str | torch.device = "cpu",
     on_epoch: Callable[[int, float, float | None], None] | None = None,
     threads: int | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> History:
     """Train ``model`` in place on windows ``X (N, T, F)`` and targets ``y (N, H)``.
 
@@ -210,6 +233,12 @@ def train_model(
     ``threads`` sets torch's intra-op thread count for this call only (restored afterwards); on a
     busy machine 1 thread can be several times faster than the default (benchmarks/README.md).
     The model is left in eval mode.
+
+    With ``checkpoint_dir``, every ``checkpoint_every`` epochs (and on Ctrl-C, the last finished
+    epoch) the weights, optimizer state, every RNG state, the epoch and the history are written
+    there atomically (safetensors + JSON, never pickle); ``resume=True`` continues from that
+    folder and ends with the same weights as an uninterrupted run. Ctrl-C raises
+    :class:`TrainingInterrupted`.
     """
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
@@ -223,6 +252,10 @@ def train_model(
         raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
     if (X_val is None) != (y_val is None):
         raise ConfigError("X_val and y_val must be given together")
+    if checkpoint_every is not None:
+        _check_positive_int("checkpoint_every", checkpoint_every)
+    if (checkpoint_every is not None or resume) and checkpoint_dir is None:
+        raise ConfigError("checkpoint_every and resume need a checkpoint_dir")
 
     torch_device = resolve_device(device)
     model.to(torch_device)
@@ -243,6 +276,41 @@ def train_model(
     best_loss = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_improvement = 0
+    first_epoch = 1
+    fingerprint = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        fingerprint = {
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "loss": loss,
+            "seed": seed, "shuffle": shuffle, "clip_norm": clip_norm, "early_stopping": early_stopping,
+            "data_sha256": _tensors_sha256(X_t, y_t, *(validation or ())),
+            "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
+        }
+    if resume:
+        state = _read_checkpoint(checkpoint_dir, fingerprint, model, optim, generator)
+        first_epoch = state["epoch"] + 1
+        history = History.from_dict(state["history"])
+        best_loss = state["best_loss"]
+        best_state = state["best_state"]
+        epochs_without_improvement = state["epochs_without_improvement"]
+    # The state at the end of the last finished epoch, written on Ctrl-C: resuming from a
+    # half-finished epoch could not reproduce the uninterrupted run.
+    finished = None
+
+    def snapshot(epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "history": History.from_dict(history.to_dict()),
+            "best_loss": best_loss,
+            "best_state": None if best_state is None else {k: v.clone() for k, v in best_state.items()},
+            "epochs_without_improvement": epochs_without_improvement,
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optim.state_dict()),
+            "rng": _rng_states(generator),
+        }
+
+    if checkpoint_dir is not None:
+        finished = snapshot(first_epoch - 1)
 
     progress = Progress(
         TextColumn("epoch"),
@@ -254,67 +322,190 @@ def train_model(
         console=Console(stderr=True),
         disable=not verbose,
     )
-    with progress, intra_op_threads(threads):
-        task = progress.add_task("train", total=epochs, loss="-", val_loss="")
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            model.train()
-            order = (
-                torch.randperm(n_samples, generator=generator) if shuffle else torch.arange(n_samples)
-            ).to(torch_device)
-            total = torch.zeros((), dtype=torch.float64, device=torch_device)
-            for start in range(0, n_samples, batch_size):
-                index = order[start : start + batch_size]
-                optim.zero_grad(set_to_none=True)
-                batch_loss = loss_fn(model(X_t[index]), y_t[index])
-                batch_loss.backward()
-                if clip_norm is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-                optim.step()
-                # Accumulated on the device so the loop never waits for a .item() per batch.
-                total += batch_loss.detach().double() * len(index)
-            epoch_loss = total.item() / n_samples
-            val_loss = (
-                _mean_loss(model, *validation, loss_fn, max(batch_size, 1024))
-                if validation is not None
-                else None
-            )
-            for label, value in (("loss", epoch_loss), ("val loss", val_loss)):
-                if value is not None and not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"training diverged at epoch {epoch} ({label} {value}): "
-                        "try a lower --lr or --clip-norm 1.0"
-                    )
-            history.loss.append(epoch_loss)
-            if val_loss is not None:
-                history.val_loss.append(val_loss)
-            history.epoch_seconds.append(time.perf_counter() - started)
-            progress.update(
-                task,
-                advance=1,
-                loss=f"{epoch_loss:.4g}",
-                val_loss="" if val_loss is None else f"val {val_loss:.4g}",
-            )
-            if on_epoch is not None:
-                on_epoch(epoch, epoch_loss, val_loss)
+    try:
+        with progress, intra_op_threads(threads):
+            task = progress.add_task("train", total=epochs, completed=first_epoch - 1, loss="-", val_loss="")
+            for epoch in range(first_epoch, epochs + 1):
+                started = time.perf_counter()
+                model.train()
+                order = (
+                    torch.randperm(n_samples, generator=generator) if shuffle else torch.arange(n_samples)
+                ).to(torch_device)
+                total = torch.zeros((), dtype=torch.float64, device=torch_device)
+                for start in range(0, n_samples, batch_size):
+                    index = order[start : start + batch_size]
+                    optim.zero_grad(set_to_none=True)
+                    batch_loss = loss_fn(model(X_t[index]), y_t[index])
+                    batch_loss.backward()
+                    if clip_norm is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                    optim.step()
+                    # Accumulated on the device so the loop never waits for a .item() per batch.
+                    total += batch_loss.detach().double() * len(index)
+                epoch_loss = total.item() / n_samples
+                val_loss = (
+                    _mean_loss(model, *validation, loss_fn, max(batch_size, 1024))
+                    if validation is not None
+                    else None
+                )
+                for label, value in (("loss", epoch_loss), ("val loss", val_loss)):
+                    if value is not None and not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f"training diverged at epoch {epoch} ({label} {value}): "
+                            "try a lower --lr or --clip-norm 1.0"
+                        )
+                history.loss.append(epoch_loss)
+                if val_loss is not None:
+                    history.val_loss.append(val_loss)
+                history.epoch_seconds.append(time.perf_counter() - started)
+                progress.update(
+                    task,
+                    advance=1,
+                    loss=f"{epoch_loss:.4g}",
+                    val_loss="" if val_loss is None else f"val {val_loss:.4g}",
+                )
+                if on_epoch is not None:
+                    on_epoch(epoch, epoch_loss, val_loss)
 
-            if early_stopping is not None:
-                monitored = epoch_loss if val_loss is None else val_loss
-                if monitored < best_loss:
-                    best_loss = monitored
-                    history.best_epoch = epoch
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    epochs_without_improvement = 0
-                else:
-                    epochs_without_improvement += 1
-                    if epochs_without_improvement >= early_stopping:
-                        history.stopped_early = epoch < epochs
-                        break
-
+                stop = False
+                if early_stopping is not None:
+                    monitored = epoch_loss if val_loss is None else val_loss
+                    if monitored < best_loss:
+                        best_loss = monitored
+                        history.best_epoch = epoch
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        epochs_without_improvement = 0
+                    else:
+                        epochs_without_improvement += 1
+                        if epochs_without_improvement >= early_stopping:
+                            history.stopped_early = epoch < epochs
+                            stop = True
+                if checkpoint_dir is not None:
+                    finished = snapshot(epoch)
+                    if checkpoint_every is not None and epoch % checkpoint_every == 0:
+                        _write_checkpoint(checkpoint_dir, finished, fingerprint)
+                if stop:
+                    break
+    except KeyboardInterrupt:
+        if finished is None:
+            raise
+        _write_checkpoint(checkpoint_dir, finished, fingerprint)
+        raise TrainingInterrupted(finished["epoch"], checkpoint_dir) from None
+    if checkpoint_dir is not None and checkpoint_every is not None and finished["epoch"] % checkpoint_every:
+        # The last epoch is always in the checkpoint, so a finished run can be extended with more epochs.
+        _write_checkpoint(checkpoint_dir, finished, fingerprint)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+# ---------------------------------------------------------------- checkpoints
+# A checkpoint is a folder written by artifacts.write_model_dir: every tensor (weights, optimizer
+# moments, torch RNG states, early-stopping best weights) in weights.safetensors and everything
+# else in checkpoint.json. torch.save would pickle the optimizer state; this never unpickles.
+_CHECKPOINT_JSON = "checkpoint.json"
+
+
+def _tensors_sha256(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str(tuple(t.shape)).encode())
+        # The buffer itself, not .tobytes(): no second copy of a large training set.
+        digest.update(t.detach().cpu().contiguous().numpy())
+    return digest.hexdigest()
+
+
+def _rng_states(generator: torch.Generator) -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "shuffle": generator.get_state(),
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def _write_checkpoint(directory: Path, snap: dict, fingerprint: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in snap["model"].items()}
+    if snap["best_state"] is not None:
+        tensors.update({f"best.{k}": v for k, v in snap["best_state"].items()})
+    tensors["rng.torch"] = snap["rng"]["torch"]
+    tensors["rng.shuffle"] = snap["rng"]["shuffle"]
+    optimizer_state = {}
+    for index, values in snap["optimizer"]["state"].items():
+        entry = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+                entry[key] = {"tensor": f"optimizer.{index}.{key}"}
+            else:
+                entry[key] = {"value": value}
+        optimizer_state[str(index)] = entry
+    doc = {
+        "epoch": snap["epoch"],
+        "fingerprint": fingerprint,
+        "history": snap["history"].to_dict(),
+        # JSON has no infinity: None stands for "no best loss yet".
+        "best_loss": None if math.isinf(snap["best_loss"]) else snap["best_loss"],
+        "has_best_state": snap["best_state"] is not None,
+        "epochs_without_improvement": snap["epochs_without_improvement"],
+        "optimizer_state": optimizer_state,
+        "rng": {"numpy": snap["rng"]["numpy"], "python": snap["rng"]["python"]},
+    }
+    write_model_dir(directory, json_files={_CHECKPOINT_JSON: doc}, tensors=tensors)
+
+
+def _read_checkpoint(
+    directory: Path, fingerprint: dict, model: nn.Module, optim: torch.optim.Optimizer, generator: torch.Generator
+) -> dict:
+    """Restore model, optimizer and RNG states in place; return the rest of the training state."""
+    docs, tensors = read_model_dir(directory, json_names=(_CHECKPOINT_JSON,))
+    doc = docs[_CHECKPOINT_JSON]
+    try:
+        saved = doc["fingerprint"]
+        # More epochs than the checkpointed run is allowed: that extends it.
+        changed = [k for k in fingerprint if k != "epochs" and saved.get(k) != fingerprint[k]]
+        if changed:
+            raise ConfigError(
+                f"cannot resume from {directory}: {', '.join(changed)} differ from the checkpointed run; "
+                "resume with the same data and settings, or start afresh without --resume"
+            )
+        epoch = int(doc["epoch"])
+        if epoch > fingerprint["epochs"]:
+            raise ConfigError(
+                f"{directory} holds epoch {epoch}, beyond --epochs {fingerprint['epochs']}: raise --epochs to resume"
+            )
+        device = next(model.parameters()).device
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        best_state = None
+        if doc["has_best_state"]:
+            best_state = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        state = {
+            int(index): {
+                key: tensors[item["tensor"]] if "tensor" in item else item["value"] for key, item in entry.items()
+            }
+            for index, entry in doc["optimizer_state"].items()
+        }
+        optim.load_state_dict({"state": state, "param_groups": optim.state_dict()["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.shuffle"])
+        n = doc["rng"]["numpy"]
+        np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        p = doc["rng"]["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+        return {
+            "epoch": epoch,
+            "history": doc["history"],
+            "best_loss": math.inf if doc["best_loss"] is None else float(doc["best_loss"]),
+            "best_state": best_state,
+            "epochs_without_improvement": int(doc["epochs_without_improvement"]),
+        }
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ArtifactError(f"{directory} is not a usable seqcast checkpoint ({exc})") from exc
 
 
 def predict_batches(

@@ -77,11 +77,16 @@ def split_by_date(frame: pd.DataFrame, test_from) -> tuple[pd.DataFrame, pd.Data
         cut = pd.Timestamp(test_from)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"--test-from {test_from!r} is not a date: use YYYY-MM-DD") from exc
+    if cut is pd.NaT:
+        raise ConfigError(f"--test-from {test_from!r} is not a date: use YYYY-MM-DD")
+    # The frame's dates are local wall-clock dates (the loader drops UTC offsets), so is the cut.
+    if cut.tz is not None:
+        cut = cut.tz_localize(None)
     train, test = frame[frame.index < cut], frame[frame.index >= cut]
     source = frame.attrs.get("source", "the data")
     if train.empty or test.empty:
         raise ConfigError(
-            f"--test-from {cut.date()} leaves {len(train)} training and {len(test)} test rows in {source} "
+            f"--test-from {cut.isoformat()[:10]} leaves {len(train)} training and {len(test)} test rows in {source} "
             f"({frame.index[0].date()}..{frame.index[-1].date()}): pick a date inside that range"
         )
     return train, test

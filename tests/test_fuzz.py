@@ -1,0 +1,410 @@
+"""Property-based fuzzing: no CSV and no argument value makes seqcast print a traceback or hang.
+
+Every case must end in a DataFrame (loader) or exit 0, or in a ``seqcast: error: …`` line and exit 2
+(CLI). The CLI runs in-process through ``seqcast.cli.main`` for speed. ``make test`` runs about 520
+examples in all; ``make fuzz`` sets ``SEQCAST_FUZZ_EXAMPLES=10000`` and the same tests share that
+total in the proportions of ``_SHARES``: most examples hit the loader and ``validate``, fewer train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import shutil
+import signal
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+
+from seqcast import load_csv
+from seqcast.cli import main
+from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
+from seqcast.errors import DataError
+
+TOTAL = int(os.environ.get("SEQCAST_FUZZ_EXAMPLES", "520"))
+_SHARES = {"loader": 0.44, "validate": 0.24, "args": 0.12, "predict": 0.10, "train": 0.07, "run": 0.03}
+# A wall-clock limit per example: hypothesis's own deadline only reports slowness after the
+# example returns, while SIGALRM also interrupts a real hang.
+HANG_SECONDS = 60
+TINY = ["--epochs", "1", "--layers", "1", "--units", "4", "--lookback", "3", "--device", "cpu", "--quiet"]
+BUNDLED_LINES = GOOGLE_TRAIN.read_text(encoding="utf-8").splitlines()
+
+
+def _settings(share: str):
+    return settings(
+        max_examples=max(1, round(TOTAL * _SHARES[share])),
+        deadline=None,
+        derandomize=TOTAL <= 520,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+        database=None,
+    )
+
+
+class Hang(BaseException):
+    """Not an Exception, so no `except Exception` in seqcast can swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int = HANG_SECONDS):
+    def on_alarm(signum, frame):
+        raise Hang(f"example still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---------------------------------------------------------------- CSV strategies
+
+ODD_CELLS = [
+    "", " ", "nan", "NaN", "NA", "null", "-", "inf", "-inf", "Infinity", "1e309", "-1e309", "1e308", "1e-320",
+    "0", "-0", "-5", "1,5", "7,380,500", "1,2,3", "0x10", "1_000", '"', '""', "'", "abc", "٣", "١٢", "½",
+    "9" * 400, "1e999999", "--1", "+", ".", "1.2.3", "\t", "TRUE",
+]
+ODD_DATES = [
+    "", "2020-13-01", "2020-02-30", "0000-01-01", "9999-12-31", "1/1/1", "31-Dec-99", "2020-01-01T00:00:00+05:00",
+    "2020-01-01 25:00", "2020-01-01Z", "1e10", "now", "today", "NaT", "2262-04-12", "1677-09-21", "01/02/2020",
+]
+HEADER_NAMES = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume", "date", "OPEN", " open ", "Time",
+                "ds", "", "Unnamed: 0", "X", "Open", "Date"]
+# Repeats weight the draw towards files that parse, so that many cases reach training.
+SEPARATORS = [",", ",", ",", ";", "\t", "|", " ", ",,"]
+ENCODINGS = ["utf-8", "utf-8", "utf-8", "utf-8-sig", "latin-1", "utf-16", "cp1252"]
+
+odd_cell = st.one_of(
+    st.sampled_from(ODD_CELLS),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**30), 10**30).map(str),
+    st.text(max_size=6),
+)
+date_text = st.one_of(
+    st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)).flatmap(
+        lambda d: st.sampled_from([d.isoformat(), f"{d.month}/{d.day}/{d.year}", d.strftime("%d-%b-%Y")])
+    ),
+    st.sampled_from(ODD_DATES),
+    st.text(max_size=10),
+)
+
+
+@st.composite
+def generated_csv(draw) -> bytes:
+    """A price table that starts clean (so some cases get all the way through) and is then damaged."""
+    header = draw(
+        st.one_of(
+            st.just(["Date", "Open", "High", "Low", "Close", "Volume"]),
+            st.just(["Date", "Open"]),
+            st.lists(st.sampled_from(HEADER_NAMES), min_size=1, max_size=7),
+        )
+    )
+    n = draw(st.integers(0, 40))
+    start = date(2020, 1, 1) + timedelta(days=draw(st.integers(-5000, 5000)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    prices = 100 + np.cumsum(rng.normal(0, 1, n))
+    rows = []
+    for i in range(n):
+        row = []
+        for name in header:
+            key = name.strip().lower()
+            if key in ("date", "time", "ds"):
+                row.append((start + timedelta(days=i)).isoformat())
+            elif key == "volume":
+                row.append(str(int(rng.integers(0, 10**7))))
+            else:
+                row.append(f"{prices[i]:.4f}")
+        rows.append(row)
+    # Damage some cells, and maybe drop or extend some rows.
+    for _ in range(draw(st.one_of(st.just(0), st.integers(0, 3)))):
+        if rows:
+            r = draw(st.integers(0, len(rows) - 1))
+            c = draw(st.integers(0, len(header) - 1))
+            rows[r][c] = draw(date_text if c == 0 else odd_cell)
+    for _ in range(draw(st.one_of(st.just(0), st.integers(0, 2)))):
+        if rows:
+            r = draw(st.integers(0, len(rows) - 1))
+            cut = draw(st.integers(0, len(rows[r]) + 2))
+            rows[r] = rows[r][:cut] if cut <= len(rows[r]) else rows[r] + ["1"] * (cut - len(rows[r]))
+    if rows and draw(st.integers(0, 3)) == 0:
+        rows.insert(draw(st.integers(0, len(rows))), list(rows[draw(st.integers(0, len(rows) - 1))]))
+    sep = draw(st.sampled_from(SEPARATORS))
+    newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    text = newline.join(sep.join(row) for row in [header, *rows])
+    if draw(st.booleans()):
+        text += newline
+    return draw(encode(text))
+
+
+@st.composite
+def encode(draw, text: str) -> bytes:
+    encoding = draw(st.sampled_from(ENCODINGS))
+    data = text.encode(encoding, errors="replace")
+    if draw(st.integers(0, 9)) == 0:
+        data = b"\xef\xbb\xbf" + data
+    return data
+
+
+@st.composite
+def mutated_bundled(draw) -> bytes:
+    """The first lines of the bundled Google file, cut, spliced and re-encoded."""
+    lines = list(BUNDLED_LINES[: draw(st.integers(1, 80))])
+    for _ in range(draw(st.one_of(st.just(0), st.integers(0, 4)))):
+        op = draw(st.sampled_from(["cell", "drop", "dup", "swap", "header", "blank", "quote", "separator"]))
+        i = draw(st.integers(0, len(lines) - 1))
+        if op == "cell":
+            cells = lines[i].split(",")
+            cells[draw(st.integers(0, len(cells) - 1))] = draw(st.one_of(odd_cell, date_text))
+            lines[i] = ",".join(cells)
+        elif op == "drop" and len(lines) > 1:
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "swap":
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "header":
+            names = lines[0].split(",")
+            names[draw(st.integers(0, len(names) - 1))] = draw(st.sampled_from(HEADER_NAMES))
+            lines[0] = ",".join(names)
+        elif op == "blank":
+            lines.insert(i, draw(st.sampled_from(["", " ", ",,,,,", "\t"])))
+        elif op == "quote":
+            lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))] + '"' + lines[i][draw(st.integers(0, len(lines[i]))):]
+        elif op == "separator":
+            sep = draw(st.sampled_from(SEPARATORS))
+            lines = [line.replace(",", sep) for line in lines]
+    data = draw(encode("\n".join(lines) + "\n"))
+    if draw(st.integers(0, 3)) == 0:
+        data = data[: draw(st.integers(0, len(data)))]
+    if draw(st.integers(0, 5)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
+    return data
+
+
+csv_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([b"", b"\n", b"\xef\xbb\xbf", b"Date,Open\n", b"Date,Open\n2020-01-01,1\n", b"\x00\x00",
+                     b"Date,Date\n2020-01-01,2020-01-02\n", b"Open,Close\n1,2\n", b"\xff\xfe\x00"]),
+    generated_csv(),
+    mutated_bundled(),
+)
+
+
+# ---------------------------------------------------------------- argument strategies
+
+def _int_values(low: int, high: int):
+    return st.one_of(st.integers(low, high).map(str), st.sampled_from(["0", "-1", "abc", "1.5", "", "nan", "1e3"]))
+
+
+def _float_values():
+    return st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["0", "-1", "1e30", "nan", "inf", "x", "", "0.5", "0.99", "1"]),
+    )
+
+
+# Sizes that set the cost of training stay tiny; the rest may take any value, valid or not.
+ARGUMENTS = {
+    "--lookback": _int_values(1, 12),
+    "--layers": _int_values(1, 2),
+    "--units": _int_values(1, 4),
+    "--epochs": _int_values(1, 2),
+    "--batch-size": st.one_of(_int_values(1, 10**6), st.just("99999999999999999999")),
+    "--seed": st.one_of(st.integers(-(2**70), 2**70).map(str), st.sampled_from(["x", ""])),
+    "--dropout": _float_values(),
+    "--lr": _float_values(),
+    "--clip-norm": _float_values(),
+    "--val-fraction": _float_values(),
+    "--early-stopping": _int_values(1, 3),
+    "--cell": st.one_of(st.sampled_from(["lstm", "gru", "rnn", "LSTM", "transformer", ""]), st.text(max_size=5)),
+    "--nonlinearity": st.sampled_from(["tanh", "relu", "sigmoid", ""]),
+    "--optimizer": st.sampled_from(["adam", "rmsprop", "sgd", "Adam", "lbfgs", ""]),
+    "--loss": st.sampled_from(["mse", "mae", "huber", "MSE", "hinge", ""]),
+    "--device": st.sampled_from(["cpu", "auto", "cuda", "cuda:7", "meta", "mps", "xpu", "cpu:0", "", "gpu"]),
+    "--target": st.one_of(st.sampled_from(["Open", "close", "Volume", "Date", "nope", ""]), st.text(max_size=5)),
+    "--features": st.one_of(st.sampled_from(["Open,Close", "Open,Open", ",", "High,Low,Volume", "nope"]), st.text(max_size=5)),
+    "--test-from": st.one_of(date_text, st.just("2012-06-01")),
+}
+
+
+@st.composite
+def arguments(draw) -> list[str]:
+    chosen = draw(st.lists(st.sampled_from(sorted(ARGUMENTS)), max_size=4, unique=True))
+    argv = []
+    for flag in chosen:
+        # "--flag=value" so that values starting with "-" are not read as options.
+        argv.append(f"{flag}={draw(ARGUMENTS[flag])}")
+    if draw(st.integers(0, 9)) == 0:
+        argv.append(draw(st.sampled_from(["--adjust-splits", "--no-such-flag", "--json", "--force", "-h"])))
+    return argv
+
+
+# ---------------------------------------------------------------- helpers
+
+def call_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run seqcast in-process; only SystemExit (argparse) may escape `main`, and only with 0 or 2."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), time_limit():
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_clean_exit(code, err: str, argv) -> None:
+    event(f"exit {code}")  # --hypothesis-show-statistics shows how many cases got all the way through
+    assert "Traceback" not in err, (argv, err)
+    assert code in (0, 2), (argv, code, err)
+    if code == 2:
+        assert "seqcast: error: " in err, (argv, err)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models train many times faster on one thread when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+_counter = itertools.count()
+
+
+def _write(workdir, data: bytes):
+    path = workdir / "input.csv"
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------- the properties
+
+@_settings("loader")
+@given(data=csv_bytes)
+def test_load_csv_returns_a_clean_frame_or_raises_data_error(workdir, data):
+    path = _write(workdir, data)
+    with time_limit():
+        try:
+            frame = load_csv(path)
+        except DataError as exc:
+            assert str(path) in str(exc)
+            event("DataError")
+            return
+    event("loaded")
+    assert isinstance(frame.index, pd.DatetimeIndex) and frame.index.is_monotonic_increasing
+    assert frame.index.is_unique and len(frame) >= 1
+    for column in frame.columns:
+        if frame[column].dtype == np.float64 and column in ("Open", "High", "Low", "Close", "Adj Close"):
+            assert np.isfinite(frame[column]).all() and (frame[column] > 0).all()
+
+
+@_settings("validate")
+@given(data=csv_bytes, json_flag=st.booleans(), target=st.sampled_from(["Open", "Close", "Volume", "nope"]))
+def test_cli_validate_never_crashes(workdir, data, json_flag, target):
+    path = _write(workdir, data)
+    argv = ["validate", "--data", str(path), f"--target={target}", *(["--json"] if json_flag else [])]
+    code, _, err = call_cli(argv)
+    assert_clean_exit(code, err, argv)
+
+
+@_settings("args")
+@given(verb=st.sampled_from(["validate", "train", "run", "predict"]), args=arguments())
+# Cases the fuzzer found (tracebacks before the fixes on this branch).
+@example(verb="train", args=["--seed=-9223372036854775809"])
+@example(verb="train", args=["--device=meta"])
+@example(verb="train", args=["--device=mps"])
+@example(verb="train", args=["--lr=3.402823466385288e+37"])
+@example(verb="train", args=["--test-from=0000-01-01"])
+@example(verb="train", args=["--test-from=2020-01-01T00:00:00+05:00"])
+def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):
+    """Random option values on the bundled file cut to 80 rows, so that training is short."""
+    data = workdir / "short.csv"
+    if not data.exists():
+        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    out = workdir / f"args-out-{next(_counter)}"
+    if verb == "predict":
+        argv = ["predict", "--model", str(trained_model), "--data", str(data), "--out", str(out / "p.csv"), "--quiet"]
+        argv += [a for a in args if a.split("=")[0] in ("--adjust-splits", "--json", "--force", "--no-such-flag")]
+    elif verb == "validate":
+        argv = ["validate", "--data", str(data), *[a for a in args if a.split("=")[0] in ("--target", "--adjust-splits", "--json", "--no-such-flag", "-h")]]
+    else:
+        argv = [verb, "--data", str(data), "--out", str(out), *TINY, *args]
+        if verb == "run" and not any(a.startswith("--test-from") for a in args):
+            argv.append("--test-from=2012-04-02")
+    try:
+        code, _, err = call_cli(argv)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert_clean_exit(code, err, argv)
+
+
+@pytest.fixture(scope="module")
+def trained_model(workdir):
+    model = workdir / "model"
+    data = workdir / "model-train.csv"
+    data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    code, _, err = call_cli(["train", "--data", str(data), "--out", str(model), "--features", "Open,High", *TINY])
+    assert code == 0, err
+    return model
+
+
+@_settings("predict")
+@given(data=csv_bytes)
+def test_cli_predict_on_fuzzed_data_never_crashes(workdir, trained_model, data):
+    path = _write(workdir, data)
+    out = workdir / "predictions.csv"
+    argv = ["predict", "--model", str(trained_model), "--data", str(path), "--out", str(out), "--quiet", "--force"]
+    code, _, err = call_cli(argv)
+    assert_clean_exit(code, err, argv)
+    if code == 0:
+        assert pd.read_csv(out).columns[-1] == "predicted"
+
+
+@_settings("train")
+@given(data=csv_bytes)
+def test_cli_train_on_fuzzed_data_never_crashes(workdir, data):
+    path = _write(workdir, data)
+    out = workdir / f"train-{next(_counter)}"
+    argv = ["train", "--data", str(path), "--out", str(out), *TINY]
+    try:
+        code, _, err = call_cli(argv)
+        assert_clean_exit(code, err, argv)
+        # A failed train leaves no model folder behind, a successful one a complete folder.
+        assert (out / "manifest.json").is_file() if code == 0 else not out.exists()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@_settings("run")
+@given(data=csv_bytes, fuzz_test_file=st.booleans())
+@example(data=b"Date,Open\n0000-1,1", fuzz_test_file=False)  # year 0: found by the fuzzer
+@example(data=b"Date,Open\n2017-01-03,1\n2017-01-04,2\n", fuzz_test_file=True)  # test file without Close
+@example(data=b"Date,Open,Close\n1/1/0100,1,116\n", fuzz_test_file=True)  # test period before the training data
+def test_cli_run_on_fuzzed_train_or_test_file_never_crashes(workdir, data, fuzz_test_file):
+    """One side is fuzzed, the other is a real file, so that valid cases run to the end."""
+    fuzzed = _write(workdir, data)
+    path, test_path = (GOOGLE_TRAIN, fuzzed) if fuzz_test_file else (fuzzed, GOOGLE_TEST)
+    out = workdir / f"run-{next(_counter)}"
+    argv = ["run", "--data", str(path), "--test", str(test_path), "--out", str(out), *TINY]
+    try:
+        code, _, err = call_cli(argv)
+        assert_clean_exit(code, err, argv)
+        assert (out / "metrics.json").is_file() if code == 0 else not out.exists()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

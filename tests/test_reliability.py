@@ -1,0 +1,531 @@
+"""Reliability promises of docs/reliability.md: safe artifacts, atomic writes, no silent overwrites,
+clean failures when training diverges or is interrupted, determinism, and windows that are views."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seqcast import ArtifactError, Forecaster, load_csv
+from seqcast import artifacts
+from seqcast.artifacts import atomic_write_bytes, atomic_write_text, read_model_dir, write_model_dir
+from seqcast.cli import main
+from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
+from seqcast.errors import DataError
+from seqcast.windows import supervised_windows
+
+from .conftest import TINY
+
+CLI_TINY = ["--epochs", "1", "--layers", "1", "--units", "4", "--lookback", "3", "--device", "cpu", "--quiet"]
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models train many times faster on one thread when the machine is busy, and the
+    subprocesses (OMP_NUM_THREADS=1) must use the same thread count as the in-process runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def short_csv(tmp_path_factory):
+    """The first 120 rows of the bundled file: enough to train, quick to train on."""
+    path = tmp_path_factory.mktemp("data") / "short.csv"
+    path.write_text("\n".join(GOOGLE_TRAIN.read_text().splitlines()[:121]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"Open": 100 + np.cumsum(rng.normal(0, 1, 60))}, index=pd.bdate_range("2021-01-01", periods=60))
+    model = Forecaster(**TINY).fit(frame)
+    path = tmp_path_factory.mktemp("models") / "good"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def model_copy(saved_model, tmp_path):
+    path = tmp_path / "model"
+    shutil.copytree(saved_model, path)
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------- artifacts are verified before use
+
+
+def test_saved_model_manifest_lists_every_file_with_its_sha256(saved_model):
+    manifest = json.loads((saved_model / "manifest.json").read_text())
+    from seqcast import __version__
+
+    assert manifest["seqcast_version"] == __version__
+    listed = manifest["files"]
+    assert sorted(listed) == sorted(n for n in _files(saved_model) if n != "manifest.json")
+    for name, digest in listed.items():
+        assert digest == _sha(saved_model / name)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "config.json", "scaler.json", "state.json"])
+def test_tampered_file_is_refused_naming_it(model_copy, name):
+    path = model_copy / name
+    data = bytearray(path.read_bytes())
+    # Change one byte in the middle: for JSON a digit or letter, still a valid-looking file.
+    i = len(data) // 2
+    data[i] = ord("7") if data[i] != ord("7") else ord("8")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=name) as exc:
+        Forecaster.load(model_copy)
+    assert "sha256" in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "state.json"])
+def test_truncated_file_is_refused_naming_it(model_copy, name):
+    path = model_copy / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(ArtifactError, match=name):
+        Forecaster.load(model_copy)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "scaler.json", "manifest.json"])
+def test_missing_file_is_refused_naming_it(model_copy, name):
+    (model_copy / name).unlink()
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.")) as exc:
+        Forecaster.load(model_copy)
+    assert "missing" in str(exc.value)
+
+
+def test_cli_predict_with_a_tampered_model_exits_2_naming_the_file(model_copy, tmp_path, capsys):
+    (model_copy / "scaler.json").write_text((model_copy / "scaler.json").read_text().replace("0", "1", 1))
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(model_copy), "--data", str(GOOGLE_TEST), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: error: ") and "scaler.json" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+class _Payload:
+    """Unpickling this creates a folder: proof that something was unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_pickled_weights_file_is_refused_and_never_unpickled(model_copy, tmp_path, monkeypatch):
+    marker = tmp_path / "unpickled"
+    weights = model_copy / "weights.safetensors"
+    # What torch.save writes (a zip of pickles) with a payload that acts when unpickled; the
+    # manifest is updated too, as an attacker would, so only the format check can stop it.
+    state = {k: v for k, v in Forecaster.load(model_copy).model_.state_dict().items()}
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, weights)
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = _sha(weights)
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("seqcast tried to unpickle a file")
+
+    for module, name in [(pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (torch, "load")]:
+        monkeypatch.setattr(module, name, forbidden)
+    with pytest.raises(ArtifactError, match="weights.safetensors is not a valid safetensors file"):
+        Forecaster.load(model_copy)
+    assert not marker.exists()
+
+
+def test_plain_pickle_weights_are_refused(model_copy, monkeypatch):
+    weights = model_copy / "weights.safetensors"
+    weights.write_bytes(pickle.dumps({"rnn.weight_ih_l0": np.zeros((16, 1))}))
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = _sha(weights)
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(ArtifactError, match="not a valid safetensors file"):
+        read_model_dir(model_copy, json_names=("config.json",))
+
+
+# ---------------------------------------------------------------- writes are atomic
+
+
+def test_crash_at_rename_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "good\n")
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new but never finished\n")
+    assert target.read_text() == "good\n"
+    assert _files(tmp_path) == ["metrics.json"]
+
+
+def test_interrupt_mid_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    target = tmp_path / "predictions.csv"
+    atomic_write_bytes(target, b"date,predicted\n2020-01-01,1.0\n")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    # fsync runs after the bytes were written to the temporary file and before the rename.
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"x" * 100_000)
+    assert target.read_bytes() == b"date,predicted\n2020-01-01,1.0\n"
+    assert _files(tmp_path) == ["predictions.csv"]
+
+
+def test_crash_while_writing_a_model_folder_keeps_the_old_model(saved_model, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model, folder)
+    before = {n: _sha(folder / n) for n in _files(folder)}
+
+    def half_written(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x00" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "save_file", half_written)
+    with pytest.raises(OSError):
+        write_model_dir(folder, json_files={"config.json": {"a": 1}}, tensors={"w": torch.zeros(2)})
+    assert {n: _sha(folder / n) for n in _files(folder)} == before
+    assert _files(tmp_path) == ["model"]
+    Forecaster.load(folder)
+
+
+def test_crash_while_swapping_in_a_model_folder_restores_the_old_one(saved_model, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model, folder)
+    before = {n: _sha(folder / n) for n in _files(folder)}
+    real_replace = os.replace
+    calls = []
+
+    def fail_second_folder_rename(src, dst):
+        if Path(src).is_dir():
+            calls.append((src, dst))
+            # 1st: old folder -> backup; 2nd: staging -> folder (fails); 3rd: backup -> folder.
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second_folder_rename)
+    with pytest.raises(OSError):
+        write_model_dir(folder, json_files={"config.json": {"a": 1}}, tensors={"w": torch.zeros(2)})
+    assert len(calls) == 3
+    assert {n: _sha(folder / n) for n in _files(folder)} == before
+    assert _files(tmp_path) == ["model"]
+
+
+# ---------------------------------------------------------------- no silent overwrites
+
+
+@pytest.mark.parametrize("verb", ["run", "train", "predict"])
+def test_existing_outputs_are_not_overwritten_without_force(verb, saved_model, short_csv, tmp_path, capsys):
+    if verb == "predict":
+        out = tmp_path / "predictions.csv"
+        out.write_text("precious\n")
+        argv = ["predict", "--model", str(saved_model), "--data", str(GOOGLE_TEST), "--out", str(out), "--quiet"]
+        kept = out
+    else:
+        out = tmp_path / "out"
+        out.mkdir()
+        kept = out / "metrics.json"
+        kept.write_text("precious\n")
+        argv = [verb, "--data", str(short_csv), "--test-from", "2012-06-01", "--out", str(out), *CLI_TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: error: ") and "--force" in err and str(out) in err
+    assert kept.read_text() == "precious\n"
+    assert main([*argv, "--force"]) == 0
+    if verb == "predict":
+        assert pd.read_csv(out).columns.tolist() == ["date", "actual", "predicted"]
+
+
+# ---------------------------------------------------------------- failed training leaves nothing
+
+
+@pytest.mark.parametrize("verb", ["train", "run"])
+def test_diverging_training_exits_2_naming_epoch_and_fixes_and_writes_nothing(verb, short_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [verb, "--data", str(short_csv), "--test-from", "2012-06-01", "--out", str(out), *CLI_TINY, "--lr", "1e30"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: error: training diverged at epoch 1 ")
+    assert "--lr" in err and "--clip-norm" in err and "Traceback" not in err
+    assert not out.exists()
+    assert _files(tmp_path) == []
+
+
+def test_huge_prices_do_not_crash_training(tmp_path, capsys):
+    """Numbers near float64's limit: the scaler keeps them in [0, 1], so training is ordinary."""
+    csv = tmp_path / "huge.csv"
+    rng = np.random.default_rng(0)
+    values = 1e300 * (1 + np.abs(rng.normal(0, 0.1, 40)))
+    csv.write_text("Date,Open\n" + "".join(f"2020-01-{i + 1:02d},{v!r}\n" if i < 31 else f"2020-02-{i - 30:02d},{v!r}\n" for i, v in enumerate(values)))
+    out = tmp_path / "m"
+    code = main(["train", "--data", str(csv), "--out", str(out), *CLI_TINY])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (code == 0 and (out / "manifest.json").is_file()) or (code == 2 and err.startswith("seqcast: error: ") and not out.exists())
+
+
+def test_ctrl_c_during_training_exits_130_with_a_clear_message(short_csv, tmp_path, monkeypatch, capsys):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Forecaster, "fit", interrupted)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(short_csv), "--test-from", "2012-06-01", "--out", str(out), *CLI_TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: interrupted") and "Traceback" not in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def _run_subprocess(out: Path, data: Path, seed: int) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "seqcast.cli", "run", "--out", str(out), "--data", str(data),
+            "--test-from", "2012-05-01", "--seed", str(seed), "--epochs", "2", "--layers", "2", "--units", "4",
+            "--lookback", "5", "--dropout", "0.3", "--val-fraction", "0.1", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _comparable_metrics(path: Path) -> dict:
+    doc = json.loads(path.read_text())
+    doc.pop("train_seconds")
+    return doc
+
+
+def test_same_seed_gives_bit_identical_outputs_in_two_processes(short_csv, tmp_path):
+    """Dropout, shuffling, validation split and two layers all draw random numbers."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    procs = [_run_subprocess(out, short_csv, seed=11) for out in (a, b)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+    assert _comparable_metrics(a / "metrics.json") == _comparable_metrics(b / "metrics.json")
+    assert (a / "model" / "weights.safetensors").read_bytes() == (b / "model" / "weights.safetensors").read_bytes()
+
+
+def test_different_seeds_give_different_models(short_csv):
+    frame = load_csv(short_csv)
+    params = dict(TINY, dropout=0.3)
+    p1, p1_again, p2 = (Forecaster(**params, seed=s).fit(frame).predict(frame) for s in (1, 1, 2))
+    np.testing.assert_array_equal(p1.to_numpy(), p1_again.to_numpy())
+    assert not np.allclose(p1.dropna(), p2.dropna())
+
+
+# ---------------------------------------------------------------- large inputs
+
+
+def test_training_windows_are_views_of_the_series_not_copies():
+    values = np.random.default_rng(0).normal(size=(10_000, 3))
+    X, y = supervised_windows(values, values[:, 0], lookback=60)
+    assert X.shape == (10_000 - 60, 60, 3)
+    assert np.shares_memory(X, values) and np.shares_memory(y, values)
+    # A copy would hold 60 times the data; the view holds none of its own.
+    assert X.base is not None and not X.flags.owndata
+    np.testing.assert_array_equal(X[1234], values[1234:1294])
+    assert y[1234, 0] == values[1294, 0]
+
+
+def test_large_file_errors_still_name_the_exact_row(tmp_path):
+    n = 50_000
+    dates = pd.bdate_range("1900-01-01", periods=n)
+    opens = np.round(100 + np.arange(n) * 0.01, 4).astype(str)
+    opens[43_210] = "12..5"  # data row 43,211 is file row 43,212 (the header is row 1)
+    path = tmp_path / "big.csv"
+    path.write_text("Date,Open\n" + "\n".join(f"{d:%Y-%m-%d},{o}" for d, o in zip(dates, opens)) + "\n")
+    with pytest.raises(DataError, match=r"big\.csv row 43212, column Open: \"12\.\.5\" is not a number"):
+        load_csv(path)
+
+
+def _price_file(n: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("1990-01-01", periods=n)
+    opens = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    volumes = rng.integers(0, 10**9, n)
+    return "Date,Open,Close,Volume,Symbol\n" + "".join(
+        f"{d:%Y-%m-%d}, {float(o)!r},{o * 1.001:.9f},{v},X\n" for d, o, v in zip(dates, opens, volumes)
+    )
+
+
+def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monkeypatch):
+    """A well-formed file goes through pandas's C parser; a blank line sends the same content
+    through the csv module. Both must give the identical frame and identical error messages."""
+    import seqcast.data as data
+
+    text = _price_file(3_000)
+    plain, careful = tmp_path / "plain.csv", tmp_path / "careful.csv"
+    plain.write_text(text)
+    careful.write_text(text + "\n")
+    real_reader = data.csv.reader
+    monkeypatch.setattr(data.csv, "reader", lambda *a, **k: pytest.fail("took the csv module path"))
+    fast = load_csv(plain)
+    monkeypatch.setattr(data.csv, "reader", real_reader)
+    slow = load_csv(careful)
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
+    assert fast["Symbol"].tolist() == ["X"] * 3_000
+
+    for bad, expected in [("abc", r'row 1501, column Open: "abc" is not a number'),
+                          ("", r"row 1501, column Open is empty"),
+                          ("-3", r"row 1501, column Open: -3(\.0)? is not a positive price")]:
+        lines = text.splitlines()
+        cells = lines[1500].split(",")
+        cells[1] = bad
+        lines[1500] = ",".join(cells)
+        plain.write_text("\n".join(lines) + "\n")
+        careful.write_text("\n".join(lines) + "\n\n")
+        messages = []
+        for path in (plain, careful):
+            with pytest.raises(DataError, match=expected) as exc:
+                load_csv(path)
+            messages.append(str(exc.value).replace(path.name, "FILE"))
+        assert messages[0] == messages[1]
+
+
+# ---------------------------------------------------------------- training survives interruption
+
+RESUME = ["--epochs", "120", "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
+          "--dropout", "0.2", "--seed", "5", "--device", "cpu"]
+
+
+def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), *RESUME, *extra]
+
+
+def _subprocess(argv: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "seqcast.cli", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(short_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "model"
+    assert main([*_train_argv(short_csv, out), "--quiet"]) == 0
+    return out
+
+
+def _same_model(a: Path, b: Path) -> None:
+    assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()
+    history = [json.loads((p / "state.json").read_text())["history"]["loss"] for p in (a, b)]
+    assert history[0] == history[1] and len(history[0]) == 120
+
+
+def _checkpoint_epoch(folder: Path) -> int:
+    try:
+        return json.loads((folder / "checkpoint.json").read_text())["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0  # not written yet, or being swapped in
+
+
+def test_killed_training_resumes_to_the_same_final_weights(short_csv, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / "model.checkpoint"
+    proc = _subprocess([*_train_argv(short_csv, out), "--checkpoint-every", "5", "--quiet"])
+    try:
+        while _checkpoint_epoch(checkpoint) < 10 and proc.poll() is None:
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    killed_at = _checkpoint_epoch(checkpoint)
+    assert 10 <= killed_at < 120 and killed_at % 5 == 0 and not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--checkpoint-every", "5"]) == 0
+    assert f"resume {checkpoint}" in capsys.readouterr().out
+    _same_model(out, uninterrupted)
+    assert _checkpoint_epoch(checkpoint) == 120
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_to_the_same_weights(short_csv, uninterrupted, tmp_path):
+    out = tmp_path / "model"
+    checkpoint = tmp_path / "model.checkpoint"
+    proc = _subprocess([*_train_argv(short_csv, out), "--checkpoint-every", "1", "--quiet"])
+    # Interrupt once training runs, i.e. once it has written a checkpoint.
+    while _checkpoint_epoch(checkpoint) < 1 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"seqcast: interrupted; checkpoint of epoch {_checkpoint_epoch(checkpoint)} saved in {checkpoint}/" in err
+    assert f"--resume {checkpoint}" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--quiet"]) == 0
+    _same_model(out, uninterrupted)
+
+
+def test_resuming_with_other_settings_or_a_tampered_checkpoint_is_refused(short_csv, tmp_path, capsys):
+    out, checkpoint = tmp_path / "model", tmp_path / "model.checkpoint"
+    short = [*_train_argv(short_csv, out), "--epochs", "2", "--checkpoint-every", "1", "--quiet"]
+    assert main(short) == 0
+    shutil.rmtree(out)
+    assert main([*_train_argv(short_csv, out), "--lr", "0.01", "--resume", str(checkpoint), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqcast: error: cannot resume from {checkpoint}: lr differ") and not out.exists()
+    weights = checkpoint / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--quiet"]) == 2
+    assert "weights.safetensors" in capsys.readouterr().err and not out.exists()
+    assert main([*_train_argv(short_csv, out), "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_forecaster_fit_resumes_with_early_stopping_validation_and_dropout(small_series, tmp_path):
+    train, _ = small_series
+    params = dict(TINY, layers=2, epochs=6, dropout=0.3, val_fraction=0.2, early_stopping=3, optimizer="rmsprop")
+    full = Forecaster(**params).fit(train)
+    Forecaster(**{**params, "epochs": 3}).fit(train, checkpoint_dir=tmp_path / "ck", checkpoint_every=1)
+    resumed = Forecaster(**params).fit(train, checkpoint_dir=tmp_path / "ck", resume=True)
+    for name, tensor in full.model_.state_dict().items():
+        assert torch.equal(tensor, resumed.model_.state_dict()[name]), name
+    assert resumed.history_.loss == full.history_.loss and resumed.history_.val_loss == full.history_.val_loss
+    assert resumed.history_.best_epoch == full.history_.best_epoch
+
+
+def test_a_backup_left_by_an_interrupted_swap_does_not_block_the_next_write(saved_model, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    write_model_dir(folder, json_files={"config.json": {"v": 1}}, tensors={"w": torch.zeros(2)})
+
+    def interrupted(path, *args, **kwargs):
+        raise KeyboardInterrupt  # after the new folder is in place, while the old one is deleted
+
+    monkeypatch.setattr(artifacts.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_model_dir(folder, json_files={"config.json": {"v": 2}}, tensors={"w": torch.ones(2)})
+    monkeypatch.undo()
+    assert json.loads((folder / "config.json").read_text()) == {"v": 2}
+    write_model_dir(folder, json_files={"config.json": {"v": 3}}, tensors={"w": torch.ones(2)})
+    docs, tensors = read_model_dir(folder, json_names=("config.json",))
+    assert docs["config.json"] == {"v": 3} and torch.equal(tensors["w"], torch.ones(2))
