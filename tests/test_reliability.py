@@ -531,3 +531,15 @@ def test_a_backup_left_by_an_interrupted_swap_does_not_block_the_next_write(save
     write_model_dir(folder, json_files={"config.json": {"v": 3}}, tensors={"w": torch.ones(2)})
     docs, tensors = read_model_dir(folder, json_names=("config.json",))
     assert docs["config.json"] == {"v": 3} and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp's private 0600 must not leak into outputs such as report.html."""
+    import stat
+
+    from seqcast.artifacts import atomic_write_text
+
+    path = atomic_write_text(tmp_path / "report.html", "<html></html>")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)

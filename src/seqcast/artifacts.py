@@ -23,6 +23,9 @@ from . import __version__
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
+# Read once: os.umask can only be read by setting it, which is not thread-safe to repeat.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -30,6 +33,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

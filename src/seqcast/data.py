@@ -137,6 +137,38 @@ def load_csv(
     )
 
 
+def load_long_csv(
+    path: str | os.PathLike[str],
+    pick_id: Callable[[list[str]], str | None],
+    *,
+    target: str | None = None,
+    adjust_splits: bool = False,
+) -> tuple[str | None, dict[str, pd.DataFrame]]:
+    """Read a long-format CSV (several series stacked, told apart by an id column) into one validated
+    frame per id, each error naming the file's own row number.
+
+    `pick_id` chooses the id column from the header; when it returns None the file has no id column
+    and ``(None, {})`` comes back.
+    """
+    source = os.fspath(path)
+    raw, rows = _read_csv(source)
+    column = pick_id([str(c) for c in raw.columns])
+    if column is None:
+        return None, {}
+    frames = {}
+    for name, positions in raw.groupby(column, sort=True).indices.items():
+        lines = [rows[i] for i in positions]
+        frames[str(name)] = _validate(
+            raw.iloc[positions].drop(columns=column).reset_index(drop=True),
+            source=f"{source} ({column} {name})",
+            where=lambda i, lines=lines: f"row {lines[i]}",
+            target=target,
+            required=(),
+            adjust_splits=adjust_splits,
+        )
+    return column, frames
+
+
 def validate_frame(
     frame: pd.DataFrame,
     *,

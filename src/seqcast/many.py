@@ -23,9 +23,9 @@ from sklearn.base import clone
 
 from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import ALPHA, MODEL, Leaderboard, walk_forward
-from .data import _read_csv, _validate, load_csv
+from .data import load_csv, load_long_csv
 from .errors import ConfigError, DataError, SeqcastError
-from .tuning import _dask_client
+from .tuning import dask_client
 
 # Column names that mark a long-format file, matched case-insensitively, first match wins.
 ID_COLUMNS = ("unique_id", "id", "name", "symbol", "ticker", "series")
@@ -114,23 +114,12 @@ def find_series(spec, *, target: str | None = None, id_column: str | None = None
                 raise DataError(f"{names[path.stem]} and {path} would both be series {path.stem!r}: rename one")
             names[path.stem] = path
         return names
-    raw, rows = _read_csv(text)
-    column = _id_column([str(c) for c in raw.columns], id_column, text)
+    column, frames = load_long_csv(
+        text, lambda columns: _id_column(columns, id_column, text), target=target, adjust_splits=adjust_splits
+    )
     if column is None:
         raise DataError(
             f"{text} has no id column ({', '.join(ID_COLUMNS)}): name it with --id-column, or give a glob of files"
-        )
-    frames = {}
-    for name, positions in raw.groupby(column, sort=True).indices.items():
-        lines = [rows[i] for i in positions]
-        part = raw.iloc[positions].drop(columns=column).reset_index(drop=True)
-        frames[str(name)] = _validate(
-            part,
-            source=f"{text} ({column} {name})",
-            where=lambda i, lines=lines: f"row {lines[i]}",
-            target=target,
-            required=(),
-            adjust_splits=adjust_splits,
         )
     return frames
 
@@ -226,7 +215,7 @@ def _parallel(tasks, jobs: int, scheduler: str | None):
     if scheduler is None:
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
         return
-    client = _dask_client(scheduler)
+    client = dask_client(scheduler)
     try:
         with parallel_config(backend="dask"):
             yield from Parallel(n_jobs=-1, return_as="generator_unordered")(tasks)

@@ -269,7 +269,7 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
     if scheduler is None:
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
         return
-    client = _dask_client(scheduler)
+    client = dask_client(scheduler)
     try:
         with parallel_config(backend="dask"):
             yield from Parallel(n_jobs=-1, return_as="generator_unordered")(tasks)
@@ -281,7 +281,7 @@ def _indexed(index: int, params: dict, frame: pd.DataFrame, fold_rows) -> tuple[
     return index, evaluate_config(params, frame, fold_rows)
 
 
-def _dask_client(address: str):
+def dask_client(address: str):
     try:
         from dask.distributed import Client
     except ImportError as exc:
