@@ -74,23 +74,11 @@ def sha256_file(path) -> str:
 
 def write_model_dir(directory, *, json_files: dict[str, dict], tensors: dict[str, torch.Tensor]) -> Path:
     """Write `name.json` files and `weights.safetensors` plus a manifest, replacing `directory` whole."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        for name, obj in json_files.items():
-            atomic_write_json(staging / name, obj)
+
+    def weights(staging: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "weights.safetensors"))
-        files = sorted(p.name for p in staging.iterdir())
-        atomic_write_json(
-            staging / MANIFEST,
-            {"seqcast_version": __version__, "files": {name: sha256_file(staging / name) for name in files}},
-        )
-        _swap_in(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return write_bundle_dir(directory, json_files=json_files, build=weights)
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -108,17 +96,15 @@ def _swap_in(staging: Path, directory: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def read_model_dir(directory, *, json_names: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
-    """Verify the manifest, then read the JSON files and the safetensors weights."""
-    directory = Path(directory)
+def _verify_manifest(directory: Path, required: tuple[str, ...]) -> None:
+    """Check that the folder's manifest lists `required` and that every listed file matches its sha256."""
     if not directory.is_dir():
         raise ArtifactError(f"{directory} is not a model folder (it does not exist or is a file)")
     manifest_path = directory / MANIFEST
-    manifest = _read_json(manifest_path)
-    listed = manifest.get("files")
+    listed = _read_json(manifest_path).get("files")
     if not isinstance(listed, dict):
         raise ArtifactError(f"{manifest_path} has no 'files' table: the folder was not written by seqcast")
-    for name in (*json_names, "weights.safetensors"):
+    for name in required:
         if name not in listed:
             raise ArtifactError(f"{manifest_path} does not list {name}: the folder is incomplete")
     for name, expected in listed.items():
@@ -130,6 +116,12 @@ def read_model_dir(directory, *, json_names: tuple[str, ...]) -> tuple[dict[str,
                 f"{path} does not match the sha256 in {MANIFEST}: it was changed or truncated after saving; "
                 "save the model again"
             )
+
+
+def read_model_dir(directory, *, json_names: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+    """Verify the manifest, then read the JSON files and the safetensors weights."""
+    directory = Path(directory)
+    _verify_manifest(directory, (*json_names, "weights.safetensors"))
     docs = {name: _read_json(directory / name) for name in json_names}
     weights_path = directory / "weights.safetensors"
     try:
@@ -177,22 +169,5 @@ def write_bundle_dir(directory, *, json_files: dict[str, dict], build) -> Path:
 def read_bundle_dir(directory, *, json_names: tuple[str, ...]) -> dict[str, dict]:
     """Verify every file of a folder written by `write_bundle_dir` against its manifest; read the JSON files."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory} is not a model folder (it does not exist or is a file)")
-    manifest_path = directory / MANIFEST
-    listed = _read_json(manifest_path).get("files")
-    if not isinstance(listed, dict):
-        raise ArtifactError(f"{manifest_path} has no 'files' table: the folder was not written by seqcast")
-    for name in json_names:
-        if name not in listed:
-            raise ArtifactError(f"{manifest_path} does not list {name}: the folder is incomplete")
-    for name, expected in listed.items():
-        path = directory / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is missing: the model folder is incomplete; save the model again")
-        if sha256_file(path) != expected:
-            raise ArtifactError(
-                f"{path} does not match the sha256 in {MANIFEST}: it was changed or truncated after saving; "
-                "save the model again"
-            )
+    _verify_manifest(directory, json_names)
     return {name: _read_json(directory / name) for name in json_names}

@@ -18,14 +18,14 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed, parallel_config
+from joblib import delayed
 from sklearn.base import clone
 
 from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import ALPHA, MODEL, Leaderboard, walk_forward
 from .data import load_csv, load_long_csv
 from .errors import ConfigError, DataError, SeqcastError
-from .tuning import dask_client
+from .tuning import parallel_unordered
 
 # Column names that mark a long-format file, matched case-insensitively, first match wins.
 ID_COLUMNS = ("unique_id", "id", "name", "symbol", "ticker", "series")
@@ -201,7 +201,7 @@ def backtest_many(
         for name, source in series.items()
     )
     done: dict[str, SeriesResult] = {}
-    for result in _parallel(tasks, jobs, scheduler):
+    for result in parallel_unordered(tasks, jobs=jobs, scheduler=scheduler):
         done[result.name] = result
         _write_aggregate(out_dir, [done[n] for n in series if n in done])
         if on_series is not None:
@@ -209,18 +209,6 @@ def backtest_many(
     results = [done[name] for name in series]
     table, summary = _write_aggregate(out_dir, results)
     return ManyBacktest(results=results, table=table, summary=summary)
-
-
-def _parallel(tasks, jobs: int, scheduler: str | None):
-    if scheduler is None:
-        yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
-        return
-    client = dask_client(scheduler)
-    try:
-        with parallel_config(backend="dask"):
-            yield from Parallel(n_jobs=-1, return_as="generator_unordered")(tasks)
-    finally:
-        client.close()
 
 
 def _folder(name: str) -> str:

@@ -265,7 +265,14 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
     """Yield (config index, rows) as configurations finish, locally or on a Dask cluster."""
     if not todo:
         return
-    tasks = (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo)
+    yield from parallel_unordered(
+        (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo), jobs=jobs, scheduler=scheduler
+    )
+
+
+def parallel_unordered(tasks, *, jobs: int, scheduler: str | None):
+    """Run joblib `delayed` tasks on `jobs` local processes, or on the Dask cluster at `scheduler`;
+    yield each result as it finishes."""
     if scheduler is None:
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
         return
