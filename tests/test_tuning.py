@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.model_selection import TimeSeriesSplit
 
-from seqcast import ConfigError, Forecaster
+from seqcast import ConfigError, DataError, Forecaster
 from seqcast.cli import main
 from seqcast.tuning import candidates, load_grid, tune, walk_forward_folds
 
@@ -192,3 +192,21 @@ def test_folds_too_short_for_the_lookback_are_refused_before_training(frame, tmp
         tune(frame, {"lookback": [5, 20]}, out_dir=tmp_path, base_params=BASE, folds=8, progress=False)
     with pytest.raises(ConfigError, match="--jobs must be"):
         tune(frame, GRID, out_dir=tmp_path, base_params=BASE, folds=2, jobs=0, progress=False)
+
+
+def test_fold_check_counts_indicator_warm_up_before_training(frame, tmp_path):
+    # 3 folds of 90 rows: the first trains on rows 0..23 (TimeSeriesSplit, checked above).
+    first = len(walk_forward_folds(len(frame), 3)[0][0])
+    # lookback 5 + horizon 1 fit in 24 rows, but sma20 leaves its first 19 rows undefined.
+    warm = Forecaster(lookback=5, features="Close,sma20")
+    assert warm.rows_needed(frame) == (19 + 5 + 1, 19)
+    assert Forecaster(lookback=5).rows_needed(frame) == (6, 0)
+    with pytest.raises(ConfigError, match=r"trains on 24 of 90 rows, .* plus 19 warm-up rows .* need at least 25.*"
+                       r"shorter indicator windows"):
+        tune(frame, {"features": ["Close", "Close,sma20"]}, out_dir=tmp_path, base_params=BASE, folds=3, progress=False)
+    assert not (tmp_path / "tuning.csv").exists()
+    # The check matches fit: 25 rows fit, 24 rows fail inside fit with its own DataError.
+    tiny = {k: v for k, v in BASE.items() if k != "lookback"}
+    Forecaster(lookback=5, features="Close,sma20", **tiny).fit(frame.iloc[:first + 1])
+    with pytest.raises(DataError, match="19 warm-up rows"):
+        Forecaster(lookback=5, features="Close,sma20", **tiny).fit(frame.iloc[:first])

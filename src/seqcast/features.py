@@ -212,6 +212,11 @@ def parse_feature_list(features) -> list[str] | None:
     return names
 
 
+def warmup_rows(features: Sequence[Feature]) -> int:
+    """Leading rows a model with these inputs cannot use: the longest indicator warm-up."""
+    return max(f.warmup for f in features)
+
+
 def parse_features(frame: pd.DataFrame, target: str, features) -> list[Feature]:
     """Resolve each name to a column of `frame` (case-insensitively) or else to a built-in indicator."""
     source = frame.attrs.get("source", "<frame>")

@@ -26,6 +26,7 @@ from .features import (
     parse_same_day,
     require_positive,
     target_matrix,
+    warmup_rows,
 )
 from .models import build_model
 from .training import History, intra_op_threads, predict_batches, resolve_device, train_model
@@ -152,6 +153,18 @@ class Forecaster(RegressorMixin, BaseEstimator):
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    def rows_needed(self, X, y=None) -> tuple[int, int]:
+        """(fewest rows `fit` accepts for X's columns, how many of them the indicators' warm-up takes).
+
+        Needs no fitting: it reads only the parameters and X's column names.
+        """
+        self._check_params()
+        frame = self._frame(X, y)
+        target = resolve_column(frame, self.target, source=frame.attrs.get("source", "<frame>"))
+        warmup = warmup_rows(parse_features(frame, target, frame.attrs.get("inputs", self.features)))
+        n_outputs = self.horizon if self.strategy == "direct" else 1
+        return warmup + self.lookback + n_outputs, warmup
 
     def _frame(self, X, y=None) -> pd.DataFrame:
         """The rows to fit or predict as a frame; `y`, when given, becomes the target column.
@@ -280,7 +293,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         if needs_target or not used:
             used.append(self.target_)
         self.required_columns_ = list(dict.fromkeys(used))
-        self.warmup_rows_ = max(f.warmup for f in features)
+        self.warmup_rows_ = warmup_rows(features)
         self.context_rows_ = self.lookback + max(f.memory for f in features)
         self.n_outputs_ = self.horizon if self.strategy == "direct" else 1
 

@@ -22,9 +22,23 @@ def _save(fig, path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_predictions(predictions: pd.DataFrame, path, *, target: str, title: str | None = None) -> Path:
-    """Real (red) vs predicted (blue), with any baseline columns as thin grey dashed lines."""
+def _draw_band(ax, band: pd.DataFrame | None, level: float | None) -> None:
+    if band is None:
+        return
+    label = f"{level:.0%} prediction interval" if level is not None else "prediction interval"
+    ax.fill_between(band.index, band["lower"], band["upper"], color="lightblue", alpha=0.6, lw=0, label=label)
+
+
+def plot_predictions(
+    predictions: pd.DataFrame, path, *, target: str, title: str | None = None,
+    band: pd.DataFrame | None = None, level: float | None = None,
+) -> Path:
+    """Real (red) vs predicted (blue), with any baseline columns as thin grey dashed lines.
+
+    `band` (columns lower, upper) is drawn behind them as a light blue prediction interval.
+    """
     fig, ax = plt.subplots(figsize=(10, 5))
+    _draw_band(ax, band, level)
     styles = ["--", ":", "-."]
     for i, name in enumerate(c for c in predictions.columns if c not in ("actual", "seqcast")):
         ax.plot(predictions.index, predictions[name], styles[i % 3], color="0.55", lw=1, label=f"{name} (baseline)")
@@ -66,6 +80,23 @@ def plot_forecast(history: pd.Series | None, forecast: pd.Series, path, *, targe
 
 def _show(stamp) -> str:
     return stamp.date().isoformat() if hasattr(stamp, "date") else str(stamp)
+
+
+def plot_member_losses(histories, path) -> Path:
+    """Training (and validation, dashed) loss per epoch of every ensemble member, one thin line each."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, history in enumerate(histories):
+        epochs = range(1, len(history.loss) + 1)
+        ax.plot(epochs, history.loss, color="C0", lw=0.8, alpha=0.8, label="training loss" if i == 0 else None)
+        if history.val_loss:
+            ax.plot(epochs, history.val_loss, "--", color="C1", lw=0.8, alpha=0.8, label="validation loss" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Loss (scaled units)")
+    ax.set_title(f"Loss per epoch, one line per ensemble member ({len(histories)} members)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
 
 
 def plot_loss(history, path) -> Path:
@@ -126,12 +157,17 @@ def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: st
     return _save(fig, path)
 
 
-def plot_backtest(predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None) -> Path:
-    """Walk-forward predictions over all folds, alternate folds shaded, beside the best baseline."""
+def plot_backtest(
+    predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None,
+    band: pd.DataFrame | None = None, level: float | None = None,
+) -> Path:
+    """Walk-forward predictions over all folds, alternate folds shaded, beside the best baseline
+    (and an ensemble's prediction interval `band`, columns lower and upper, in light blue)."""
     fig, ax = plt.subplots(figsize=(12, 5))
     for fold, part in predictions.groupby("fold"):
         if int(fold) % 2 == 0:
             ax.axvspan(part.index[0], part.index[-1], color="0.92", lw=0)
+    _draw_band(ax, band, level)
     if baseline:
         ax.plot(predictions.index, predictions[baseline], "--", color="0.45", lw=1, label=f"{baseline} (baseline)")
     ax.plot(predictions.index, predictions["actual"], color="red", lw=1.5, label=f"Real {target}")

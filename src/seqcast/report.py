@@ -19,7 +19,15 @@ from . import __version__
 from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import MODEL, Holdout, plain_params, read_backtest_csv, wide_predictions
 from .errors import ArtifactError
-from .plots import plot_backtest, plot_fold_losses, plot_fold_rmse, plot_loss, plot_predictions, plot_residuals
+from .plots import (
+    plot_backtest,
+    plot_fold_losses,
+    plot_fold_rmse,
+    plot_loss,
+    plot_member_losses,
+    plot_predictions,
+    plot_residuals,
+)
 from .training import History
 
 
@@ -35,7 +43,12 @@ def write_run(out_dir, holdout: Holdout, forecaster, *, info: dict | None = None
         "predictions": atomic_write_text(out_dir / "predictions.csv", frame.to_csv(float_format="%.6f")),
         "metrics": atomic_write_json(out_dir / "metrics.json", run_summary(holdout, forecaster, info)),
     }
-    paths.update(_run_figures(out_dir, holdout.predictions, holdout.target, holdout.best_baseline(), forecaster.history_))
+    paths.update(
+        _run_figures(
+            out_dir, holdout.predictions, holdout.target, holdout.best_baseline(), member_histories(forecaster),
+            band=holdout.intervals, level=(holdout.interval or {}).get("level"),
+        )
+    )
     forecaster.save(out_dir / "model")
     paths["model"] = out_dir / "model"
     return paths
@@ -53,12 +66,34 @@ def run_summary(holdout: Holdout, forecaster, info: dict | None = None) -> dict:
         "leaderboard": holdout.board.to_dict(),
         **({"interval": holdout.interval} if holdout.interval else {}),
         "params": plain_params(forecaster),
-        "train_seconds": float(sum(forecaster.history_.epoch_seconds)),
-        "final_loss": forecaster.history_.loss[-1] if forecaster.history_.loss else None,
-        "history": forecaster.history_.to_dict(),
+        **_training_summary(forecaster),
         **horizon_scores(holdout),
         **(info or {}),
     }
+
+
+def member_histories(forecaster) -> list[History]:
+    """One History per trained model: an ensemble's members, else the model's own."""
+    members = getattr(forecaster, "members_", None)
+    return [m.history_ for m in members] if members else [forecaster.history_]
+
+
+def _training_summary(forecaster) -> dict:
+    """train_seconds, final_loss and history; an ensemble adds every member's history and sums their seconds.
+
+    `history` and `final_loss` stay those of the first member so that readers of a single model's
+    metrics.json read an ensemble's too.
+    """
+    histories = member_histories(forecaster)
+    first = histories[0]
+    doc = {
+        "train_seconds": float(sum(sum(h.epoch_seconds) for h in histories)),
+        "final_loss": first.loss[-1] if first.loss else None,
+        "history": first.to_dict(),
+    }
+    if hasattr(forecaster, "members_"):
+        doc["histories"] = [h.to_dict() for h in histories]
+    return doc
 
 
 def horizon_scores(holdout: Holdout) -> dict:
@@ -78,22 +113,37 @@ def _number(value) -> float | None:
     return value if value == value else None
 
 
-def _run_figures(out_dir: Path, predictions: pd.DataFrame, target: str, best: str, history: History) -> dict[str, Path]:
+def _run_figures(
+    out_dir: Path, predictions: pd.DataFrame, target: str, best: str, histories: list[History],
+    *, band: pd.DataFrame | None = None, level: float | None = None,
+) -> dict[str, Path]:
+    """`histories`: one per trained model; more than one (an ensemble) draws every member's curve."""
+    loss = (
+        plot_loss(histories[0], out_dir / "loss.png")
+        if len(histories) == 1
+        else plot_member_losses(histories, out_dir / "loss.png")
+    )
     return {
         "plot": plot_predictions(
-            predictions, out_dir / "plot.png", target=target, title=f"{target}: real vs predicted ({_period(predictions.index)})"
+            predictions, out_dir / "plot.png", target=target, title=f"{target}: real vs predicted ({_period(predictions.index)})",
+            band=band, level=level,
         ),
-        "loss": plot_loss(history, out_dir / "loss.png"),
+        "loss": loss,
         "residuals": plot_residuals(predictions, out_dir / "residuals.png", target=target, baseline=best),
     }
 
 
-def _backtest_figures(out_dir: Path, predictions: pd.DataFrame, target: str, best: str, folds: list[dict]) -> dict[str, Path]:
+def _backtest_figures(
+    out_dir: Path, predictions: pd.DataFrame, target: str, best: str, folds: list[dict],
+    *, band: pd.DataFrame | None = None, level: float | None = None,
+) -> dict[str, Path]:
     names = [c for c in predictions.columns if c not in ("fold", "actual")]
     errors = predictions[names].sub(predictions["actual"], axis=0) ** 2
     fold_rmse = errors.groupby(predictions["fold"]).mean() ** 0.5
     figures = {
-        "backtest_plot": plot_backtest(predictions, out_dir / "backtest.png", target=target, baseline=best),
+        "backtest_plot": plot_backtest(
+            predictions, out_dir / "backtest.png", target=target, baseline=best, band=band, level=level
+        ),
         "residuals": plot_residuals(predictions, out_dir / "residuals.png", target=target, baseline=best),
         "fold_rmse": plot_fold_rmse(fold_rmse, out_dir / "folds.png"),
     }
@@ -122,7 +172,13 @@ def write_report(run_dir) -> Path:
         doc = _read_json(run_dir / "leaderboard.json")
         predictions = wide_predictions(read_backtest_csv(run_dir / "backtest.csv"))
         board = doc
-        figures = _backtest_figures(run_dir, predictions, doc["target"], doc["best_baseline"], doc.get("folds", []))
+        band = None
+        if (run_dir / "intervals.csv").is_file():
+            band = pd.read_csv(run_dir / "intervals.csv", parse_dates=["date"], index_col="date")[["lower", "upper"]]
+        figures = _backtest_figures(
+            run_dir, predictions, doc["target"], doc["best_baseline"], doc.get("folds", []),
+            band=band, level=(doc.get("interval") or {}).get("level"),
+        )
         title = f"seqcast backtest: {doc['target']}, {doc.get('period', '')}"
         params = doc.get("settings", {}).get("model", {})
         settings = {k: v for k, v in doc.get("settings", {}).items() if k not in ("model", "baselines")}
@@ -133,10 +189,14 @@ def write_report(run_dir) -> Path:
                 f"{run_dir / 'metrics.json'} has no leaderboard (written by an older seqcast): rerun seqcast run"
             )
         predictions = pd.read_csv(run_dir / "predictions.csv", parse_dates=["date"], index_col="date")
+        band = predictions[["lower", "upper"]] if {"lower", "upper"} <= set(predictions.columns) else None
         predictions = predictions.rename(columns={"predicted": MODEL}).drop(columns=["lower", "upper", "std"], errors="ignore")
         board = doc["leaderboard"]
-        history = History.from_dict(doc.get("history", {"loss": []}))
-        figures = _run_figures(run_dir, predictions, doc["target"], doc["best_baseline"], history)
+        histories = [History.from_dict(h) for h in doc.get("histories") or [doc.get("history", {"loss": []})]]
+        figures = _run_figures(
+            run_dir, predictions, doc["target"], doc["best_baseline"], histories,
+            band=band, level=(doc.get("interval") or {}).get("level"),
+        )
         title = f"seqcast run: {doc['target']}, {doc.get('period', '')}"
         params = doc.get("params", {})
         settings = {}
@@ -234,6 +294,7 @@ def render_html(*, title: str, doc: dict, board: dict, params: dict, settings: d
         sections.append("<h3>seqcast against every baseline (Diebold–Mariano)</h3>")
         sections.append(_table(board["comparisons"], ["baseline", "dm_stat", "dm_p", "dm_stat_abs", "dm_p_abs", "n"]))
     sections.append(_step_section(doc))
+    sections.append(_interval_section(doc))
 
     for name in ("plot", "backtest_plot", "residuals", "loss", "fold_rmse"):
         if name in figures:
@@ -256,6 +317,25 @@ def render_html(*, title: str, doc: dict, board: dict, params: dict, settings: d
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+
+
+def _interval_section(doc: dict) -> str:
+    """An ensemble's prediction intervals: their level, the share of real values inside them, their width."""
+    interval = doc.get("interval")
+    if not interval:
+        return ""
+    row = {
+        "level": f"{interval['level']:.0%}",
+        "coverage": "n/a" if interval.get("coverage") is None else f"{interval['coverage']:.1%}",
+        "mean width": interval.get("mean_width"),
+        "n": interval.get("n"),
+    }
+    return (
+        "<h2>Prediction intervals</h2><p>Split-conformal intervals of the ensemble's mean prediction (drawn as "
+        "the light blue band). Coverage: share of the real values that fall inside their interval, to set "
+        "beside the level; mean width in units of the target.</p>"
+        + _table([row], ["level", "coverage", "mean width", "n"])
     )
 
 

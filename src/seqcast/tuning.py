@@ -183,12 +183,7 @@ def tune(
     base = {**Forecaster().get_params(), **dict(base_params or {}), "verbose": 0}
     configs = [{**base, **c} for c in candidates(grid, search=search, n_iter=n_iter, seed=seed)]
     fold_rows = walk_forward_folds(len(frame), folds, test_size=test_size)
-    need = max(int(c["lookback"]) + int(c["horizon"]) for c in configs)
-    if len(fold_rows[0][0]) < need:
-        raise ConfigError(
-            f"the first of {len(fold_rows)} folds trains on {len(fold_rows[0][0])} of {len(frame)} rows, but a lookback "
-            f"and horizon of {need} rows need more: use fewer --folds, a smaller --test-size or --lookback, or more data"
-        )
+    _check_fold_length(frame, configs, len(fold_rows[0][0]), len(fold_rows))
     out_dir = Path(out_dir)
     signature = {
         "data_sha256": _fingerprint(frame),
@@ -243,6 +238,23 @@ def tune(
         scoring=scoring,
         n_configs=len(configs),
         n_resumed=len(done),
+    )
+
+
+def _check_fold_length(frame: pd.DataFrame, configs: list[dict], first_fold_rows: int, n_folds: int) -> None:
+    """Refuse, before any training, a first fold shorter than some configuration's fit needs."""
+    needs = [(*Forecaster(**c).rows_needed(frame), c) for c in configs]
+    need, warmup, config = max(needs, key=lambda item: item[0])
+    if first_fold_rows >= need:
+        return
+    warm = (
+        f" plus {warmup} warm-up rows for the indicators ({config['features']})" if warmup else ""
+    )
+    shorter = ", shorter indicator windows (e.g. sma10 for sma20)" if warmup else ""
+    raise ConfigError(
+        f"the first of {n_folds} folds trains on {first_fold_rows} of {len(frame)} rows, but lookback "
+        f"{config['lookback']} and horizon {config['horizon']}{warm} need at least {need}: use fewer --folds, "
+        f"a smaller --test-size, a shorter --lookback{shorter} or more data"
     )
 
 
