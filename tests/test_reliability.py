@@ -3,6 +3,8 @@ clean failures when training diverges or is interrupted, determinism, and window
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -23,10 +25,13 @@ from sklearn.base import clone
 from seqcast import ArtifactError, Forecaster, load_csv
 from seqcast import artifacts
 from seqcast.artifacts import atomic_write_bytes, atomic_write_text, read_model_dir, write_model_dir
+from seqcast.backtest import MODEL, read_backtest_csv, wide_predictions
+from seqcast.baselines import LinearAR
 from seqcast.cli import main
 from seqcast.conformal import EnsembleForecaster
 from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
+from seqcast.many import backtest_many, find_series
 from seqcast.windows import supervised_windows
 
 from .conftest import TINY
@@ -470,6 +475,44 @@ def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monke
                 load_csv(path)
             messages.append(str(exc.value).replace(path.name, "FILE"))
         assert messages[0] == messages[1]
+
+
+def _live_prediction_frames() -> set[int]:
+    """ids of live DataFrames that hold the model's forecasts for more than a leaderboard's rows."""
+    gc.collect()
+    return {id(o) for o in gc.get_objects() if type(o) is pd.DataFrame and MODEL in o.columns and len(o) > 10}
+
+
+def test_a_many_series_backtest_keeps_summaries_in_memory_and_predictions_on_disk(tmp_path):
+    n_series, rows, folds = 20, 600, 3
+    rng = np.random.default_rng(5)
+    dates = pd.bdate_range("2020-01-01", periods=rows).strftime("%Y-%m-%d")
+    values = 100 + np.cumsum(rng.normal(size=(n_series, rows)), axis=1)
+    long = pd.DataFrame({"unique_id": np.repeat([f"s{i:02d}" for i in range(n_series)], rows),
+                         "ds": np.tile(dates, n_series), "y": values.ravel()})
+    long.to_csv(tmp_path / "long.csv", index=False)
+    series = find_series(tmp_path / "long.csv", target="y")
+    before = _live_prediction_frames()
+    many = backtest_many(series, LinearAR(target="y", lookback=5), out_dir=tmp_path / "out", target="y", folds=folds)
+    assert _live_prediction_frames() - before == set()
+
+    n_test = folds * (rows // (folds + 1))
+    n_models = len(many.results[0].board.table)
+    for i, result in enumerate(many.results):
+        assert result.error is None and result.n_predictions == n_test
+        # What stays in memory: one leaderboard row per model and one comparison per baseline.
+        assert sorted(result.board.table.index) == sorted([MODEL, *result.board.comparisons.index])
+        assert {f.name for f in dataclasses.fields(result)} == {
+            "name", "out_dir", "board", "interval", "n_predictions", "period", "seconds", "error"}
+        # What is on disk: every prediction of every model, against the series' own values.
+        wide = wide_predictions(read_backtest_csv(Path(result.out_dir) / "backtest.csv"))
+        assert wide.shape == (n_test, 2 + n_models)
+        np.testing.assert_allclose(wide["actual"].to_numpy(), values[i, -n_test:], atol=5e-7)
+        assert (Path(result.out_dir) / "leaderboard.json").is_file()
+    # Everything the result holds is a small fraction of the predictions as bare float64 numbers.
+    prediction_bytes = n_series * n_test * (1 + n_models) * 8
+    assert len(pickle.dumps(many)) < prediction_bytes / 5
+    assert len(pd.read_csv(tmp_path / "out" / "aggregate.csv")) == n_series
 
 
 # ---------------------------------------------------------------- training survives interruption
