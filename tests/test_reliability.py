@@ -3,6 +3,8 @@ clean failures when training diverges or is interrupted, determinism, and window
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -18,13 +20,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.base import clone
 
 from seqcast import ArtifactError, Forecaster, load_csv
 from seqcast import artifacts
 from seqcast.artifacts import atomic_write_bytes, atomic_write_text, read_model_dir, write_model_dir
+from seqcast.backtest import MODEL, read_backtest_csv, wide_predictions
+from seqcast.baselines import LinearAR
 from seqcast.cli import main
+from seqcast.conformal import EnsembleForecaster
 from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
+from seqcast.many import backtest_many, find_series
 from seqcast.windows import supervised_windows
 
 from .conftest import TINY
@@ -347,6 +354,60 @@ def test_different_seeds_give_different_models(short_csv):
     assert not np.allclose(p1.dropna(), p2.dropna())
 
 
+def _backtest_argv(out: Path, data: Path, seed: int) -> list[str]:
+    return ["backtest", "--out", str(out), "--data", str(data), "--folds", "2", "--ensemble", "2",
+            "--calibration-fraction", "0.3", "--seed", str(seed), "--epochs", "2", "--layers", "2", "--units", "4",
+            "--lookback", "5", "--dropout", "0.3", "--device", "cpu", "--quiet"]
+
+
+def _comparable_leaderboard(path: Path) -> dict:
+    """leaderboard.json without each fold's wall-clock seconds, the only field allowed to differ."""
+    doc = json.loads(path.read_text())
+    for fold in doc["folds"]:
+        fold.pop("seconds")
+    return doc
+
+
+def test_same_seed_gives_bit_identical_ensemble_backtests_in_two_processes(short_csv, tmp_path):
+    """Walk-forward refits, ensemble members (dropout, shuffling) and conformal intervals all repeat
+    exactly, in a fresh process and in this one, whose random generators earlier tests have used."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "seqcast.cli", *_backtest_argv(a, short_csv, seed=11)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert main(_backtest_argv(b, short_csv, seed=11)) == 0
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    for name in ("backtest.csv", "intervals.csv", "leaderboard.csv", "folds.csv", "per_step.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert _comparable_leaderboard(a / "leaderboard.json") == _comparable_leaderboard(b / "leaderboard.json")
+    # Guard against comparing two empty or constant files: the model made real, varying forecasts.
+    predicted = pd.read_csv(a / "backtest.csv").query("model == 'seqcast'")["predicted"]
+    assert len(predicted) == 80 and predicted.nunique() > 40
+    assert pd.read_csv(a / "intervals.csv")["std"].gt(0).all()
+
+
+def test_ensemble_members_follow_their_own_seeds(short_csv):
+    """Member i of an ensemble seeded s is the model seeded s + i: the same seed repeats every member
+    bit for bit, a different seed gives different members, and members of one ensemble differ."""
+    frame = load_csv(short_csv)
+    member = Forecaster(**dict(TINY, dropout=0.3))
+
+    def members(seed: int) -> pd.DataFrame:
+        model = EnsembleForecaster(clone(member).set_params(seed=seed), n_members=2, calibration_fraction=0.25)
+        return model.fit(frame).predict_members(frame).dropna()
+
+    first, again, shifted, other = members(4), members(4), members(5), members(40)
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    assert not np.allclose(first["m1"], first["m2"])
+    # Seeds 4, 5 and 5, 6: the shared seed gives the identical model, the others differ.
+    np.testing.assert_array_equal(first["m2"].to_numpy(), shifted["m1"].to_numpy())
+    assert not np.allclose(first["m1"], shifted["m1"]) and not np.allclose(first["m2"], shifted["m2"])
+    for mine in first:
+        for theirs in other:
+            assert not np.allclose(first[mine], other[theirs])
+
+
 # ---------------------------------------------------------------- large inputs
 
 
@@ -416,9 +477,47 @@ def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monke
         assert messages[0] == messages[1]
 
 
+def _live_prediction_frames() -> set[int]:
+    """ids of live DataFrames that hold the model's forecasts for more than a leaderboard's rows."""
+    gc.collect()
+    return {id(o) for o in gc.get_objects() if type(o) is pd.DataFrame and MODEL in o.columns and len(o) > 10}
+
+
+def test_a_many_series_backtest_keeps_summaries_in_memory_and_predictions_on_disk(tmp_path):
+    n_series, rows, folds = 20, 600, 3
+    rng = np.random.default_rng(5)
+    dates = pd.bdate_range("2020-01-01", periods=rows).strftime("%Y-%m-%d")
+    values = 100 + np.cumsum(rng.normal(size=(n_series, rows)), axis=1)
+    long = pd.DataFrame({"unique_id": np.repeat([f"s{i:02d}" for i in range(n_series)], rows),
+                         "ds": np.tile(dates, n_series), "y": values.ravel()})
+    long.to_csv(tmp_path / "long.csv", index=False)
+    series = find_series(tmp_path / "long.csv", target="y")
+    before = _live_prediction_frames()
+    many = backtest_many(series, LinearAR(target="y", lookback=5), out_dir=tmp_path / "out", target="y", folds=folds)
+    assert _live_prediction_frames() - before == set()
+
+    n_test = folds * (rows // (folds + 1))
+    n_models = len(many.results[0].board.table)
+    for i, result in enumerate(many.results):
+        assert result.error is None and result.n_predictions == n_test
+        # What stays in memory: one leaderboard row per model and one comparison per baseline.
+        assert sorted(result.board.table.index) == sorted([MODEL, *result.board.comparisons.index])
+        assert {f.name for f in dataclasses.fields(result)} == {
+            "name", "out_dir", "board", "interval", "n_predictions", "period", "seconds", "error"}
+        # What is on disk: every prediction of every model, against the series' own values.
+        wide = wide_predictions(read_backtest_csv(Path(result.out_dir) / "backtest.csv"))
+        assert wide.shape == (n_test, 2 + n_models)
+        np.testing.assert_allclose(wide["actual"].to_numpy(), values[i, -n_test:], atol=5e-7)
+        assert (Path(result.out_dir) / "leaderboard.json").is_file()
+    # Everything the result holds is a small fraction of the predictions as bare float64 numbers.
+    prediction_bytes = n_series * n_test * (1 + n_models) * 8
+    assert len(pickle.dumps(many)) < prediction_bytes / 5
+    assert len(pd.read_csv(tmp_path / "out" / "aggregate.csv")) == n_series
+
+
 # ---------------------------------------------------------------- training survives interruption
 
-RESUME = ["--epochs", "120", "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
+RESUME = ["--epochs", "400", "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
           "--dropout", "0.2", "--seed", "5", "--device", "cpu"]
 
 
