@@ -517,7 +517,8 @@ def test_a_many_series_backtest_keeps_summaries_in_memory_and_predictions_on_dis
 
 # ---------------------------------------------------------------- training survives interruption
 
-RESUME = ["--epochs", "400", "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
+RESUME_EPOCHS = 400
+RESUME = ["--epochs", str(RESUME_EPOCHS), "--layers", "2", "--units", "4", "--lookback", "3", "--batch-size", "32",
           "--dropout", "0.2", "--seed", "5", "--device", "cpu"]
 
 
@@ -541,7 +542,7 @@ def uninterrupted(short_csv, tmp_path_factory):
 def _same_model(a: Path, b: Path) -> None:
     assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()
     history = [json.loads((p / "state.json").read_text())["history"]["loss"] for p in (a, b)]
-    assert history[0] == history[1] and len(history[0]) == 120
+    assert history[0] == history[1] and len(history[0]) == RESUME_EPOCHS
 
 
 def _checkpoint_epoch(folder: Path) -> int:
@@ -563,11 +564,11 @@ def test_killed_training_resumes_to_the_same_final_weights(short_csv, uninterrup
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
     killed_at = _checkpoint_epoch(checkpoint)
-    assert 10 <= killed_at < 120 and killed_at % 5 == 0 and not out.exists()
+    assert 10 <= killed_at < RESUME_EPOCHS and killed_at % 5 == 0 and not out.exists()
     assert main([*_train_argv(short_csv, out), "--resume", str(checkpoint), "--checkpoint-every", "5"]) == 0
     assert f"resume {checkpoint}" in capsys.readouterr().out
     _same_model(out, uninterrupted)
-    assert _checkpoint_epoch(checkpoint) == 120
+    assert _checkpoint_epoch(checkpoint) == RESUME_EPOCHS
 
 
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_to_the_same_weights(short_csv, uninterrupted, tmp_path):
