@@ -99,7 +99,6 @@ def test_val_fraction_records_validation_loss(small_series):
 
 # ---- features, target transforms, horizons, forecasts (issue 4) -----------------------------------
 
-from seqcast import ConfigError  # noqa: E402
 from seqcast.features import SAME_DAY_SUFFIX, future_index  # noqa: E402
 from seqcast.forecaster import PRESETS  # noqa: E402
 

@@ -27,7 +27,7 @@ from seqcast.training import (
     LOSSES,
     History,
     TrainingDiverged,
-    _check_positive_int,
+    check_fit_settings,
     _prepare,
     intra_op_threads,
     make_optimizer,
@@ -87,14 +87,7 @@ def train_many(
     seeds = [int(s) for s in seeds]
     if len(seeds) != len(models):
         raise ConfigError(f"got {len(models)} models but {len(seeds)} seeds; give one seed per model")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    if threads is not None:
-        _check_positive_int("threads", threads)
-    if loss not in LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
-    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
-        raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+    check_fit_settings(epochs=epochs, batch_size=batch_size, threads=threads, loss=loss, clip_norm=clip_norm)
 
     torch_device = resolve_device(device)
     template = models[0]

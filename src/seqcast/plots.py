@@ -44,15 +44,7 @@ def plot_predictions(
         ax.plot(predictions.index, predictions[name], styles[i % 3], color="0.55", lw=1, label=f"{name} (baseline)")
     ax.plot(predictions.index, predictions["actual"], color="red", lw=2, marker="o", ms=3, label=f"Real {target}")
     ax.plot(predictions.index, predictions["seqcast"], color="blue", lw=2, marker="o", ms=3, label=f"Predicted {target}")
-    ax.set_title(title or f"{target}: real vs predicted")
-    ax.set_xlabel("Date")
-    ax.set_ylabel(target)
-    if isinstance(predictions.index, pd.DatetimeIndex):
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
-        fig.autofmt_xdate()
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish_dated(fig, ax, path, predictions.index, target, title or f"{target}: real vs predicted")
 
 
 def plot_forecast(history: pd.Series | None, forecast: pd.Series, path, *, target: str, title: str | None = None) -> Path:
@@ -67,10 +59,16 @@ def plot_forecast(history: pd.Series | None, forecast: pd.Series, path, *, targe
         joined = pd.concat([history.iloc[-1:], forecast])
         ax.axvline(history.index[-1], color="0.6", lw=1)
     ax.plot(joined.index, joined.to_numpy(), "--", color="blue", lw=1.8, marker="o", ms=3, label=f"{target} (forecast)")
-    ax.set_title(title or f"{target}: {len(forecast)}-step forecast from {_show(forecast.index[0])}")
+    title = title or f"{target}: {len(forecast)}-step forecast from {_show(forecast.index[0])}"
+    return _finish_dated(fig, ax, path, forecast.index, target, title)
+
+
+def _finish_dated(fig, ax, path, index, target: str, title: str) -> Path:
+    """Title, axis labels, ISO dates on x (when the index holds dates), grid, legend; save."""
+    ax.set_title(title)
     ax.set_xlabel("Date")
     ax.set_ylabel(target)
-    if isinstance(forecast.index, pd.DatetimeIndex):
+    if isinstance(index, pd.DatetimeIndex):
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
         fig.autofmt_xdate()
     ax.grid(alpha=0.3)

@@ -195,6 +195,18 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def check_fit_settings(*, epochs, batch_size, threads, loss, clip_norm) -> None:
+    """The checks every training entry point (train_model, ensemble.train_many) makes up front."""
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if threads is not None:
+        _check_positive_int("threads", threads)
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+        raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
+
+
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -240,16 +252,9 @@ def train_model(
     folder and ends with the same weights as an uninterrupted run. Ctrl-C raises
     :class:`TrainingInterrupted`.
     """
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    check_fit_settings(epochs=epochs, batch_size=batch_size, threads=threads, loss=loss, clip_norm=clip_norm)
     if early_stopping is not None:
         _check_positive_int("early_stopping", early_stopping)
-    if threads is not None:
-        _check_positive_int("threads", threads)
-    if loss not in LOSSES:
-        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
-    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
-        raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
     if (X_val is None) != (y_val is None):
         raise ConfigError("X_val and y_val must be given together")
     if checkpoint_every is not None:
