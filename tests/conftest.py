@@ -8,7 +8,8 @@ from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 # The suite's models are tiny, and torch's default two intra-op threads on this 2-core machine fight
 # the other processes on it: whole-suite wall time measured 38/84/169 s at the default against
 # 26/37/46 s at one thread (paired runs, load 2-5). Tests that check a thread setting pick a count
-# different from this one.
+# different from this one. The reliability tests rely on it too: their subprocesses run with
+# OMP_NUM_THREADS=1 and must match the in-process runs bit for bit.
 torch.set_num_threads(1)
 
 

@@ -19,7 +19,6 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -268,15 +267,6 @@ def assert_clean_exit(code, err: str, argv) -> None:
     assert code in (0, 2), (argv, code, err)
     if code == 2:
         assert "seqcast: error: " in err, (argv, err)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models train many times faster on one thread when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

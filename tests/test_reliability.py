@@ -40,16 +40,6 @@ CLI_TINY = ["--epochs", "1", "--layers", "1", "--units", "4", "--lookback", "3",
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models train many times faster on one thread when the machine is busy, and the
-    subprocesses (OMP_NUM_THREADS=1) must use the same thread count as the in-process runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def short_csv(tmp_path_factory):
     """The first 120 rows of the bundled file: enough to train, quick to train on."""
@@ -634,12 +624,17 @@ def test_a_backup_left_by_an_interrupted_swap_does_not_block_the_next_write(save
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    """mkstemp's private 0600 must not leak into outputs such as report.html."""
+    """A private temporary mode (0600, 0700) must not leak into outputs such as report.html or model/."""
     import stat
 
-    from seqcast.artifacts import atomic_write_text
+    from seqcast.artifacts import atomic_write_text, write_model_dir
 
     path = atomic_write_text(tmp_path / "report.html", "<html></html>")
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    # Model folders are staged in a temporary folder too (mkdtemp would make them 0700).
+    folder = write_model_dir(tmp_path / "model", json_files={"config.json": {}}, tensors={"w": torch.zeros(1)})
+    plain_dir = tmp_path / "plain"
+    plain_dir.mkdir()
+    assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE(plain_dir.stat().st_mode)

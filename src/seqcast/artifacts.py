@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +23,39 @@ from . import __version__
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
-# Read once: os.umask can only be read by setting it, which is not thread-safe to repeat.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+def open_temp_sibling(path) -> tuple[int, Path]:
+    """A new, exclusive temporary file beside `path`, to be renamed onto it when complete.
+
+    Created with os.open's mode 0o666 so the process umask applies as for a plain open()
+    (tempfile.mkstemp would make it private, 0600, and so would every output renamed from it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _make_temp_dir_sibling(directory: Path) -> Path:
+    """A new empty folder beside `directory` with the umask's usual mode (mkdtemp would make it 0700)."""
+    while True:
+        staging = directory.with_name(f".{directory.name}.{secrets.token_hex(6)}")
+        try:
+            staging.mkdir(mode=0o777)
+            return staging
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp_sibling(path)
     try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -86,7 +107,7 @@ def _swap_in(staging: Path, directory: Path) -> None:
         os.replace(staging, directory)
         return
     # A fresh (empty) name every time: a backup left by an interrupted swap must not block the next one.
-    backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+    backup = _make_temp_dir_sibling(directory)
     os.replace(directory, backup)
     try:
         os.replace(staging, directory)
@@ -149,7 +170,7 @@ def write_bundle_dir(directory, *, json_files: dict[str, dict], build) -> Path:
     manifest of every file's sha256 (paths relative to the folder), replacing `directory` whole."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = _make_temp_dir_sibling(directory)
     try:
         for name, obj in json_files.items():
             atomic_write_json(staging / name, obj)

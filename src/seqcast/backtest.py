@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from .artifacts import atomic_write_json, atomic_write_text
+from .artifacts import atomic_write_json, atomic_write_text, open_temp_sibling
 from .baselines import default_baselines
 from .data import resolve_column
 from .errors import ConfigError
@@ -366,8 +365,7 @@ class _FoldWriter:
         self.parts: list[pd.DataFrame] = []
         self.tmp = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=".backtest.csv.", suffix=".tmp", dir=self.path.parent)
+            fd, self.tmp = open_temp_sibling(self.path)
             with os.fdopen(fd, "w") as fh:
                 fh.write(",".join(self.header) + "\n")
 
