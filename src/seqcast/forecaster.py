@@ -320,9 +320,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             seed=self.seed,
         ).to(self.device_)
 
-    def _combined(self, X) -> pd.DataFrame:
-        """X's required columns, after the remembered training tail when X starts later."""
-        frame = self._frame(X)
+    def _combined(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame's required columns, after the remembered training tail when it starts later."""
         source = frame.attrs.get("source", "<frame>")
         columns = [resolve_column(frame, c, source=source) for c in self.required_columns_]
         raw = frame[columns].set_axis(self.required_columns_, axis=1)
@@ -437,7 +436,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 f"this model was trained to predict {self.horizon} step(s) directly; for {horizon} steps retrain "
                 f"with --horizon {horizon}, or with --strategy recursive"
             )
-        combined = self.context_ if frame is None else self._combined(frame)
+        combined = self.context_ if frame is None else self._combined(self._frame(frame))
         if len(combined) < self.warmup_rows_ + self.lookback:
             source = combined.attrs.get("source", "the data")
             raise DataError(
