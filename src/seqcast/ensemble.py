@@ -5,7 +5,7 @@ The K models' weights are stacked along a leading axis and every GEMM becomes on
 CPU is paid once per step instead of K times. Each model keeps everything that makes its fit its
 own: its initial weights, its batch order (a generator seeded with its seed, as in
 ``train_model``), its dropout masks (another generator seeded with its seed, drawn in the order and
-shape ``torch.nn.LSTM`` draws them), its loss and its gradient-clipping norm. Adam, RMSprop and SGD
+shape ``StackedRNN.draw_dropout_masks`` draws them), its loss and its gradient-clipping norm. Adam, RMSprop and SGD
 are elementwise, so one optimizer over the stacked weights updates each model exactly as its own
 optimizer would. On the CPU, model k therefore ends with the weights of
 ``train_model(models[k], X, y, seed=seeds[k])`` up to floating-point rounding.
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import StackedRNN, dropout_masks, fused_lstm
+from seqcast.models import StackedRNN, fused_lstm
 from seqcast.training import (
     LOSSES,
     History,
@@ -111,7 +111,7 @@ def train_many(
     optim = make_optimizer(optimizer, params, lr)
     shufflers = [torch.Generator().manual_seed(s) for s in seeds]
     # train_model draws dropout masks from torch's global generator right after manual_seed(seed).
-    droppers = [torch.Generator(device=torch_device).manual_seed(s) for s in seeds]
+    droppers = [torch.Generator().manual_seed(s) for s in seeds]
     loss_fn = LOSSES[loss]
     p = template.dropout_rate
     histories = [History() for _ in models]
@@ -128,9 +128,17 @@ def train_many(
                 optim.zero_grad(set_to_none=True)
                 # (K, B, T, F) -> time-major (T, K, B, F)
                 batch_x = X_t[index].permute(2, 0, 1, 3)
-                last = fused_lstm(batch_x, layer_weights, dropout=p, training=True, generators=droppers)
+                masks = None
                 if p > 0:
-                    last = last * dropout_masks(last.shape, p, droppers, dim=0, device=torch_device)
+                    # Each model's masks for this batch, drawn as its own train_model fit draws them,
+                    # stacked on a model axis: (T, K, B, U) between layers, (K, B, U) after the last.
+                    per_model = [
+                        template.draw_dropout_masks(index.shape[1], X_t.shape[1], torch_device, g) for g in droppers
+                    ]
+                    masks = [torch.stack(layer_masks, dim=-3) for layer_masks in zip(*per_model)]
+                last = fused_lstm(batch_x, layer_weights, masks=None if masks is None else masks[:-1])
+                if masks is not None:
+                    last = last * masks[-1]
                 predictions = torch.baddbmm(head_bias.unsqueeze(1), last, head_weight.transpose(1, 2))
                 per_model = loss_fn(predictions, y_t[index], reduction="none").mean(dim=(1, 2))
                 # Summing keeps each model's gradient equal to that of its own mean loss.

@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 
 from seqcast.artifacts import read_model_dir, write_model_dir
 from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError
+from seqcast.models import StackedRNN
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
@@ -212,6 +214,70 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def batch_split_workers(model: nn.Module, device: torch.device, threads: int | None, split: bool) -> int:
+    """How many threads :func:`train_model` splits each batch across (1: no split).
+
+    Only a :class:`~seqcast.models.StackedRNN` on the CPU (not the opt-in fused path), whose dropout
+    masks can be drawn for the whole batch before it is split, so the result does not depend on
+    which thread draws first.
+    """
+    if not split or device.type != "cpu" or not isinstance(model, StackedRNN) or model.fused:
+        return 1
+    return int(threads) if threads is not None else torch.get_num_threads()
+
+
+class _BatchSplitter:
+    """Forward and backward of one batch as ``workers`` slices in parallel threads, one intra-op
+    thread each; their gradients are summed in a fixed order.
+
+    Why: a batch of 64 windows gives GEMMs of 64×100 by 100×200 per step, too small for two
+    OpenMP threads to share well (the second core added ×1.2-1.3 to oneDNN's LSTM here), while two
+    independent halves keep both cores busy with one synchronisation per batch instead of one per
+    kernel call (×1.5-1.7 per epoch, benchmarks/README.md). Autograd runs a CPU backward on the
+    thread that calls it, so the halves really run in parallel.
+
+    The result is the batch's own: the slice losses are the batch mean loss weighted by slice size,
+    so the summed gradient is the gradient of the batch mean (the same as unsplit up to float
+    rounding), and the dropout masks are drawn for the whole batch on the calling thread before it
+    is split, from the same global generator in the same order as an unsplit forward pass.
+    """
+
+    def __init__(self, model: StackedRNN, loss_fn: Callable, workers: int):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.workers = workers
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Each pool thread sets its own OpenMP thread count (a per-thread setting) to 1.
+        self.pool = ThreadPoolExecutor(workers - 1, initializer=torch.set_num_threads, initargs=(1,))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def _slice(self, x, y, masks, start, stop, weight):
+        part = None
+        if masks is not None:
+            part = [m[:, start:stop] for m in masks[:-1]] + [masks[-1][start:stop]]
+        loss = self.loss_fn(self.model(x[start:stop], part), y[start:stop])
+        grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
+        return loss.detach() * weight, grads
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Set ``.grad`` of every parameter for the batch ``(x, y)``; return its mean loss."""
+        n = len(x)
+        masks = None
+        if self.model.training and self.model.dropout_rate > 0:
+            masks = self.model.draw_dropout_masks(n, x.shape[1], x.device)
+        k = min(self.workers, n)
+        edges = [n * i // k for i in range(k + 1)]
+        jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
+        futures = [self.pool.submit(self._slice, x, y, masks, *job) for job in jobs[1:]]
+        results = [self._slice(x, y, masks, *jobs[0])] + [f.result() for f in futures]
+        for index, param in enumerate(self.params):
+            parts = [grads[index] for _, grads in results if grads[index] is not None]
+            param.grad = None if not parts else sum(parts[1:], parts[0])
+        return sum(loss for loss, _ in results)
+
+
 def train_model(
     model: nn.Module,
     X: np.ndarray | torch.Tensor,
@@ -235,6 +301,7 @@ def train_model(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    split_batches: bool = True,
 ) -> History:
     """Train ``model`` in place on windows ``X (N, T, F)`` and targets ``y (N, H)``.
 
@@ -242,8 +309,13 @@ def train_model(
     are given, else training loss) has not improved for N epochs, and always leaves the model
     with the weights of ``History.best_epoch`` (Keras restores them only when it stops early).
     The same ``seed`` gives bit-identical weights on the same machine and device.
-    ``threads`` sets torch's intra-op thread count for this call only (restored afterwards); on a
-    busy machine 1 thread can be several times faster than the default (benchmarks/README.md).
+    ``threads`` is how many CPU threads this call uses (None: torch's intra-op thread count).
+    With ``split_batches`` (the default) and a StackedRNN on the CPU, each batch is split into
+    ``threads`` slices trained in parallel threads of one intra-op thread each, and their
+    gradients summed: the same optimizer steps on the same batches with the same dropout masks,
+    equal to the unsplit step up to float rounding, and 1.5-1.7× faster on 2 cores
+    (benchmarks/README.md). Otherwise ``threads`` sets torch's intra-op thread count for this
+    call only (restored afterwards); on a busy machine 1 thread can be several times faster.
     The model is left in eval mode.
 
     With ``checkpoint_dir``, every ``checkpoint_every`` epochs (and on Ctrl-C, the last finished
@@ -327,8 +399,10 @@ def train_model(
         console=Console(stderr=True),
         disable=not verbose,
     )
+    workers = batch_split_workers(model, torch_device, threads, split_batches)
+    splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     try:
-        with progress, intra_op_threads(threads):
+        with progress, intra_op_threads(1 if splitter else threads):
             task = progress.add_task("train", total=epochs, completed=first_epoch - 1, loss="-", val_loss="")
             for epoch in range(first_epoch, epochs + 1):
                 started = time.perf_counter()
@@ -340,8 +414,11 @@ def train_model(
                 for start in range(0, n_samples, batch_size):
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
-                    batch_loss = loss_fn(model(X_t[index]), y_t[index])
-                    batch_loss.backward()
+                    if splitter is not None:
+                        batch_loss = splitter.step(X_t[index], y_t[index])
+                    else:
+                        batch_loss = loss_fn(model(X_t[index]), y_t[index])
+                        batch_loss.backward()
                     if clip_norm is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
                     optim.step()
@@ -396,6 +473,9 @@ def train_model(
             raise
         _write_checkpoint(checkpoint_dir, finished, fingerprint)
         raise TrainingInterrupted(finished["epoch"], checkpoint_dir) from None
+    finally:
+        if splitter is not None:
+            splitter.close()
     if checkpoint_dir is not None and checkpoint_every is not None and finished["epoch"] % checkpoint_every:
         # The last epoch is always in the checkpoint, so a finished run can be extended with more epochs.
         _write_checkpoint(checkpoint_dir, finished, fingerprint)
