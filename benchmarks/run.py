@@ -1,7 +1,9 @@
 """Speed harness: `make bench` or `python benchmarks/run.py [--epochs N] [--threads N] [--out PATH]`.
 
 Prints a table and writes benchmarks/results.json. Every timing is a median over repeats with
-its min and max, because the machine this was written on is shared and timings are noisy.
+its min and max, because the machine this was written on is shared and timings are noisy; the
+`ab` section interleaves the seed config's training paths (batch split across threads, the
+default; unsplit at the same thread count; one thread) so that drift hits all of them alike.
 
 FLOP count (analytic, multiply-add = 2 FLOP): per recurrent layer and timestep the gate GEMMs
 cost 2·B·(in + units)·G·units with G = 4 gates (LSTM), 3 (GRU), 1 (RNN); elementwise gate math
@@ -81,17 +83,17 @@ def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
 
 
 def bench_training(
-    X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float, fused: bool = False
+    X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float, fused: bool = False, split: bool = True
 ) -> dict:
     model = build_model(1, cell=cell, layers=layers, units=units, dropout=0.2, horizon=1, seed=0, fused=fused)
     # One warm-up epoch (oneDNN primitive creation, allocator growth), then `epochs` timed ones.
-    history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0)
+    history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0, split_batches=split)
     seconds = history.epoch_seconds[1:]
     flops = epoch_flops(cell, layers, units, len(X), X.shape[1])
     median = statistics.median(seconds)
+    path = " fused" if fused else ("" if split else " unsplit")
     return {
-        "config": f"{layers}x{cell.upper()}({units}){' fused' if fused else ''}, lookback {X.shape[1]}, "
-        f"{len(X)} windows, batch 64",
+        "config": f"{layers}x{cell.upper()}({units}){path}, lookback {X.shape[1]}, {len(X)} windows, batch 64",
         "seconds_per_epoch": spread(seconds),
         "warmup_epoch_seconds": history.epoch_seconds[0],
         "windows_per_second": len(X) / median,
@@ -100,6 +102,27 @@ def bench_training(
         "fraction_of_gemm": flops / median / 1e9 / gemm,
         "final_loss": history.loss[-1],
     }
+
+
+def bench_seed_ab(X, y, *, rounds: int, threads: int) -> dict:
+    """Interleaved A/B of the seed config's training paths, because this host's speed drifts by 2×
+    within minutes: each round fits 2 epochs with each path in turn and keeps the second epoch's
+    time (the first pays oneDNN primitive creation). Paths: each batch split across `threads`
+    threads (the default), unsplit with `threads` intra-op threads, unsplit with 1 thread."""
+    paths = {"split": dict(split_batches=True, threads=threads), "unsplit": dict(split_batches=False, threads=threads),
+             "one_thread": dict(split_batches=False, threads=1)}
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    losses: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, kwargs in paths.items():
+            model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+            history = train_model(model, X, y, epochs=2, batch_size=64, seed=0, **kwargs)
+            seconds[name].append(history.epoch_seconds[1])
+            losses[name] = history.loss[-1]
+    result = {name: {"seconds_per_epoch": spread(times), "final_loss_2_epochs": losses[name]}
+              for name, times in seconds.items()}
+    result["rounds"] = rounds
+    return result
 
 
 def bench_predict(X, january, *, repeats: int = 200) -> dict:
@@ -169,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--ensemble", type=int, default=8, help="models trained together")
     parser.add_argument("--ensemble-epochs", type=int, default=2)
-    parser.add_argument("--only", choices=("gemm", "train", "predict", "ensemble", "rss"), action="append")
+    parser.add_argument("--ab-rounds", type=int, default=5, help="interleaved rounds of the seed-config A/B")
+    parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "rss"), action="append")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -177,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rss_child:
         rss_child()
         return
-    sections = set(args.only or ("gemm", "train", "predict", "ensemble", "rss"))
+    sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "rss"))
 
     X, y, january = seed_windows()
     results: dict = {
@@ -197,16 +221,30 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads")
     if "train" in sections:
         results["training"] = {}
-        configs = (("lstm", 4, 50, False), ("lstm", 4, 50, True), ("gru", 4, 50, False), ("lstm", 2, 128, False))
-        for cell, layers, units, fused in configs:
+        configs = (
+            ("lstm", 4, 50, False, True),
+            ("lstm", 4, 50, False, False),
+            ("lstm", 4, 50, True, True),
+            ("gru", 4, 50, False, True),
+            ("lstm", 2, 128, False, True),
+        )
+        for cell, layers, units, fused, split in configs:
             r = bench_training(
-                X, y, cell=cell, layers=layers, units=units, epochs=args.epochs, gemm=rate, fused=fused
+                X, y, cell=cell, layers=layers, units=units, epochs=args.epochs, gemm=rate, fused=fused, split=split
             )
-            results["training"][f"{cell}_{layers}x{units}{'_fused' if fused else ''}"] = r
+            path = "_fused" if fused else ("" if split else "_unsplit")
+            results["training"][f"{cell}_{layers}x{units}{path}"] = r
             s = r["seconds_per_epoch"]
             print(f"{r['config']}: {s['median']:.3f} s/epoch (min {s['min']:.3f}, max {s['max']:.3f}, n {s['n']}), "
                   f"{r['windows_per_second']:.0f} windows/s, {r['gflops']:.1f} GFLOP/s = "
                   f"{100 * r['fraction_of_gemm']:.0f}% of GEMM", flush=True)
+    if "ab" in sections:
+        r = bench_seed_ab(X, y, rounds=args.ab_rounds, threads=args.threads)
+        results["seed_ab"] = r
+        print(f"seed config A/B, {r['rounds']} interleaved rounds: " + ", ".join(
+            f"{name} {r[name]['seconds_per_epoch']['median']:.3f} s/epoch "
+            f"({r[name]['seconds_per_epoch']['min']:.3f}-{r[name]['seconds_per_epoch']['max']:.3f})"
+            for name in ("split", "unsplit", "one_thread")))
     if "predict" in sections:
         results["predict"] = bench_predict(X, january)
         for name, r in results["predict"].items():

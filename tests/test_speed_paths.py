@@ -10,7 +10,15 @@ from torch.nn import functional as F
 from seqcast.ensemble import train_many
 from seqcast.errors import ConfigError
 from seqcast.models import build_model, draw_masks
-from seqcast.training import LOSSES, _BatchSplitter, intra_op_threads, predict_batches, train_model
+from seqcast import training
+from seqcast.training import (
+    LOSSES,
+    _BatchSplitter,
+    batch_split_workers,
+    intra_op_threads,
+    predict_batches,
+    train_model,
+)
 
 
 def loss_and_grads(model, x, y, dropout_seed):
@@ -144,7 +152,28 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
         assert (param.grad - want).abs().max().item() <= 1e-5 * scale, name
 
 
-def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible():
+def test_batches_are_split_only_where_each_slice_has_enough_work():
+    cpu = torch.device("cpu")
+    seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    # 4 layers: 2·60·(1+50)·200 + 3 · 2·60·100·200 forward FLOPs per window, computed by hand.
+    assert seed_config.forward_flops(60) == 2 * 60 * 51 * 200 + 3 * 2 * 60 * 100 * 200
+    assert batch_split_workers(seed_config, cpu, 2, True, 64, 60) == 2
+    assert batch_split_workers(seed_config, cpu, 3, True, 64, 60) == 3
+    assert batch_split_workers(seed_config, cpu, 2, False, 64, 60) == 1
+    assert batch_split_workers(seed_config, cpu, 1, True, 64, 60) == 1
+    assert batch_split_workers(seed_config, torch.device("meta"), 2, True, 64, 60) == 1
+    fused = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0, fused=True)
+    assert batch_split_workers(fused, cpu, 2, True, 64, 60) == 1
+    # The indicators preset (1×LSTM(32), 3 inputs, lookback 20, batch 32) ran slower split.
+    preset = build_model(3, cell="lstm", layers=1, units=32, dropout=0.0, horizon=1, seed=0)
+    assert preset.forward_flops(20) * 32 < 2 * training.MIN_SLICE_FLOPS
+    assert batch_split_workers(preset, cpu, 2, True, 32, 20) == 1
+    # A larger batch of the same model affords two slices.
+    assert batch_split_workers(preset, cpu, 2, True, 128, 20) == 2
+
+
+def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)
@@ -212,7 +241,8 @@ def test_train_many_rejects_mixed_shapes_non_lstm_and_missing_seeds():
         train_many([lstm], X, y, seeds=[0, 1], epochs=1)
 
 
-def test_threads_knob_applies_only_inside_the_call():
+def test_threads_knob_applies_only_inside_the_call(monkeypatch):
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # let the tiny model below be split
     before = torch.get_num_threads()
     want = 2 if before == 1 else 1  # differs from the current count (conftest sets 1), so the check can fail
     seen = []

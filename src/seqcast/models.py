@@ -129,6 +129,18 @@ class StackedRNN(nn.Module):
                 out = out * between[layer]
         return out[-1]
 
+    def forward_flops(self, steps: int) -> float:
+        """Forward FLOPs of one window of ``steps`` steps, counting the gate GEMMs only
+        (multiply-add = 2): Σ_layers 2·steps·(inputs + units)·gates·units. The backward pass costs
+        about twice that."""
+        gates = _GATES[self.cell]
+        return float(
+            sum(
+                2 * steps * ((self.n_features if layer == 0 else self.units) + self.units) * gates * self.units
+                for layer in range(self.layers)
+            )
+        )
+
     def uses_fused_path(self, x: Tensor) -> bool:
         """With ``fused=True`` the fused LSTM runs CPU training; inference (no grad) keeps
         oneDNN's faster forward and CUDA keeps cuDNN."""

@@ -214,16 +214,29 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def batch_split_workers(model: nn.Module, device: torch.device, threads: int | None, split: bool) -> int:
+# Smallest forward cost of one slice worth a thread of its own. Measured on 2 cores
+# (benchmarks/README.md, 2026-12-02): the indicators preset (1×LSTM(32), lookback 20, batch 32:
+# 2.7 MFLOP per half) ran 1.3× slower split, because a slice that small is bound by per-op Python
+# and dispatcher overhead, which holds the GIL; 1×LSTM(32), lookback 60, batch 64 (16 MFLOP per
+# half) ran 1.1-1.25× faster split, the seed config (269 MFLOP per half) 1.46×.
+MIN_SLICE_FLOPS = 1e7
+
+
+def batch_split_workers(
+    model: nn.Module, device: torch.device, threads: int | None, split: bool, batch_size: int, steps: int
+) -> int:
     """How many threads :func:`train_model` splits each batch across (1: no split).
 
     Only a :class:`~seqcast.models.StackedRNN` on the CPU (not the opt-in fused path), whose dropout
     masks can be drawn for the whole batch before it is split, so the result does not depend on
-    which thread draws first.
+    which thread draws first; and only as many slices as each keep at least
+    :data:`MIN_SLICE_FLOPS` of forward work.
     """
     if not split or device.type != "cpu" or not isinstance(model, StackedRNN) or model.fused:
         return 1
-    return int(threads) if threads is not None else torch.get_num_threads()
+    workers = int(threads) if threads is not None else torch.get_num_threads()
+    affordable = int(model.forward_flops(steps) * batch_size // MIN_SLICE_FLOPS)
+    return max(1, min(workers, affordable))
 
 
 class _BatchSplitter:
@@ -311,9 +324,10 @@ def train_model(
     The same ``seed`` gives bit-identical weights on the same machine and device.
     ``threads`` is how many CPU threads this call uses (None: torch's intra-op thread count).
     With ``split_batches`` (the default) and a StackedRNN on the CPU, each batch is split into
-    ``threads`` slices trained in parallel threads of one intra-op thread each, and their
+    ``threads`` slices (fewer if a slice would have under :data:`MIN_SLICE_FLOPS` of forward work:
+    small models run slower split) trained in parallel threads of one intra-op thread each, and their
     gradients summed: the same optimizer steps on the same batches with the same dropout masks,
-    equal to the unsplit step up to float rounding, and 1.5-1.7× faster on 2 cores
+    equal to the unsplit step up to float rounding, and 1.4-1.7× faster on 2 cores
     (benchmarks/README.md). Otherwise ``threads`` sets torch's intra-op thread count for this
     call only (restored afterwards); on a busy machine 1 thread can be several times faster.
     The model is left in eval mode.
@@ -399,7 +413,7 @@ def train_model(
         console=Console(stderr=True),
         disable=not verbose,
     )
-    workers = batch_split_workers(model, torch_device, threads, split_batches)
+    workers = batch_split_workers(model, torch_device, threads, split_batches, batch_size, X_t.shape[1])
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     try:
         with progress, intra_op_threads(1 if splitter else threads):
