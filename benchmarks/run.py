@@ -139,30 +139,40 @@ def bench_predict(X, january, *, repeats: int = 200) -> dict:
     return result
 
 
-def bench_ensemble(X, y, *, k: int, epochs: int) -> dict:
-    """K seeds of the seed config: K sequential train_model fits vs one train_many call."""
+def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, threads: int) -> dict:
+    """K seeds of one shape: K sequential train_model fits vs one train_many call, both at `threads`."""
     from seqcast.ensemble import train_many
 
     seeds = list(range(k))
-    kwargs = dict(cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
+    n_features = X.shape[2]
     started = time.perf_counter()
     for seed in seeds:
-        train_model(build_model(1, seed=seed, **kwargs), X, y, epochs=epochs, batch_size=64, seed=seed)
+        model = build_model(n_features, seed=seed, **shape)
+        train_model(model, X, y, epochs=epochs, batch_size=batch_size, seed=seed, threads=threads)
     sequential = time.perf_counter() - started
-    models = [build_model(1, seed=seed, **kwargs) for seed in seeds]
+    models = [build_model(n_features, seed=seed, **shape) for seed in seeds]
     started = time.perf_counter()
-    train_many(models, X, y, seeds=seeds, epochs=epochs, batch_size=64)
+    train_many(models, X, y, seeds=seeds, epochs=epochs, batch_size=batch_size, threads=threads)
     together = time.perf_counter() - started
     windows = k * epochs * len(X)
     return {
         "models": k,
         "epochs": epochs,
+        "shape": f"{shape['layers']}x{shape['cell'].upper()}({shape['units']}), {n_features} inputs, lookback "
+        f"{X.shape[1]}, dropout {shape['dropout']}, batch {batch_size}, {threads} threads",
         "sequential_seconds": sequential,
         "together_seconds": together,
         "sequential_windows_per_second": windows / sequential,
         "together_windows_per_second": windows / together,
         "speedup": sequential / together,
     }
+
+
+def preset_windows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of the indicators preset's shape (3 inputs, lookback 20) cut from the seed windows:
+    only the shape matters for speed."""
+    last = X[:, -20:, :]
+    return np.ascontiguousarray(np.concatenate([last, last * 0.5, last - last.mean()], axis=2)), y
 
 
 def peak_rss_of_fit(threads: int) -> dict:
@@ -251,10 +261,21 @@ def main(argv: list[str] | None = None) -> None:
             m = r["milliseconds"]
             print(f"predict {r['windows']} windows: {m['median']:.2f} ms (min {m['min']:.2f}, max {m['max']:.2f})")
     if "ensemble" in sections:
-        r = bench_ensemble(X, y, k=args.ensemble, epochs=args.ensemble_epochs)
-        results["ensemble"] = r
-        print(f"{r['models']} models x {r['epochs']} epochs: sequential {r['sequential_windows_per_second']:.0f} "
-              f"windows/s, together {r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x)")
+        seed_shape = dict(cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
+        preset_shape = dict(cell="lstm", layers=1, units=32, dropout=0.0, horizon=1)
+        Xp, yp = preset_windows(X, y)
+        runs = {
+            "ensemble": (X, y, seed_shape, 64, args.threads),
+            "ensemble_preset_shape": (Xp, yp, preset_shape, 32, args.threads),
+            "ensemble_preset_shape_1_thread": (Xp, yp, preset_shape, 32, 1),
+        }
+        for key, (Xk, yk, shape, batch, threads) in runs.items():
+            r = bench_ensemble(Xk, yk, k=args.ensemble, epochs=args.ensemble_epochs, shape=shape, batch_size=batch,
+                               threads=threads)
+            results[key] = r
+            print(f"{r['models']} models x {r['epochs']} epochs of {r['shape']}: sequential "
+                  f"{r['sequential_windows_per_second']:.0f} windows/s, together "
+                  f"{r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x)", flush=True)
     if "rss" in sections:
         results["peak_rss"] = peak_rss_of_fit(args.threads)
         print(f"peak RSS of a seed-config fit: {results['peak_rss']['peak_fit_mib']:.0f} MiB "
