@@ -37,7 +37,6 @@ from seqcast.models import build_model  # noqa: E402
 from seqcast.training import predict_batches, train_model  # noqa: E402
 from seqcast.windows import context_windows, fit_scaler, supervised_windows  # noqa: E402
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 LOOKBACK = 60
 
 
@@ -51,14 +50,6 @@ def seed_windows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     both = np.concatenate([values, test["Open"].to_numpy(np.float64)[:, None]])
     january, _ = context_windows(scaler.transform(both), LOOKBACK, len(test))
     return np.ascontiguousarray(X, np.float32), np.ascontiguousarray(y, np.float32), january
-
-
-def epoch_flops(cell: str, layers: int, units: int, n_windows: int, lookback: int, n_features: int = 1) -> float:
-    forward = 0.0
-    for layer in range(layers):
-        inputs = n_features if layer == 0 else units
-        forward += 2.0 * n_windows * lookback * (inputs + units) * GATES[cell] * units
-    return 3.0 * forward
 
 
 def spread(values: list[float]) -> dict:
@@ -89,7 +80,8 @@ def bench_training(
     # One warm-up epoch (oneDNN primitive creation, allocator growth), then `epochs` timed ones.
     history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0, split_batches=split)
     seconds = history.epoch_seconds[1:]
-    flops = epoch_flops(cell, layers, units, len(X), X.shape[1])
+    # Backward ≈ 2 × forward (module docstring), so an epoch is 3 × forward over every window.
+    flops = 3.0 * model.forward_flops(X.shape[1]) * len(X)
     median = statistics.median(seconds)
     path = " fused" if fused else ("" if split else " unsplit")
     return {

@@ -64,8 +64,8 @@ class StackedRNN(nn.Module):
             hidden_size=units,
             num_layers=layers,
             batch_first=True,
-            # PyTorch warns about (and ignores) inter-layer dropout on a single layer.
-            dropout=self.dropout_rate if layers > 1 else 0.0,
+            # Dropout is applied by forward() with masks drawn outside the kernel, never by the module.
+            dropout=0.0,
             **rnn_kwargs,
         )
         self.head = nn.Linear(units, horizon)
