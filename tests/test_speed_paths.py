@@ -94,7 +94,7 @@ def reference_stack(model, x, masks):
         out, _ = single(out)
         if layer < model.layers - 1:
             out = out * masks[layer].transpose(0, 1)
-    return model.head(out[:, -1] * masks[-1]), single
+    return model.head(out[:, -1] * masks[-1])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -105,7 +105,7 @@ def test_layer_by_layer_training_stack_matches_single_torch_layers(cell):
     masks = model.draw_dropout_masks(6, 9)
     model.train()
     ours = model(x, masks)
-    reference, _ = reference_stack(model, x, masks)
+    reference = reference_stack(model, x, masks)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     # Input gradients through all layers and masks agree too.
     weights = torch.randn(6, 2, generator=generator)
@@ -119,7 +119,7 @@ def test_layer_by_layer_training_stack_matches_single_torch_layers(cell):
     torch.testing.assert_close(model(x), model(x, drawn))
     model.eval()
     ones = [torch.ones_like(m) for m in masks]
-    torch.testing.assert_close(model(x), reference_stack(model, x, ones)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(x), reference_stack(model, x, ones), rtol=1e-5, atol=1e-6)
 
 
 def whole_batch_grads(model, x, y, loss_fn, seed):
@@ -174,6 +174,9 @@ def test_batches_are_split_only_where_each_slice_has_enough_work():
 
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
+    split_steps = []
+    real_step = _BatchSplitter.step
+    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(1) or real_step(self, *a))
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)
@@ -184,6 +187,8 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
         model = build_model(1, seed=4, **shape)
         runs.append((model, train_model(model, X, y, threads=2, **fit)))
     (split, split_history), (again, again_history) = runs
+    # Both split fits really went through the splitter: 3 epochs of 9 batches (130 windows, batch 16).
+    assert len(split_steps) == 2 * 3 * 9
     np.testing.assert_allclose(split_history.loss, whole_history.loss, rtol=1e-5)
     for (name, a), b in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

@@ -78,7 +78,7 @@ class StackedRNN(nn.Module):
         had whole (training.train_model)."""
         dropping = self.training and self.dropout_rate > 0
         if dropping and masks is None:
-            masks = self.draw_dropout_masks(x.shape[0], x.shape[1], x.device)
+            masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x):
             last = fused_lstm(
                 x.transpose(0, 1).unsqueeze(1),
@@ -104,6 +104,21 @@ class StackedRNN(nn.Module):
         step (Keras's Dropout after it)."""
         shapes = [(steps, batch, self.units)] * (self.layers - 1) + [(batch, self.units)]
         return draw_masks(shapes, 1.0 - self.dropout_rate, generator, device)
+
+    def batch_masks(self, batch: int, steps: int, device: torch.device | None = None) -> list[Tensor] | None:
+        """The masks a forward pass in the current mode needs: :meth:`draw_dropout_masks` from
+        torch's global generator in training with dropout, else None."""
+        if not (self.training and self.dropout_rate > 0):
+            return None
+        return self.draw_dropout_masks(batch, steps, device)
+
+    @staticmethod
+    def slice_masks(masks: list[Tensor] | None, start: int, stop: int) -> list[Tensor] | None:
+        """The masks of windows ``start:stop`` of a batch (time-major between layers, batch-first
+        after the last, as :meth:`draw_dropout_masks` lays them out)."""
+        if masks is None:
+            return None
+        return [m[:, start:stop] for m in masks[:-1]] + [masks[-1][start:stop]]
 
     def _layer_by_layer(self, x: Tensor, between: list[Tensor]) -> Tensor:
         """The stack run one layer per kernel call with ``between[layer]`` applied to each layer's
@@ -431,7 +446,7 @@ def draw_masks(
     One 63-bit seed is drawn from the torch ``generator`` (None: the global one, so
     ``torch.manual_seed`` and saved RNG states cover the masks), and the uniforms come from NumPy's
     PCG64 seeded with it. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and
-    ``nn.LSTM`` use): on this CPU they draw 1.5 and 2.1 ms per 64×60×50 mask against 0.6 ms for
+    ``nn.LSTM`` use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per 64×60×50 mask against 0.6 ms for
     NumPy, and in a seed-config epoch the masks are drawn on one thread while the other waits
     (benchmarks/README.md). Same distribution: independent elements, kept with probability ``keep``.
     """

@@ -215,10 +215,10 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 # Smallest forward cost of one slice worth a thread of its own. Measured on 2 cores
-# (benchmarks/README.md, 2026-12-02): the indicators preset (1×LSTM(32), lookback 20, batch 32:
-# 2.7 MFLOP per half) ran 1.3× slower split, because a slice that small is bound by per-op Python
-# and dispatcher overhead, which holds the GIL; 1×LSTM(32), lookback 60, batch 64 (16 MFLOP per
-# half) ran 1.1-1.25× faster split, the seed config (269 MFLOP per half) 1.46×.
+# (benchmarks/README.md, 2026-12-02): 1×LSTM(32), lookback 20, batch 32 (2.7 MFLOP per half; the
+# indicators preset has 2.9) ran 1.3× slower split, because a slice that small is bound by per-op
+# Python and dispatcher overhead, which holds the GIL; 1×LSTM(32), lookback 60, batch 64 (16 MFLOP
+# per half) ran 1.25× faster split, the seed config (269 MFLOP per half) 1.46-1.66×.
 MIN_SLICE_FLOPS = 1e7
 
 
@@ -244,9 +244,9 @@ class _BatchSplitter:
     thread each; their gradients are summed in a fixed order.
 
     Why: a batch of 64 windows gives GEMMs of 64×100 by 100×200 per step, too small for two
-    OpenMP threads to share well (the second core added ×1.2-1.3 to oneDNN's LSTM here), while two
+    OpenMP threads to share well (the second core added ×1.2-1.45 to oneDNN's LSTM here), while two
     independent halves keep both cores busy with one synchronisation per batch instead of one per
-    kernel call (×1.5-1.7 per epoch, benchmarks/README.md). Autograd runs a CPU backward on the
+    kernel call (×1.46-1.66 over that per epoch in interleaved runs, benchmarks/README.md). Autograd runs a CPU backward on the
     thread that calls it, so the halves really run in parallel.
 
     The result is the batch's own: the slice losses are the batch mean loss weighted by slice size,
@@ -267,9 +267,7 @@ class _BatchSplitter:
         self.pool.shutdown()
 
     def _slice(self, x, y, masks, start, stop, weight):
-        part = None
-        if masks is not None:
-            part = [m[:, start:stop] for m in masks[:-1]] + [masks[-1][start:stop]]
+        part = self.model.slice_masks(masks, start, stop)
         loss = self.loss_fn(self.model(x[start:stop], part), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
@@ -277,9 +275,7 @@ class _BatchSplitter:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Set ``.grad`` of every parameter for the batch ``(x, y)``; return its mean loss."""
         n = len(x)
-        masks = None
-        if self.model.training and self.model.dropout_rate > 0:
-            masks = self.model.draw_dropout_masks(n, x.shape[1], x.device)
+        masks = self.model.batch_masks(n, x.shape[1], x.device)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
