@@ -114,6 +114,11 @@ def test_train_and_forecast_with_indicators_on_bundled_data(tmp_path, capsys):
     table = pd.read_csv(out, parse_dates=["date"])
     assert list(table.columns) == ["date", "step", "forecast"]
     assert list(table["date"]) == [pd.Timestamp("2017-02-01"), pd.Timestamp("2017-02-02")]
+    # Continuing the training file: the first trading day of 2017 was January 3 (January 2 was closed).
+    more = tmp_path / "after-2016.csv"
+    assert main(["forecast", "--model", str(model), "--data", str(GOOGLE_TRAIN), "--adjust-splits", "--out", str(more)]) == 0
+    assert "business days without NYSE holidays" in capsys.readouterr().out
+    assert list(pd.read_csv(more, parse_dates=["date"])["date"]) == [pd.Timestamp("2017-01-03"), pd.Timestamp("2017-01-04")]
     assert (tmp_path / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["forecast", "--model", str(model), "--horizon", "5", "--out", str(tmp_path / "f5.csv")]) == 2
     assert "--horizon 5" in capsys.readouterr().err

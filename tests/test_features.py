@@ -2,11 +2,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from seqcast.data import load_csv
+from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import ConfigError, DataError
 from seqcast.features import (
     SAME_DAY_SUFFIX,
     feature_matrix,
+    NYSEHolidayCalendar,
     future_index,
+    skips_exchange_holidays,
     inverse_target,
     parse_features,
     parse_same_day,
@@ -210,3 +214,33 @@ def test_future_dates_follow_each_series_calendar():
     weekly = pd.date_range("2024-01-07", periods=10, freq="W-SUN")
     assert future_index(weekly, 1)[0] == pd.Timestamp("2024-03-17")
     assert list(future_index(pd.RangeIndex(5, 10), 2)) == [10, 11]
+
+
+def test_exchange_calendar_is_the_nyse_s_and_matches_the_bundled_files():
+    # The NYSE's published full-day holidays, hand-listed: 2016-2017, the Saturday New Year's Day of
+    # 2022 (not moved to Friday 2021-12-31) and Juneteenth from 2022 on.
+    listed = ["2016-01-01", "2016-01-18", "2016-02-15", "2016-03-25", "2016-05-30", "2016-07-04", "2016-09-05",
+              "2016-11-24", "2016-12-26", "2017-01-02", "2017-01-16", "2017-02-20", "2017-04-14", "2017-05-29",
+              "2017-07-04", "2017-09-04", "2017-11-23", "2017-12-25"]
+    assert [d.date().isoformat() for d in NYSEHolidayCalendar().holidays("2016-01-01", "2017-12-31")] == listed
+    closed = [d for d in NYSEHolidayCalendar().holidays("2021-06-01", "2022-06-30") if d.weekday() < 5]
+    assert [d.date().isoformat() for d in closed] == [
+        "2021-07-05", "2021-09-06", "2021-11-25", "2021-12-24", "2022-01-17", "2022-02-21", "2022-04-15",
+        "2022-05-30", "2022-06-20"]
+    train, test = load_csv(GOOGLE_TRAIN), load_csv(GOOGLE_TEST)
+    assert skips_exchange_holidays(train.index) is True
+    # The 20 dates after the training file are the real trading days of January 2017 (Jan 2 was closed).
+    assert list(future_index(train.index, 20)) == list(test.index)
+    # A weekday series that runs through the holidays keeps plain business days.
+    plain = pd.bdate_range("2016-11-01", "2016-12-30")
+    assert skips_exchange_holidays(plain) is False
+    assert future_index(plain, 1)[0] == pd.Timestamp("2017-01-02")
+    # A span with no holiday to judge by follows the hint (what the training rows showed).
+    before_christmas = pd.bdate_range("2016-12-01", "2016-12-23")
+    assert skips_exchange_holidays(before_christmas) is None
+    assert future_index(before_christmas, 2)[0] == pd.Timestamp("2016-12-26")
+    assert list(future_index(before_christmas, 2, exchange_holidays=True)) == [
+        pd.Timestamp("2016-12-27"), pd.Timestamp("2016-12-28")]
+    # The hint never overrides what the rows themselves show, and weekend or intraday rows are not judged.
+    assert future_index(plain, 1, exchange_holidays=True)[0] == pd.Timestamp("2017-01-02")
+    assert skips_exchange_holidays(pd.date_range("2016-12-01", periods=40, freq="D")) is None

@@ -266,3 +266,19 @@ def test_threads_applies_to_training_and_prediction_only(small_series, monkeypat
     for bad in (0, 1.5, True):
         with pytest.raises(ConfigError, match="threads"):
             Forecaster(**{**TINY, "threads": bad}).fit(train)
+
+
+def test_forecast_dates_skip_the_exchange_holidays_the_training_rows_skipped(tmp_path):
+    from seqcast.data import load_csv
+    from seqcast.datasets import GOOGLE_TRAIN
+
+    frame = load_csv(GOOGLE_TRAIN, adjust_splits=True).loc[:"2016-12-23"]
+    # Ten context rows (2016-12-12..23) hold no holiday to judge by: the training rows decide.
+    f = Forecaster(**{**TINY, "lookback": 10, "horizon": 3}).fit(frame)
+    assert f.exchange_holidays_ is True
+    assert f.context_.index[0] == pd.Timestamp("2016-12-12")
+    expected = [pd.Timestamp("2016-12-27"), pd.Timestamp("2016-12-28"), pd.Timestamp("2016-12-29")]
+    assert list(f.forecast().index) == expected  # 2016-12-26 was the observed Christmas holiday
+    f.save(tmp_path / "m")
+    loaded = Forecaster.load(tmp_path / "m")
+    assert loaded.exchange_holidays_ is True and list(loaded.forecast().index) == expected

@@ -716,7 +716,13 @@ def _cmd_predict(args, out: _Out) -> int:
     return 0
 
 
-_CALENDARS = {"B": "business days", "D": "every day", "ME": "month ends", "MS": "month starts"}
+_CALENDARS = {
+    "B": "business days",
+    "C": "business days without NYSE holidays",
+    "D": "every day",
+    "ME": "month ends",
+    "MS": "month starts",
+}
 
 
 def _cmd_forecast(args, out: _Out) -> int:
@@ -736,7 +742,8 @@ def _cmd_forecast(args, out: _Out) -> int:
         frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
         out.line(f"data   {_describe(frame)}")
     table = model.forecast(args.horizon, frame=frame)
-    calendar = getattr(infer_calendar(history.index), "freqstr", "") if len(history) > 1 else ""
+    holidays = getattr(forecaster, "exchange_holidays_", None)
+    calendar = getattr(infer_calendar(history.index, holidays), "freqstr", "") if len(history) > 1 else ""
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
     past = history[target].iloc[-args.history :] if target in history.columns else None
     plot_forecast(past, table["forecast"], plot_path, target=target)

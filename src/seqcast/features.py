@@ -19,6 +19,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.holiday import (
+    MO,
+    AbstractHolidayCalendar,
+    GoodFriday,
+    Holiday,
+    USLaborDay,
+    USMemorialDay,
+    USPresidentsDay,
+    USThanksgivingDay,
+    nearest_workday,
+    sunday_to_monday,
+)
 from scipy.signal import lfilter
 
 from .data import resolve_column
@@ -344,13 +356,52 @@ def inverse_target(learned: np.ndarray, anchor: np.ndarray, kind: str) -> np.nda
 # ---- calendars ---------------------------------------------------------------------------------
 
 
-def future_index(index: pd.Index, n: int) -> pd.Index:
+class NYSEHolidayCalendar(AbstractHolidayCalendar):
+    """The New York Stock Exchange's regular full-day holidays (not its one-off closures, such as
+    2012-10-29/30 or 2018-12-05, which no rule predicts). Built from pandas' holiday rules because
+    pandas ships only the US federal calendar, which differs (Good Friday is an exchange holiday,
+    Columbus and Veterans Day are not, and a Saturday New Year's Day is not moved to Friday)."""
+
+    rules = [
+        Holiday("New Year's Day", month=1, day=1, observance=sunday_to_monday),
+        Holiday("Martin Luther King Jr. Day", month=1, day=1, offset=pd.DateOffset(weekday=MO(3)),
+                start_date="1998-01-01"),
+        USPresidentsDay,
+        GoodFriday,
+        USMemorialDay,
+        Holiday("Juneteenth", month=6, day=19, start_date="2022-01-01", observance=nearest_workday),
+        Holiday("Independence Day", month=7, day=4, observance=nearest_workday),
+        USLaborDay,
+        USThanksgivingDay,
+        Holiday("Christmas Day", month=12, day=25, observance=nearest_workday),
+    ]
+
+
+def skips_exchange_holidays(index: pd.Index) -> bool | None:
+    """Whether a weekday-only daily series leaves out the NYSE holidays within its span: True when at
+    least 90 % of them are missing from it, False when fewer are, None when its span holds none
+    (nothing to judge by) or it is not a weekday-only daily date index."""
+    if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
+        return None
+    if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
+        return None
+    holidays = NYSEHolidayCalendar().holidays(index.min(), index.max())
+    holidays = holidays[holidays.day_of_week < 5]
+    if len(holidays) == 0:
+        return None
+    missing = (~holidays.isin(index)).mean()
+    return bool(missing >= 0.9)
+
+
+def future_index(index: pd.Index, n: int, exchange_holidays: bool | None = None) -> pd.Index:
     """The `n` dates after the last one, on the series' own calendar.
 
-    Weekday-only daily history (stock files) continues on business days, a series with weekend rows
-    continues every day, and anything else uses pandas' inferred frequency or, failing that, the
-    median spacing (calendar months when the spacing is about a month). A non-date index continues
-    counting.
+    Weekday-only daily history (stock files) continues on business days, skipping the NYSE holidays
+    when the history itself skips them (:func:`skips_exchange_holidays`; when its span holds no
+    holiday to judge by, ``exchange_holidays`` decides, e.g. what the training rows showed). A
+    series with weekend rows continues every day, and anything else uses pandas' inferred frequency
+    or, failing that, the median spacing (calendar months when the spacing is about a month). A
+    non-date index continues counting.
     """
     if not isinstance(index, pd.DatetimeIndex):
         last = index[-1] if len(index) else -1
@@ -358,10 +409,11 @@ def future_index(index: pd.Index, n: int) -> pd.Index:
         return pd.Index([last + step * (i + 1) for i in range(n)])
     if len(index) < 2:
         raise DataError("one dated row is not enough to tell the series' calendar: give at least two rows")
-    return pd.DatetimeIndex(pd.date_range(index[-1], periods=n + 1, freq=infer_calendar(index))[1:], name=index.name)
+    calendar = infer_calendar(index, exchange_holidays)
+    return pd.DatetimeIndex(pd.date_range(index[-1], periods=n + 1, freq=calendar)[1:], name=index.name)
 
 
-def infer_calendar(index: pd.DatetimeIndex):
+def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = None):
     """A pandas offset describing how `index` advances (see :func:`future_index`)."""
     recent = index[-min(len(index), 60) :]
     spacing = pd.Series(recent[1:] - recent[:-1])
@@ -370,6 +422,9 @@ def infer_calendar(index: pd.DatetimeIndex):
         weekend = (recent.day_of_week >= 5).any()
         if weekend:
             return pd.offsets.Day()
+        skips = skips_exchange_holidays(index)
+        if skips or (skips is None and exchange_holidays):
+            return pd.offsets.CustomBusinessDay(calendar=NYSEHolidayCalendar())
         return pd.offsets.BDay()
     inferred = pd.DatetimeIndex(recent.to_numpy(), freq="infer").freq if len(recent) >= 3 else None
     if inferred is not None:

@@ -21,6 +21,7 @@ from .features import (
     Feature,
     feature_matrix,
     future_index,
+    skips_exchange_holidays,
     inverse_target,
     parse_features,
     parse_same_day,
@@ -271,6 +272,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
         self.train_start_, self.train_end_ = frame.index[0], frame.index[-1]
+        # Judged on all training rows: the saved context alone may span no holiday to judge by.
+        self.exchange_holidays_ = skips_exchange_holidays(frame.index)
         return self
 
     def _set_features(self, features: list[Feature], same_day: list[str]) -> None:
@@ -319,6 +322,10 @@ class Forecaster(RegressorMixin, BaseEstimator):
             nonlinearity=self.nonlinearity,
             seed=self.seed,
         ).to(self.device_)
+
+    def _holidays(self) -> bool | None:
+        """Whether the training rows skipped the NYSE holidays (see features.future_index)."""
+        return getattr(self, "exchange_holidays_", None)
 
     def _combined(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame's required columns, after the remembered training tail when it starts later."""
@@ -390,7 +397,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             out[rows] = self._levels(learned, anchors)
         elif len(windows):
             histories = [combined.iloc[max(0, p - self.context_rows_) : p] for p in positions]
-            dates = [_dates_from(combined.index, p, self.horizon) for p in positions]
+            dates = [_dates_from(combined.index, p, self.horizon, self._holidays()) for p in positions]
             out[rows] = self._roll(histories, dates)
         return pd.DataFrame(out, index=frame.index, columns=columns)
 
@@ -419,7 +426,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
     def forecast(self, horizon: int | None = None, frame=None) -> pd.DataFrame:
         """Levels for the `horizon` dates after the last row of `frame` (default: of the training data).
 
-        The dates follow the series' own calendar (business days for weekday-only history, every day
+        The dates follow the series' own calendar (business days for weekday-only history, without
+        the NYSE holidays when the history skips them, see ``features.future_index``; every day
         when weekends occur, else the inferred frequency). Returns columns ``step`` and ``forecast``.
         """
         check_is_fitted(self, "model_")
@@ -443,7 +451,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 f"{source} has {len(combined)} rows; forecasting needs the last {self.warmup_rows_ + self.lookback} "
                 "(lookback plus indicator warm-up): give more history"
             )
-        dates = future_index(combined.index, horizon)
+        dates = future_index(combined.index, horizon, self._holidays())
         if self.strategy == "direct":
             scaled = self._scaled_design(combined, last=len(combined) - 1)
             learned = self._run(scaled[None, -self.lookback :])
@@ -489,6 +497,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             "n_train_rows": self.n_train_rows_,
             "train_start": _stamp(self.train_start_),
             "train_end": _stamp(self.train_end_),
+            "exchange_holidays": self._holidays(),
         }
         scalers = {
             "inputs": scaler_to_dict(self.input_scaler_, self.input_columns_),
@@ -529,6 +538,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             est.n_train_rows_ = int(config["n_train_rows"])
             est.train_start_ = _unstamp(config["train_start"])
             est.train_end_ = _unstamp(config["train_end"])
+            # Models saved before this key existed recorded no calendar: their context rows decide.
+            est.exchange_holidays_ = config.get("exchange_holidays")
             est.input_scaler_ = scaler_from_dict(scalers["inputs"])
             est.target_scaler_ = scaler_from_dict(scalers["target"])
             ctx = state["context"]
@@ -603,12 +614,12 @@ class Forecaster(RegressorMixin, BaseEstimator):
         return tags
 
 
-def _dates_from(index: pd.Index, position: int, n: int) -> pd.Index:
+def _dates_from(index: pd.Index, position: int, n: int, exchange_holidays: bool | None = None) -> pd.Index:
     """The n dates from `position` on: the frame's own where it has them, the series' calendar after."""
     known = index[position : position + n]
     if len(known) == n:
         return known
-    return known.append(future_index(index, n - len(known)))
+    return known.append(future_index(index, n - len(known), exchange_holidays))
 
 
 def _stamp(value):
