@@ -118,7 +118,10 @@ def _ensemble_options(p: argparse.ArgumentParser) -> None:
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bars (results, warnings and output paths still print; with --json, nothing but the JSON)",
+    )
     p.add_argument("--json", action="store_true", help="print only a JSON result on stdout")
     p.add_argument("--force", action="store_true", help="replace outputs that already exist")
 

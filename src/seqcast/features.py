@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -377,6 +378,19 @@ class NYSEHolidayCalendar(AbstractHolidayCalendar):
     ]
 
 
+@lru_cache(maxsize=1)
+def nyse_holidays() -> pd.DatetimeIndex:
+    """Every NYSE holiday weekday from 1970 to 2200, computed once (the rules take ~0.1 s)."""
+    holidays = NYSEHolidayCalendar().holidays()
+    return holidays[holidays.day_of_week < 5]
+
+
+@lru_cache(maxsize=1)
+def nyse_business_day() -> pd.offsets.CustomBusinessDay:
+    """Weekdays without the NYSE holidays, built once (building it takes ~0.04 s)."""
+    return pd.offsets.CustomBusinessDay(holidays=nyse_holidays())
+
+
 def skips_exchange_holidays(index: pd.Index) -> bool | None:
     """Whether a weekday-only daily series leaves out the NYSE holidays within its span: True when at
     least 90 % of them are missing from it, False when fewer are, None when its span holds none
@@ -385,8 +399,8 @@ def skips_exchange_holidays(index: pd.Index) -> bool | None:
         return None
     if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
         return None
-    holidays = NYSEHolidayCalendar().holidays(index.min(), index.max())
-    holidays = holidays[holidays.day_of_week < 5]
+    all_holidays = nyse_holidays()
+    holidays = all_holidays[(all_holidays >= index.min()) & (all_holidays <= index.max())]
     if len(holidays) == 0:
         return None
     missing = (~holidays.isin(index)).mean()
@@ -424,7 +438,7 @@ def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = Non
             return pd.offsets.Day()
         skips = skips_exchange_holidays(index)
         if skips or (skips is None and exchange_holidays):
-            return pd.offsets.CustomBusinessDay(calendar=NYSEHolidayCalendar())
+            return nyse_business_day()
         return pd.offsets.BDay()
     inferred = pd.DatetimeIndex(recent.to_numpy(), freq="infer").freq if len(recent) >= 3 else None
     if inferred is not None:
