@@ -264,3 +264,20 @@ def test_threads_knob_applies_only_inside_the_call(monkeypatch):
     assert seen[-1] == 1 and torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="threads"):
         train_model(model, X, y, epochs=1, threads=0)
+
+
+def test_fused_adam_steps_like_the_per_tensor_reference():
+    generator = torch.Generator().manual_seed(11)
+    model = build_model(2, cell="lstm", layers=2, units=6, dropout=0.0, horizon=1, seed=3)
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    ours = training.make_optimizer("adam", model.parameters(), 1e-2)
+    plain = torch.optim.Adam(reference, lr=1e-2, betas=(0.9, 0.999), eps=training.KERAS_EPSILON, foreach=False)
+    assert ours.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(30):
+        for a, b in zip(model.parameters(), reference):
+            grad = torch.randn(a.shape, generator=generator)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        plain.step()
+    for a, b in zip(model.parameters(), reference):
+        assert (a.detach() - b.detach()).abs().max().item() <= 1e-5 * b.detach().abs().max().item()
