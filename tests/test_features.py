@@ -244,3 +244,7 @@ def test_exchange_calendar_is_the_nyse_s_and_matches_the_bundled_files():
     # The hint never overrides what the rows themselves show, and weekend or intraday rows are not judged.
     assert future_index(plain, 1, exchange_holidays=True)[0] == pd.Timestamp("2017-01-02")
     assert skips_exchange_holidays(pd.date_range("2016-12-01", periods=40, freq="D")) is None
+    # Time-zone-aware stamps (a DataFrame built by hand) are judged by their dates.
+    aware = train.index[-30:].tz_localize("UTC")
+    assert skips_exchange_holidays(aware) is True
+    assert future_index(aware, 1)[0] == pd.Timestamp("2017-01-03", tz="UTC")

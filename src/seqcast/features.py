@@ -399,6 +399,8 @@ def skips_exchange_holidays(index: pd.Index) -> bool | None:
         return None
     if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
         return None
+    if index.tz is not None:
+        index = index.tz_localize(None)  # the exchange's dates, whatever zone the stamps carry
     all_holidays = nyse_holidays()
     holidays = all_holidays[(all_holidays >= index.min()) & (all_holidays <= index.max())]
     if len(holidays) == 0:
