@@ -110,3 +110,19 @@ def test_ensemble_backtest_report_shows_coverage_from_its_files(small_series, tm
     vertices = _band(drawn["backtest.png"])
     assert vertices[:, 1].min() == pytest.approx(bands["lower"].min(), rel=1e-6)
     assert vertices[:, 1].max() == pytest.approx(bands["upper"].max(), rel=1e-6)
+
+
+def test_ensemble_backtest_fold_loss_is_the_members_mean(small_series):
+    from seqcast.backtest import walk_forward
+
+    train, test = small_series
+    frame = pd.concat([train, test])
+    model = EnsembleForecaster(Forecaster(target="Open", **{**TINY, "epochs": 3}), n_members=3, calibration_fraction=0.0)
+    result = walk_forward(model, frame, folds=2)  # calibration_fraction 0: no intervals, no error
+    assert result.intervals is None
+    for fold in result.folds:
+        members = np.array(fold["member_loss"])
+        assert members.shape == (3, 3) and len({tuple(m) for m in members.tolist()}) == 3  # three distinct fits
+        np.testing.assert_allclose(fold["loss"], members.mean(axis=0), rtol=1e-12)
+    plain = walk_forward(Forecaster(target="Open", **TINY), frame, folds=2)
+    assert "member_loss" not in plain.folds[0] and len(plain.folds[0]["loss"]) == TINY["epochs"]

@@ -193,8 +193,9 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
 
 
 def _intervals_of(model, frame: pd.DataFrame, actual: pd.Series):
-    """An ensemble's lower/upper/std on `frame` and their scores; (None, None) for a single model."""
-    if not hasattr(model, "predict_interval"):
+    """An ensemble's lower/upper/std on `frame` and their scores; (None, None) for a single model or
+    an ensemble fitted without calibration rows (calibration_fraction 0: no intervals to score)."""
+    if not hasattr(model, "predict_interval") or not np.size(getattr(model, "calibration_scores_", [])):
         return None, None
     bands = model.predict_interval(frame)[["lower", "upper", "std"]]
     return bands, interval_scores(actual, bands["lower"], bands["upper"], level=model.interval)
@@ -473,7 +474,9 @@ def walk_forward(
             fold_bands, _ = _intervals_of(model, test, test[target])
             if fold_bands is not None:
                 bands.append(fold_bands)
+            members = getattr(model, "members_", None)
             history = getattr(model, "history_", None)
+            histories = [m.history_ for m in members] if members else ([history] if history is not None else [])
             errors = wide.drop(columns="actual").sub(wide["actual"], axis=0)
             summary = {
                 "fold": fold.number,
@@ -486,9 +489,12 @@ def walk_forward(
                 "n_test": len(test),
                 "seconds": round(time.perf_counter() - began, 3),
                 "rmse": {name: _plain(float(np.sqrt(np.nanmean(errors[name] ** 2)))) for name in errors.columns},
-                "loss": list(history.loss) if history is not None else [],
-                "val_loss": list(history.val_loss) if history is not None else [],
+                # An ensemble's curve is its members' mean (over the epochs every member ran).
+                "loss": _mean_curve([h.loss for h in histories]),
+                "val_loss": _mean_curve([h.val_loss for h in histories]),
             }
+            if members:
+                summary["member_loss"] = [list(h.loss) for h in histories]
             summaries.append(summary)
             if on_fold is not None:
                 on_fold(summary)
@@ -525,6 +531,14 @@ def walk_forward(
         target=target, predictions=predictions, board=board, folds=summaries, settings=settings, per_step=per_step,
         intervals=intervals, interval=interval,
     )
+
+
+def _mean_curve(curves: list) -> list[float]:
+    """Per-epoch mean of several loss curves over the epochs all of them have ([] if any is empty)."""
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    return [float(np.mean([c[i] for c in curves])) for i in range(n)]
 
 
 def _has_horizon(estimator) -> bool:

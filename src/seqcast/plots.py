@@ -125,7 +125,8 @@ def plot_fold_losses(folds: list[dict], path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
-    ax.set_title("Training loss per epoch, one line per fold (dashed: validation)")
+    members = " (ensembles: mean of the members)" if any(fold.get("member_loss") for fold in folds) else ""
+    ax.set_title(f"Training loss per epoch, one line per fold{members} (dashed: validation)", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     return _save(fig, path)
