@@ -745,8 +745,9 @@ def _cmd_forecast(args, out: _Out) -> int:
         frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
         out.line(f"data   {_describe(frame)}")
     table = model.forecast(args.horizon, frame=frame)
-    holidays = getattr(forecaster, "exchange_holidays_", None)
-    calendar = getattr(infer_calendar(history.index, holidays), "freqstr", "") if len(history) > 1 else ""
+    calendar = ""
+    if len(history) > 1:
+        calendar = getattr(infer_calendar(history.index, forecaster.exchange_holidays_), "freqstr", "")
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
     past = history[target].iloc[-args.history :] if target in history.columns else None
     plot_forecast(past, table["forecast"], plot_path, target=target)

@@ -21,11 +21,11 @@ from .features import (
     Feature,
     feature_matrix,
     future_index,
-    skips_exchange_holidays,
     inverse_target,
     parse_features,
     parse_same_day,
     require_positive,
+    skips_exchange_holidays,
     target_matrix,
     warmup_rows,
 )
@@ -323,10 +323,6 @@ class Forecaster(RegressorMixin, BaseEstimator):
             seed=self.seed,
         ).to(self.device_)
 
-    def _holidays(self) -> bool | None:
-        """Whether the training rows skipped the NYSE holidays (see features.future_index)."""
-        return getattr(self, "exchange_holidays_", None)
-
     def _combined(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame's required columns, after the remembered training tail when it starts later."""
         source = frame.attrs.get("source", "<frame>")
@@ -397,7 +393,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             out[rows] = self._levels(learned, anchors)
         elif len(windows):
             histories = [combined.iloc[max(0, p - self.context_rows_) : p] for p in positions]
-            dates = [_dates_from(combined.index, p, self.horizon, self._holidays()) for p in positions]
+            dates = [_dates_from(combined.index, p, self.horizon, self.exchange_holidays_) for p in positions]
             out[rows] = self._roll(histories, dates)
         return pd.DataFrame(out, index=frame.index, columns=columns)
 
@@ -451,7 +447,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
                 f"{source} has {len(combined)} rows; forecasting needs the last {self.warmup_rows_ + self.lookback} "
                 "(lookback plus indicator warm-up): give more history"
             )
-        dates = future_index(combined.index, horizon, self._holidays())
+        dates = future_index(combined.index, horizon, self.exchange_holidays_)
         if self.strategy == "direct":
             scaled = self._scaled_design(combined, last=len(combined) - 1)
             learned = self._run(scaled[None, -self.lookback :])
@@ -497,7 +493,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             "n_train_rows": self.n_train_rows_,
             "train_start": _stamp(self.train_start_),
             "train_end": _stamp(self.train_end_),
-            "exchange_holidays": self._holidays(),
+            "exchange_holidays": self.exchange_holidays_,
         }
         scalers = {
             "inputs": scaler_to_dict(self.input_scaler_, self.input_columns_),
