@@ -76,7 +76,7 @@ class StackedRNN(nn.Module):
         returns them; without them a training forward pass draws its own from torch's global
         generator. Passing them lets a batch be split across threads with the masks it would have
         had whole (training.train_model)."""
-        dropping = self.training and self.dropout_rate > 0
+        dropping = self._dropping()
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x):
@@ -108,9 +108,10 @@ class StackedRNN(nn.Module):
     def batch_masks(self, batch: int, steps: int, device: torch.device | None = None) -> list[Tensor] | None:
         """The masks a forward pass in the current mode needs: :meth:`draw_dropout_masks` from
         torch's global generator in training with dropout, else None."""
-        if not (self.training and self.dropout_rate > 0):
-            return None
-        return self.draw_dropout_masks(batch, steps, device)
+        return self.draw_dropout_masks(batch, steps, device) if self._dropping() else None
+
+    def _dropping(self) -> bool:
+        return self.training and self.dropout_rate > 0
 
     @staticmethod
     def slice_masks(masks: list[Tensor] | None, start: int, stop: int) -> list[Tensor] | None:
@@ -447,8 +448,8 @@ def draw_masks(
     ``torch.manual_seed`` and saved RNG states cover the masks), and the uniforms come from NumPy's
     PCG64 seeded with it. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and
     ``nn.LSTM`` use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per
-    64×60×50 mask against 0.6 ms for NumPy, and in a seed-config epoch the masks are drawn on one thread while the other waits
-    (benchmarks/README.md). Same distribution: independent elements, kept with probability ``keep``.
+    64×60×50 mask against 0.6 ms for NumPy, and in a seed-config epoch the masks are drawn on one
+    thread while the other waits (benchmarks/README.md). Same distribution: independent elements, kept with probability ``keep``.
     """
     seed = int(torch.randint(2**63 - 1, (1,), generator=generator).item())
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -247,9 +247,9 @@ class _BatchSplitter:
 
     Why: a batch of 64 windows gives GEMMs of 64×100 by 100×200 per step, too small for two
     OpenMP threads to share well (the second core added ×1.2-1.45 to oneDNN's LSTM here), while
-    two independent halves keep both cores busy with one synchronisation per batch instead of one per
-    kernel call (×1.46-1.66 over that per epoch in interleaved runs, benchmarks/README.md). Autograd runs a CPU backward on the
-    thread that calls it, so the halves really run in parallel.
+    two independent halves keep both cores busy with one synchronisation per batch instead of one
+    per kernel call (×1.46-1.66 over that per epoch in interleaved runs, benchmarks/README.md).
+    Autograd runs a CPU backward on the thread that calls it, so the halves really run in parallel.
 
     The result is the batch's own: the slice losses are the batch mean loss weighted by slice size,
     so the summed gradient is the gradient of the batch mean (the same as unsplit up to float
