@@ -160,6 +160,44 @@ def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, t
     }
 
 
+def bench_members(*, k: int, epochs: int, preset: str | None, jobs: int, rounds: int = 2) -> dict:
+    """An EnsembleForecaster of K members on the bundled training rows, fitted one after another
+    (n_jobs=None, at the default threads and at threads=1) vs in `jobs` processes (this one plus
+    jobs - 1 loky workers, one torch thread each). After a warm-up fit, the first parallel fit
+    starts the workers ("cold"); then `rounds` interleaved rounds of the three, reusing them."""
+    from seqcast.conformal import EnsembleForecaster
+    from seqcast.forecaster import Forecaster
+
+    train, _ = load_google()
+    params = {**(Forecaster.from_preset(preset).get_params() if preset else {}), "epochs": epochs, "verbose": 0}
+
+    def fit(n_jobs, threads=None, members=k) -> float:
+        model = Forecaster(**{**params, "threads": threads})
+        started = time.perf_counter()
+        EnsembleForecaster(model, n_members=members, calibration_fraction=0.0, n_jobs=n_jobs).fit(train)
+        return time.perf_counter() - started
+
+    fit(None, members=1)  # the process's first fit pays one-off set-up costs
+    cold = fit(jobs)
+    seconds: dict[str, list[float]] = {"sequential": [], "sequential_1_thread": [], "processes": []}
+    for _ in range(rounds):
+        seconds["sequential"].append(fit(None))
+        seconds["sequential_1_thread"].append(fit(None, threads=1))
+        seconds["processes"].append(fit(jobs))
+    sequential = statistics.median(seconds["sequential"])
+    return {
+        "models": k,
+        "epochs": epochs,
+        "config": f"--preset {preset}" if preset else "the seed config",
+        "jobs": jobs,
+        "processes_cold_seconds": cold,
+        "seconds": {name: spread(values) for name, values in seconds.items()},
+        "speedup_cold": sequential / cold,
+        "speedup": sequential / statistics.median(seconds["processes"]),
+        "speedup_over_1_thread": statistics.median(seconds["sequential_1_thread"]) / statistics.median(seconds["processes"]),
+    }
+
+
 def preset_windows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Windows of the indicators preset's shape (3 inputs, lookback 20) cut from the seed windows:
     only the shape matters for speed."""
@@ -194,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--ensemble", type=int, default=8, help="models trained together")
     parser.add_argument("--ensemble-epochs", type=int, default=2)
+    parser.add_argument("--members-epochs", type=int, default=10, help="epochs per member in the 'members' section")
     parser.add_argument("--ab-rounds", type=int, default=5, help="interleaved rounds of the seed-config A/B")
-    parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "rss"), action="append")
+    parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "members", "rss"), action="append")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -203,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rss_child:
         rss_child()
         return
-    sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "rss"))
+    sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "members", "rss"))
 
     X, y, january = seed_windows()
     results: dict = {
@@ -268,6 +307,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{r['models']} models x {r['epochs']} epochs of {r['shape']}: sequential "
                   f"{r['sequential_windows_per_second']:.0f} windows/s, together "
                   f"{r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x)", flush=True)
+    if "members" in sections:
+        results["members"] = {}
+        for preset, epochs in (("indicators", args.members_epochs), (None, 1)):
+            r = bench_members(k=args.ensemble, epochs=epochs, preset=preset, jobs=2)
+            results["members"][preset or "seed"] = r
+            t = {name: v["median"] for name, v in r["seconds"].items()}
+            print(f"EnsembleForecaster of {r['models']} x {r['epochs']} epochs, {r['config']}: one after another "
+                  f"{t['sequential']:.1f} s ({t['sequential_1_thread']:.1f} s at 1 thread), {r['jobs']} processes "
+                  f"{t['processes']:.1f} s ({r['speedup']:.2f}x; {r['speedup_over_1_thread']:.2f}x over 1 thread), "
+                  f"{r['processes_cold_seconds']:.1f} s when starting the workers ({r['speedup_cold']:.2f}x)", flush=True)
     if "rss" in sections:
         results["peak_rss"] = peak_rss_of_fit(args.threads)
         print(f"peak RSS of a seed-config fit: {results['peak_rss']['peak_fit_mib']:.0f} MiB "

@@ -4,13 +4,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from joblib import Parallel, delayed
 from scipy.stats import norm
 from sklearn.base import clone
 
 from seqcast.backtest import evaluate_holdout, interval_scores, walk_forward
 from seqcast.cli import main
 from seqcast.conformal import EnsembleForecaster, conformal_quantile, load_model
-from seqcast.errors import ArtifactError, DataError
+from seqcast.errors import ArtifactError, ConfigError, DataError
 from seqcast.forecaster import Forecaster
 
 from .conftest import TINY
@@ -78,6 +80,37 @@ def test_mean_of_members_spread_and_determinism(small_series):
     pd.testing.assert_frame_equal(bands, again)
 
 
+def test_members_fitted_in_worker_processes_equal_one_thread_sequential_fits(small_series, tmp_path):
+    train, test = small_series
+    base = Forecaster(**{**TINY, "dropout": 0.2, "layers": 2}, seed=7, verbose=1)
+    # The workers are joblib's own: joblib.Parallel works before and after (a raw loky executor broke it).
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+    parallel = EnsembleForecaster(base, n_members=3, calibration_fraction=0.25, n_jobs=2).fit(train)
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+    # Reference: the members fitted here, one after another, each on one torch thread.
+    fit_rows = train.iloc[: len(train) - 30]
+    for i, member in enumerate(parallel.members_):
+        reference = clone(base).set_params(seed=7 + i, threads=1, verbose=0).fit(fit_rows)
+        for name, value in reference.model_.state_dict().items():
+            assert torch.equal(member.model_.state_dict()[name], value), (i, name)
+        assert member.history_.loss == reference.history_.loss
+        # The member keeps the template's settings (it predicts and saves as a sequential member).
+        assert (member.seed, member.threads, member.verbose) == (7 + i, None, 1)
+    sequential = EnsembleForecaster(clone(base).set_params(threads=1), n_members=3, calibration_fraction=0.25).fit(train)
+    np.testing.assert_array_equal(parallel.calibration_scores_, sequential.calibration_scores_)
+    pd.testing.assert_frame_equal(parallel.predict_interval(test), sequential.predict_interval(test))
+    # n_jobs is how the members were fitted, not part of the model: not saved.
+    parallel.save(tmp_path / "m")
+    assert "n_jobs" not in json.loads((tmp_path / "m" / "ensemble.json").read_text())["params"]
+    assert load_model(tmp_path / "m").n_jobs is None
+
+
+@pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
+def test_ensemble_n_jobs_is_checked(small_series, jobs):
+    with pytest.raises(ConfigError, match="n_jobs"):
+        EnsembleForecaster(Forecaster(**TINY), n_members=2, n_jobs=jobs).fit(small_series[0])
+
+
 def test_save_load_round_trip_and_tampering(small_series, tmp_path):
     train, test = small_series
     model = EnsembleForecaster(Forecaster(**TINY), n_members=2, calibration_fraction=0.25).fit(train)
@@ -127,3 +160,26 @@ def test_cli_ensemble_run_writes_interval_columns_and_predict_reads_them(small_s
     assert code == 0
     again = pd.read_csv(tmp_path / "p.csv")
     np.testing.assert_allclose(again["lower"], predictions["lower"], rtol=1e-5)
+
+
+def test_cli_ensemble_jobs_needs_an_ensemble(small_series, tmp_path, capsys):
+    train, _ = small_series
+    train.to_csv(tmp_path / "train.csv")
+    code = main(["backtest", "--data", str(tmp_path / "train.csv"), "--ensemble-jobs", "2", "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "--ensemble-jobs" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_cli_ensemble_jobs_and_parallel_series_are_not_combined(small_series, tmp_path, capsys):
+    train, _ = small_series
+    for name in ("a", "b"):
+        train.to_csv(tmp_path / f"{name}.csv")
+    code = main(["backtest", "--data", str(tmp_path / "*.csv"), "--ensemble", "2", "--ensemble-jobs", "2",
+                 "--jobs", "2", "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "drop one" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_parallel_member_fit_errors_reach_the_caller(small_series):
+    with pytest.raises(DataError):
+        EnsembleForecaster(Forecaster(**{**TINY, "lookback": 400}), n_members=3, n_jobs=2).fit(small_series[0])

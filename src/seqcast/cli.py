@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from joblib import effective_n_jobs
 from rich.console import Console
 from rich.table import Table
 
@@ -114,6 +115,11 @@ def _ensemble_options(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--calibration-fraction", type=float, default=0.2,
         help="last fraction of the training rows held out from the ensemble's fit to calibrate its intervals",
+    )
+    group.add_argument(
+        "--ensemble-jobs", type=int, metavar="N",
+        help="fit N members at a time, on one torch thread each: this process and N-1 worker processes "
+        "(-1: one per core); pays for small models such as --preset indicators, not for the default 4x50 LSTM",
     )
 
 
@@ -316,9 +322,15 @@ def _estimator(args):
     """The Forecaster of the options, or an ensemble of them with --ensemble K."""
     forecaster = _forecaster(args)
     if getattr(args, "ensemble", None) is None:
+        if getattr(args, "ensemble_jobs", None) is not None:
+            raise ConfigError("--ensemble-jobs sets how many processes fit an ensemble's members: add --ensemble K")
         return forecaster
     ensemble = EnsembleForecaster(
-        forecaster, n_members=args.ensemble, interval=args.interval, calibration_fraction=args.calibration_fraction
+        forecaster,
+        n_members=args.ensemble,
+        interval=args.interval,
+        calibration_fraction=args.calibration_fraction,
+        n_jobs=args.ensemble_jobs,
     )
     ensemble._check_params()  # before any "model" line or output folder
     return ensemble
@@ -333,8 +345,9 @@ def _describe_model(model) -> str:
     if not isinstance(model, EnsembleForecaster):
         return _model_line(model)
     base, k = model.forecaster, model.n_members
+    jobs = "" if model.n_jobs in (None, 1) else f" fitted {effective_n_jobs(model.n_jobs)} at a time"
     return (
-        f"{_model_line(base)}; ensemble of {k} (seeds {base.seed}..{base.seed + k - 1}), {model.interval:.0%} "
+        f"{_model_line(base)}; ensemble of {k} (seeds {base.seed}..{base.seed + k - 1}){jobs}, {model.interval:.0%} "
         f"conformal intervals from the last {model.calibration_fraction:.0%} of the training rows"
     )
 
@@ -622,6 +635,11 @@ def _cmd_backtest(args, out: _Out) -> int:
 
 
 def _cmd_backtest_many(args, out: _Out) -> int:
+    if args.ensemble_jobs not in (None, 1) and (args.jobs != 1 or args.scheduler):
+        raise ConfigError(
+            "--ensemble-jobs fits one series' members in parallel, and --jobs/--scheduler already run the "
+            "series in parallel: drop one of them"
+        )
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     series = find_series(args.data, target=args.target, id_column=args.id_column, adjust_splits=args.adjust_splits)
     # No per-epoch progress bars: parallel series would interleave them.

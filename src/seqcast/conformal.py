@@ -4,18 +4,27 @@ A separate estimator rather than an `ensemble=` parameter of Forecaster: the ens
 Forecaster's public behaviour (fit, predict, forecast, save/load), so Forecaster stays one model and
 any parameter added to it later (threads, ...) reaches the members through `forecaster` untouched.
 
-Members are fitted one after another: the batched `ensemble.train_many` path measured slower than
-sequential fits on the 2-core CPU this was built on (benchmarks/README.md).
+Members are fitted one after another, or with `n_jobs` on that many cores (this process and
+n_jobs - 1 worker processes, one torch thread each). Processes pay for small members, whose fits
+are per-op Python work that one process cannot spread over two cores; a member big enough that
+`train_model` splits its batches across the cores gains nothing from them. The batched
+`ensemble.train_many` path gained less than the processes at the small shapes and lost at the
+seed config's on the 2-core CPU this was built on (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
+from joblib.executor import get_memmapping_executor
+from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
@@ -60,13 +69,30 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
     members' fit and predicted one step ahead (each row from the real rows before it, as at test
     time); the absolute residuals of the mean give split-conformal intervals at any level. Those
     rows still serve as context, so a frame that follows the training rows is predicted from them.
+
+    `n_jobs` > 1 (or -1, one per core) fits the members on that many cores: this process and
+    n_jobs - 1 joblib worker processes take members from one queue, each member on one torch thread
+    (unless `forecaster.threads` says otherwise) and without progress bars. A member is then
+    exactly the member a sequential fit with ``threads=1`` gives. It pays for small members (whole
+    `seqcast run --preset indicators --ensemble 5` 1.20-1.75x faster on 2 cores, a 4-fold backtest
+    of it 1.40-1.67x; a worker costs ~3.5 s to start, once per process), not for the seed config's,
+    whose single fit already keeps both cores busy (0.69-0.75x). `n_jobs` is a fitting setting and
+    is not saved.
     """
 
-    def __init__(self, forecaster=None, n_members: int = 5, interval: float = 0.9, calibration_fraction: float = 0.2):
+    def __init__(
+        self,
+        forecaster=None,
+        n_members: int = 5,
+        interval: float = 0.9,
+        calibration_fraction: float = 0.2,
+        n_jobs: int | None = None,
+    ):
         self.forecaster = forecaster
         self.n_members = n_members
         self.interval = interval
         self.calibration_fraction = calibration_fraction
+        self.n_jobs = n_jobs
 
     # The settings backtests and the CLI read from a model, taken from the member template.
     def _template(self) -> Forecaster:
@@ -94,6 +120,12 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         _check_level(self.interval)
         if not 0.0 <= float(self.calibration_fraction) < 1.0:
             raise ConfigError(f"calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}")
+        jobs = self.n_jobs
+        whole = isinstance(jobs, (int, np.integer)) and not isinstance(jobs, bool)
+        if jobs is not None and not (whole and (jobs >= 1 or jobs == -1)):
+            raise ConfigError(
+                f"n_jobs (--ensemble-jobs) must be how many members to fit at once, or -1 for one per core; got {jobs!r}"
+            )
 
     def fit(self, X, y=None):
         self._check_params()
@@ -103,8 +135,11 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
             raise DataError("EnsembleForecaster needs a DataFrame with dates (or X with y as Forecaster takes)")
         n_cal = int(round(len(frame) * float(self.calibration_fraction)))
         fit_rows = frame.iloc[: len(frame) - n_cal]
-        seed = int(template.seed)
-        self.members_ = [clone(template).set_params(seed=seed + i).fit(fit_rows) for i in range(self.n_members)]
+        seeds = [int(template.seed) + i for i in range(self.n_members)]
+        if self.n_jobs in (None, 1) or self.n_members == 1:
+            self.members_ = [clone(template).set_params(seed=s).fit(fit_rows) for s in seeds]
+        else:
+            self.members_ = _fit_members_in_processes(template, seeds, fit_rows, self.n_jobs)
         if n_cal:
             calibration = frame.iloc[len(frame) - n_cal :]
             target = self.members_[0].target_
@@ -193,7 +228,7 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
     def save(self, directory) -> "EnsembleForecaster":
         """One Forecaster folder per member (member-01, ...) under one manifest that covers them all."""
         check_is_fitted(self, "members_")
-        params = {k: v for k, v in self.get_params(deep=False).items() if k != "forecaster"}
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("forecaster", "n_jobs")}
         doc = {
             "seqcast_version": __version__,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -224,6 +259,65 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         first = members[0]
         est.target_, est.history_, est.n_features_in_ = first.target_, first.history_, first.n_features_in_
         return est
+
+
+def _fit_members_in_processes(template: Forecaster, seeds: list[int], rows: pd.DataFrame, n_jobs: int) -> list[Forecaster]:
+    """Fit one member per seed on ``effective_n_jobs(n_jobs)`` cores: this process and n - 1 joblib workers.
+
+    Not a plain ``Parallel`` over the seeds, because this process fits members too, taking the next
+    seed from the same queue as the workers: a worker first spends seconds importing torch
+    (measured 3.5 s here), during which this process is already training, and an odd number of
+    members leaves no core idle for the last one. (``Parallel(n_jobs=1)`` would run its tasks in
+    this process, beside this thread's fit, on torch's one global random generator.) The workers
+    come from joblib's own executor, the one ``Parallel`` uses and keeps between calls, so a
+    backtest's folds pay the start-up once and later ``Parallel`` calls reuse the same processes.
+    Inside another joblib worker (many series in parallel) the members are fitted here one after
+    another.
+    """
+    threads = 1 if template.threads is None else template.threads
+    workers = effective_n_jobs(n_jobs) - 1
+    if workers < 1 or get_active_backend()[0].nesting_level > 0:
+        return [_fit_member(template, s, rows, threads) for s in seeds]
+    executor = get_memmapping_executor(workers)
+    queue, lock = deque(enumerate(seeds)), threading.Lock()
+    members: list[Forecaster | None] = [None] * len(seeds)
+    failures: list[BaseException] = []
+
+    def next_seed():
+        with lock:
+            return queue.popleft() if queue and not failures else None
+
+    def drive() -> None:  # one thread per worker process: hands it seeds until the queue is empty
+        while (item := next_seed()) is not None:
+            try:
+                members[item[0]] = executor.submit(_fit_member, template, item[1], rows, threads).result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the calling thread
+                with lock:
+                    failures.append(exc)
+
+    drivers = [threading.Thread(target=drive, daemon=True) for _ in range(workers)]
+    for thread in drivers:
+        thread.start()
+    try:
+        while (item := next_seed()) is not None:
+            members[item[0]] = _fit_member(template, item[1], rows, threads)
+    except BaseException:
+        with lock:  # the workers finish the member they have and take no other
+            queue.clear()
+        raise
+    for thread in drivers:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return members
+
+
+def _fit_member(template: Forecaster, seed: int, rows: pd.DataFrame, threads: int) -> Forecaster:
+    """One member's fit on `threads` torch threads without a progress bar (bars of parallel fits would
+    interleave). The member keeps the template's settings, so it predicts and saves as a member
+    fitted one after another does."""
+    member = clone(template).set_params(seed=seed, threads=threads, verbose=0).fit(rows)
+    return member.set_params(threads=template.threads, verbose=template.verbose)
 
 
 def _member_dir(i: int) -> str:
