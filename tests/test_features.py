@@ -131,6 +131,23 @@ ALL = (
 )
 
 
+def test_features_of_many_series_at_once_equal_each_series_alone(prices):
+    """compute_values on a (T, N) block: column j is exactly the feature of series j on its own dates."""
+    rng = np.random.default_rng(5)
+    starts = [0, 3, 7, 20, 31]
+    series = [prices["Close"].to_numpy()[s : s + 55] * rng.uniform(0.5, 2) for s in starts]
+    dates = [prices.index[s : s + 55] for s in starts]
+    block = np.stack(series, axis=1)
+    features = [f for f in parse_features(prices, "Close", ALL) if f.uses_only("Close")]
+    assert {f.kind for f in features} >= {"column", "logret", "sma", "ema", "rsi", "macd", "macd_signal", "dow"}
+    for feature in features:
+        together = feature.compute_values([block], dates)
+        assert together.shape == block.shape
+        for j in range(len(starts)):
+            alone = feature.compute(pd.DataFrame({"Close": series[j]}, index=dates[j]))
+            np.testing.assert_array_equal(together[:, j], alone, err_msg=feature.name)
+
+
 def test_every_feature_is_causal(prices):
     """Changing row j never changes any feature on rows before j."""
     features = parse_features(prices, "Close", ALL)

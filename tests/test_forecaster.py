@@ -100,7 +100,7 @@ def test_val_fraction_records_validation_loss(small_series):
 # ---- features, target transforms, horizons, forecasts (issue 4) -----------------------------------
 
 from seqcast.features import SAME_DAY_SUFFIX, future_index  # noqa: E402
-from seqcast.forecaster import PRESETS  # noqa: E402
+from seqcast.forecaster import PRESETS, _dates_from  # noqa: E402
 
 
 def _run_model(f, windows):
@@ -203,6 +203,68 @@ def test_recursive_feeds_back_its_own_predictions(small_series):
     assert future["forecast"].iloc[0] == pytest.approx(f.predict(extended).iloc[-1], rel=1e-9)
     with pytest.raises(ConfigError, match="computable from Open"):
         Forecaster(**{**params, "features": "Open,Close"}).fit(train)
+
+
+def _roll_one_history_at_a_time(f, combined, positions, dates, steps):
+    """Reference for recursive forecasts: each origin's history through pandas on its own (the
+    features of one DataFrame), one model call per step for all origins, as before batching."""
+    histories = [combined.iloc[max(0, p - f.context_rows_) : p] for p in positions]
+    values = [h["Open"].to_numpy(dtype=np.float64) for h in histories]
+    indexes = [h.index for h in histories]
+    out = np.empty((len(histories), steps))
+    for step in range(steps):
+        windows = []
+        for v, idx in zip(values, indexes):
+            design = f._scaled_design(pd.DataFrame({"Open": v}, index=idx), last=len(v) - 1)
+            windows.append(design[-f.lookback :])
+        learned = f._run(np.stack(windows))
+        out[:, step] = f._levels(learned, np.array([v[-1] for v in values]))[:, 0]
+        for i in range(len(values)):
+            keep = f.context_rows_ - 1
+            values[i] = np.r_[values[i][-keep:], out[i, step]]
+            indexes[i] = indexes[i][-keep:].append(dates[i][step : step + 1])
+    return out
+
+
+def test_recursive_origins_computed_together_equal_one_at_a_time():
+    # Every indicator a recursive model can take. MACD's memory (383 rows) sets the histories' length.
+    rng = np.random.default_rng(11)
+    index = pd.bdate_range("2019-01-01", periods=560, name="Date")
+    frame = pd.DataFrame({"Open": 100 + np.cumsum(rng.normal(0, 1, 560))}, index=index)
+    features = "Open,logret,ret,sma5,ema7,rsi14,macd,macd_signal,bb_pctb20,bb_width20,dow,month"
+    params = {**TINY, "features": features, "target_transform": "diff", "horizon": 4, "strategy": "recursive"}
+    f = Forecaster(**params).fit(frame.iloc[:500])
+    rows = frame.iloc[500:]
+    table = f.predict_horizons(rows)
+    combined = f._combined(f._frame(rows))
+    _, at, positions, _ = f._windows(combined, len(rows))
+    dates = [_dates_from(combined.index, p, 4, f.exchange_holidays_) for p in positions]
+    assert len({min(p, f.context_rows_) for p in positions}) == 1 and f.context_rows_ == f.lookback + 383
+    expected = _roll_one_history_at_a_time(f, combined, positions, dates, 4)
+    np.testing.assert_array_equal(table.to_numpy()[at], expected)
+    # Over the training rows themselves (no remembered context before them) the histories of the
+    # first origins are shorter, one length each; the later ones share the full length (here 42).
+    f = Forecaster(**{**params, "features": "Open,ema3,rsi2,dow"}).fit(frame.iloc[:500])
+    early = frame.iloc[:60]
+    table = f.predict_horizons(early)
+    combined = f._combined(f._frame(early))
+    _, at, positions, _ = f._windows(combined, len(early))
+    lengths = [min(p, f.context_rows_) for p in positions]
+    assert len(set(lengths)) > 1 and lengths.count(f.context_rows_) > 1
+    dates = [_dates_from(combined.index, p, 4, f.exchange_holidays_) for p in positions]
+    np.testing.assert_array_equal(table.to_numpy()[at], _roll_one_history_at_a_time(f, combined, positions, dates, 4))
+
+
+def test_a_recursive_history_logret_cannot_take_is_named(small_series):
+    train, _ = small_series
+    f = Forecaster(**{**TINY, "features": "Open,logret", "strategy": "recursive"}).fit(train)
+    good = train["Open"].to_numpy()[-f.context_rows_ :]
+    bad = good.copy()
+    bad[-3] = -1.0
+    index = train.index[-f.context_rows_ :]
+    assert f._rolled_windows([good], [index]).shape == (1, f.lookback, 2)
+    with pytest.raises(DataError, match=f"logret needs positive values but Open is -1.0 on {index[-3]}"):
+        f._rolled_windows([good, bad], [index, index])
 
 
 def test_forecast_continues_a_monthly_series_on_its_calendar():

@@ -102,18 +102,33 @@ class Feature:
 
     def compute(self, frame: pd.DataFrame) -> np.ndarray:
         """The feature on every row of `frame` (float64, NaN during warm-up)."""
-        cols = [frame[c].to_numpy(dtype=np.float64) for c in self.columns]
+        if self.kind in ("dow", "month") and not isinstance(frame.index, pd.DatetimeIndex):
+            raise ConfigError(f"feature {self.name} needs dates as the index, and this series has none")
+        if self.kind == "logret":
+            require_positive(frame, self.columns[0], self.name)
+        return self.compute_values([frame[c].to_numpy(dtype=np.float64) for c in self.columns], frame.index)
+
+    def compute_values(self, cols: Sequence[np.ndarray], dates) -> np.ndarray:
+        """The feature from its columns' values, time along axis 0.
+
+        Each array in `cols` is (T,) for one series with `dates` its DatetimeIndex, or (T, N) for N
+        series of one length at once with `dates` a list of their N indexes: every operation works
+        along axis 0, so column j is the feature of series j alone (recursive forecasts compute
+        all their origins this way). Unlike :meth:`compute`, no input checks (positivity for
+        logret, a date index for dow/month).
+        """
         kind, k = self.kind, self.k
         if kind == "column":
             return cols[0].copy()
         if kind in ("dow", "month"):
-            if not isinstance(frame.index, pd.DatetimeIndex):
-                raise ConfigError(f"feature {self.name} needs dates as the index, and this series has none")
-            return np.asarray(frame.index.day_of_week if kind == "dow" else frame.index.month, dtype=np.float64)
+            of = (lambda d: d.day_of_week) if kind == "dow" else (lambda d: d.month)
+            if isinstance(dates, pd.Index):
+                return np.asarray(of(dates), dtype=np.float64)
+            return np.stack([np.asarray(of(d), dtype=np.float64) for d in dates], axis=1)
         if kind == "body":
             return cols[1] - cols[0]
         if kind == "gap":
-            return cols[0] - np.r_[np.nan, cols[1][:-1]]
+            return cols[0] - _previous(cols[1])
         if kind in ("tr", "atr", "range"):
             high, low, close = cols
             if kind == "range":
@@ -122,14 +137,10 @@ class Feature:
             return tr if kind == "tr" else wilder_average(tr, k, first=0)
         x = cols[0]
         if kind in ("logret", "ret"):
-            out = np.full(len(x), np.nan)
-            if kind == "ret":
-                out[1:] = x[1:] / x[:-1] - 1.0
-            else:
-                require_positive(frame, self.columns[0], self.name)
-                out[1:] = np.log(x[1:] / x[:-1])
+            out = np.full(x.shape, np.nan)
+            out[1:] = x[1:] / x[:-1] - 1.0 if kind == "ret" else np.log(x[1:] / x[:-1])
             return out
-        series = pd.Series(x)
+        series = pd.Series(x) if x.ndim == 1 else pd.DataFrame(x)
         if kind == "sma":
             return series.rolling(k, min_periods=k).mean().to_numpy()
         if kind == "ema":
@@ -153,10 +164,18 @@ class Feature:
         raise ConfigError(f"unknown feature kind {kind!r}")
 
 
-def ema(series: pd.Series, span: int) -> pd.Series:
-    """Exponential moving average with alpha = 2/(span+1), undefined for the first span-1 values."""
+def _previous(x: np.ndarray) -> np.ndarray:
+    """x moved one row down along axis 0 (the first row NaN)."""
+    return np.concatenate([np.full((1, *x.shape[1:]), np.nan), x[:-1]])
+
+
+def ema(series, span: int):
+    """Exponential moving average with alpha = 2/(span+1), undefined for the first span-1 values.
+
+    `series` is a Series, or a DataFrame of series with the same leading NaN rows (one EMA per column).
+    """
     first = series.first_valid_index()
-    out = pd.Series(np.nan, index=series.index)
+    out = series * np.nan
     if first is None:
         return out
     tail = series.loc[first:]
@@ -167,23 +186,25 @@ def ema(series: pd.Series, span: int) -> pd.Series:
 def wilder_average(values: np.ndarray, k: int, *, first: int) -> np.ndarray:
     """Wilder's smoothing from `values[first:]`: the mean of the first k, then avg = avg + (v - avg)/k.
 
-    The recursion is a first-order IIR filter, so scipy's lfilter runs it without a Python loop.
+    Along axis 0 (one series per column for a 2-D array). The recursion is a first-order IIR
+    filter, so scipy's lfilter runs it without a Python loop.
     """
-    out = np.full(len(values), np.nan)
+    out = np.full(values.shape, np.nan)
     start = first + k - 1
     if start >= len(values):
         return out
-    seed = float(np.mean(values[first : start + 1]))
+    seed = np.mean(values[first : start + 1], axis=0)
     rest = values[start + 1 :]
-    smoothed, _ = lfilter([1.0 / k], [1.0, -(1.0 - 1.0 / k)], rest, zi=[seed * (1.0 - 1.0 / k)])
+    zi = np.reshape(seed * (1.0 - 1.0 / k), (1, *np.shape(seed)))
+    smoothed, _ = lfilter([1.0 / k], [1.0, -(1.0 - 1.0 / k)], rest, axis=0, zi=zi)
     out[start] = seed
     out[start + 1 :] = smoothed
     return out
 
 
 def rsi(x: np.ndarray, k: int) -> np.ndarray:
-    """Wilder's RSI(k) in 0..100: first defined on row k (it needs k changes)."""
-    change = np.diff(np.asarray(x, dtype=np.float64), prepend=np.nan)
+    """Wilder's RSI(k) in 0..100: first defined on row k (it needs k changes); along axis 0."""
+    change = np.diff(np.asarray(x, dtype=np.float64), axis=0, prepend=np.nan)
     gain, loss = np.clip(change, 0, None), np.clip(-change, 0, None)
     avg_gain, avg_loss = wilder_average(gain, k, first=1), wilder_average(loss, k, first=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -195,8 +216,8 @@ def rsi(x: np.ndarray, k: int) -> np.ndarray:
 
 def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     """max(high - low, |high - previous close|, |low - previous close|); the first row has no previous close."""
-    prev = np.r_[np.nan, close[:-1]]
-    spans = np.vstack([high - low, np.abs(high - prev), np.abs(low - prev)])
+    prev = _previous(close)
+    spans = np.stack([high - low, np.abs(high - prev), np.abs(low - prev)])
     return np.nanmax(spans, axis=0)
 
 
