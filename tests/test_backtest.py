@@ -8,6 +8,7 @@ from sklearn.base import clone
 from seqcast import Forecaster
 from seqcast.backtest import MODEL, evaluate_holdout, plan_folds, score, walk_forward
 from seqcast.baselines import Drift, LastValue, LinearAR
+from seqcast.conformal import EnsembleForecaster
 from seqcast.errors import ConfigError
 from seqcast.metrics import diebold_mariano
 
@@ -95,6 +96,27 @@ def test_walk_forward_refits_on_the_past_only_and_streams_backtest_csv(small_ser
     assert doc["verdict"].startswith("seqcast") and len(doc["folds"]) == 2 and doc["folds"][1]["n_train"] == 130
     table = pd.read_csv(paths["leaderboard"], index_col="model")
     assert {"rmse", "mase", "direction", "lag", "dm_p", "dm_p_abs", "verdict"} <= set(table.columns)
+
+
+def test_folds_fitted_in_processes_equal_one_thread_folds_one_after_another(small_series):
+    frame = pd.concat(small_series)
+    forecaster = Forecaster(target="Open", **{**TINY, "layers": 2, "dropout": 0.2, "horizon": 2}, verbose=1)
+    seen = []
+    parallel = walk_forward(forecaster, frame, folds=3, refit_every=6, n_jobs=2, on_fold=lambda s: seen.append(s["fold"]))
+    alone = walk_forward(clone(forecaster).set_params(threads=1), frame, folds=3, refit_every=6)
+    assert seen == [1, 2, 3]
+    pd.testing.assert_frame_equal(parallel.predictions, alone.predictions)
+    pd.testing.assert_frame_equal(parallel.per_step, alone.per_step)
+    for a, b in zip(parallel.folds, alone.folds, strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    # An ensemble in parallel folds fits its own members one after another there (no nested pools).
+    ensemble = EnsembleForecaster(Forecaster(target="Open", **TINY), n_members=2, calibration_fraction=0.3, n_jobs=2)
+    nested = walk_forward(ensemble, frame, folds=2, refit_every=10, n_jobs=2)
+    flat = walk_forward(clone(ensemble).set_params(n_jobs=None, forecaster__threads=1), frame, folds=2, refit_every=10)
+    pd.testing.assert_frame_equal(nested.predictions, flat.predictions)
+    pd.testing.assert_frame_equal(nested.intervals, flat.intervals)
+    with pytest.raises(ConfigError, match="n_jobs"):
+        walk_forward(forecaster, frame, folds=2, n_jobs=0)
 
 
 def test_sliding_window_and_horizon_checks(small_series):

@@ -199,3 +199,14 @@ def test_run_with_a_horizon_writes_per_step_scores(tmp_path, capsys):
     assert metrics["horizon_scores"]["h1"]["rmse"] == pytest.approx(metrics["metrics"]["seqcast"]["rmse"], rel=1e-9)
     page = (out / "report.html").read_text()
     assert "Accuracy per horizon step" in page and f"{metrics['horizon_scores']['h3']['rmse']:.4g}" in page
+
+
+def test_backtest_jobs_fits_one_series_folds_at_once_with_the_same_outputs(tmp_path, capsys):
+    common = ["backtest", "--data", str(GOOGLE_TRAIN), "--folds", "3", "--refit-every", "20", *FAST]
+    assert main([*common, "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
+    assert "folds fitted 2 at a time, one torch thread each" in capsys.readouterr().out
+    assert main([*common, "--threads", "1", "--out", str(tmp_path / "alone")]) == 0
+    for name in ("backtest.csv", "per_step.csv", "leaderboard.csv"):
+        assert (tmp_path / "parallel" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+    assert main([*common, "--jobs", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--jobs" in capsys.readouterr().err and not (tmp_path / "bad").exists()

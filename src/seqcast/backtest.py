@@ -22,6 +22,7 @@ from .baselines import default_baselines
 from .data import resolve_column
 from .errors import ConfigError
 from .metrics import diebold_mariano, evaluate, lag_diagnosis
+from .parallel import check_jobs, fit_in_order
 
 MODEL = "seqcast"
 ALPHA = 0.05
@@ -423,6 +424,7 @@ def walk_forward(
     period: int | None = None,
     out_dir=None,
     on_fold: Callable[[dict], None] | None = None,
+    n_jobs: int | None = None,
 ) -> Backtest:
     """Walk-forward backtest: for each fold, fit a fresh clone of `forecaster` and of every baseline on
     the fold's past rows only (the Forecaster fits its own scaler on them), then predict the fold's rows
@@ -437,7 +439,13 @@ def walk_forward(
 
     With `out_dir`, each fold's predictions are appended to out_dir/backtest.csv as soon as it ends.
     `on_fold` receives a summary dict after each fold (for progress lines).
+
+    `n_jobs` > 1 (or -1) fits the folds' models that many at a time, in this process and joblib
+    worker processes (:mod:`seqcast.parallel`: one torch thread each, no progress bars; the same
+    models as fits one after another on one thread). The folds are still scored in order, each as
+    soon as its model and those before it are fitted. It pays for small models only.
     """
+    check_jobs(n_jobs, "n_jobs (--jobs)")
     own = getattr(forecaster, "horizon", 1)
     if horizon is None:
         horizon = own
@@ -455,11 +463,18 @@ def walk_forward(
         baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)
     summaries, steps, bands = [], [], []
+    fits = None
+    if n_jobs not in (None, 1) and len(plan) > 1:
+        fits = fit_in_order([clone(forecaster) for _ in plan], [frame.iloc[fold.train] for fold in plan], n_jobs)
     try:
         for fold in plan:
             train, test = frame.iloc[fold.train], frame.iloc[fold.test]
-            began = time.perf_counter()
-            model = clone(forecaster).fit(train)
+            if fits is None:
+                began = time.perf_counter()
+                model = clone(forecaster).fit(train)
+            else:
+                model, fit_seconds = next(fits)
+                began = time.perf_counter() - fit_seconds
             fitted = {name: clone(baseline).fit(train) for name, baseline in baselines.items()}
             if horizon == 1:
                 columns = {"actual": test[target], MODEL: model.predict(test)}
@@ -502,6 +517,9 @@ def walk_forward(
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if fits is not None:
+            fits.close()
     predictions = wide_predictions(long)
     first_test = plan[0].test.start
     previous = frame[target].shift(1).reindex(predictions.index)

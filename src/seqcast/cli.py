@@ -24,6 +24,7 @@ from .features import infer_calendar
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .many import backtest_many, find_series, is_many
+from .parallel import check_jobs
 from .report import horizon_scores, run_summary, write_report, write_run
 from .training import TrainingInterrupted
 from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
@@ -220,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(unique_id, ds, y or Name, date, close) every id; one folder per series plus aggregate.csv/json",
     )
     many.add_argument("--id-column", help="column naming the series in a long-format file (default: detected)")
-    many.add_argument("--jobs", type=int, default=1, help="series backtested at once (joblib); -1 for one per core")
+    many.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="with many series, series backtested at once (joblib); with one series, folds fitted at once "
+        "(this process and N-1 worker processes, one torch thread each: pays for small models such as "
+        "--preset indicators); -1 for one per core",
+    )
     many.add_argument(
         "--scheduler",
         default=os.environ.get(SCHEDULER_ENV),
@@ -590,13 +596,15 @@ def _warnings(*frames) -> list[str]:
 
 
 def _cmd_backtest(args, out: _Out) -> int:
+    check_jobs(args.jobs, "--jobs")
     if args.data is not None and is_many(args.data, args.id_column):
         return _cmd_backtest_many(args, out)
+    forecaster = _estimator(args)
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     frame = _load(args.data or GOOGLE_TRAIN, args)
     out.line(f"data   {_describe(frame)}")
-    forecaster = _estimator(args)
-    out.line(f"model  {_describe_model(forecaster)}")
+    jobs = "" if args.jobs == 1 else f"; folds fitted {effective_n_jobs(args.jobs)} at a time, one torch thread each"
+    out.line(f"model  {_describe_model(forecaster)}{jobs}")
 
     def progress(fold: dict) -> None:
         rmse = fold["rmse"]
@@ -617,6 +625,7 @@ def _cmd_backtest(args, out: _Out) -> int:
         period=args.season,
         out_dir=out_dir,
         on_fold=progress,
+        n_jobs=args.jobs,
     )
     _print_board(result.board, out)
     _print_per_step(result.per_step, out)

@@ -15,16 +15,11 @@ seed config's on the 2-core CPU this was built on (benchmarks/README.md).
 from __future__ import annotations
 
 import math
-import threading
-from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from joblib import effective_n_jobs
-from joblib.executor import get_memmapping_executor
-from joblib.parallel import get_active_backend
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
@@ -34,6 +29,7 @@ from .artifacts import read_bundle_dir, write_bundle_dir
 from .data import resolve_column
 from .errors import ArtifactError, ConfigError, DataError
 from .forecaster import Forecaster
+from .parallel import check_jobs, fit_all
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -120,12 +116,7 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         _check_level(self.interval)
         if not 0.0 <= float(self.calibration_fraction) < 1.0:
             raise ConfigError(f"calibration_fraction must be in [0, 1), got {self.calibration_fraction!r}")
-        jobs = self.n_jobs
-        whole = isinstance(jobs, (int, np.integer)) and not isinstance(jobs, bool)
-        if jobs is not None and not (whole and (jobs >= 1 or jobs == -1)):
-            raise ConfigError(
-                f"n_jobs (--ensemble-jobs) must be how many members to fit at once, or -1 for one per core; got {jobs!r}"
-            )
+        check_jobs(self.n_jobs, "n_jobs (--ensemble-jobs)")
 
     def fit(self, X, y=None):
         self._check_params()
@@ -139,7 +130,8 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         if self.n_jobs in (None, 1) or self.n_members == 1:
             self.members_ = [clone(template).set_params(seed=s).fit(fit_rows) for s in seeds]
         else:
-            self.members_ = _fit_members_in_processes(template, seeds, fit_rows, self.n_jobs)
+            members = [clone(template).set_params(seed=s) for s in seeds]
+            self.members_ = fit_all(members, [fit_rows] * len(members), self.n_jobs)
         if n_cal:
             calibration = frame.iloc[len(frame) - n_cal :]
             target = self.members_[0].target_
@@ -259,65 +251,6 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         first = members[0]
         est.target_, est.history_, est.n_features_in_ = first.target_, first.history_, first.n_features_in_
         return est
-
-
-def _fit_members_in_processes(template: Forecaster, seeds: list[int], rows: pd.DataFrame, n_jobs: int) -> list[Forecaster]:
-    """Fit one member per seed on ``effective_n_jobs(n_jobs)`` cores: this process and n - 1 joblib workers.
-
-    Not a plain ``Parallel`` over the seeds, because this process fits members too, taking the next
-    seed from the same queue as the workers: a worker first spends seconds importing torch
-    (measured 3.5 s here), during which this process is already training, and an odd number of
-    members leaves no core idle for the last one. (``Parallel(n_jobs=1)`` would run its tasks in
-    this process, beside this thread's fit, on torch's one global random generator.) The workers
-    come from joblib's own executor, the one ``Parallel`` uses and keeps between calls, so a
-    backtest's folds pay the start-up once and later ``Parallel`` calls reuse the same processes.
-    Inside another joblib worker (many series in parallel) the members are fitted here one after
-    another.
-    """
-    threads = 1 if template.threads is None else template.threads
-    workers = effective_n_jobs(n_jobs) - 1
-    if workers < 1 or get_active_backend()[0].nesting_level > 0:
-        return [_fit_member(template, s, rows, threads) for s in seeds]
-    executor = get_memmapping_executor(workers)
-    queue, lock = deque(enumerate(seeds)), threading.Lock()
-    members: list[Forecaster | None] = [None] * len(seeds)
-    failures: list[BaseException] = []
-
-    def next_seed():
-        with lock:
-            return queue.popleft() if queue and not failures else None
-
-    def drive() -> None:  # one thread per worker process: hands it seeds until the queue is empty
-        while (item := next_seed()) is not None:
-            try:
-                members[item[0]] = executor.submit(_fit_member, template, item[1], rows, threads).result()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the calling thread
-                with lock:
-                    failures.append(exc)
-
-    drivers = [threading.Thread(target=drive, daemon=True) for _ in range(workers)]
-    for thread in drivers:
-        thread.start()
-    try:
-        while (item := next_seed()) is not None:
-            members[item[0]] = _fit_member(template, item[1], rows, threads)
-    except BaseException:
-        with lock:  # the workers finish the member they have and take no other
-            queue.clear()
-        raise
-    for thread in drivers:
-        thread.join()
-    if failures:
-        raise failures[0]
-    return members
-
-
-def _fit_member(template: Forecaster, seed: int, rows: pd.DataFrame, threads: int) -> Forecaster:
-    """One member's fit on `threads` torch threads without a progress bar (bars of parallel fits would
-    interleave). The member keeps the template's settings, so it predicts and saves as a member
-    fitted one after another does."""
-    member = clone(template).set_params(seed=seed, threads=threads, verbose=0).fit(rows)
-    return member.set_params(threads=template.threads, verbose=template.verbose)
 
 
 def _member_dir(i: int) -> str:
