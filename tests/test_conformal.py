@@ -170,11 +170,15 @@ def test_cli_ensemble_jobs_needs_an_ensemble(small_series, tmp_path, capsys):
     assert "--ensemble-jobs" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
-def test_cli_ensemble_jobs_and_parallel_series_are_not_combined(small_series, tmp_path, capsys):
+def test_cli_ensemble_jobs_and_parallel_folds_or_series_are_not_combined(small_series, tmp_path, capsys):
     train, _ = small_series
     for name in ("a", "b"):
         train.to_csv(tmp_path / f"{name}.csv")
     code = main(["backtest", "--data", str(tmp_path / "*.csv"), "--ensemble", "2", "--ensemble-jobs", "2",
+                 "--jobs", "2", "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "drop one" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    code = main(["backtest", "--data", str(tmp_path / "a.csv"), "--ensemble", "2", "--ensemble-jobs", "2",
                  "--jobs", "2", "--out", str(tmp_path / "b")])
     assert code == 2
     assert "drop one" in capsys.readouterr().err and not (tmp_path / "b").exists()

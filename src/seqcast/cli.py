@@ -597,6 +597,12 @@ def _warnings(*frames) -> list[str]:
 
 def _cmd_backtest(args, out: _Out) -> int:
     check_jobs(args.jobs, "--jobs")
+    if args.ensemble_jobs not in (None, 1) and (args.jobs != 1 or args.scheduler):
+        # An ensemble inside a parallel fold or series fits its members in place (seqcast.parallel).
+        raise ConfigError(
+            "--ensemble-jobs fits an ensemble's members in parallel, and --jobs/--scheduler already run the "
+            "folds or series in parallel: drop one of them"
+        )
     if args.data is not None and is_many(args.data, args.id_column):
         return _cmd_backtest_many(args, out)
     forecaster = _estimator(args)
@@ -644,11 +650,6 @@ def _cmd_backtest(args, out: _Out) -> int:
 
 
 def _cmd_backtest_many(args, out: _Out) -> int:
-    if args.ensemble_jobs not in (None, 1) and (args.jobs != 1 or args.scheduler):
-        raise ConfigError(
-            "--ensemble-jobs fits one series' members in parallel, and --jobs/--scheduler already run the "
-            "series in parallel: drop one of them"
-        )
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     series = find_series(args.data, target=args.target, id_column=args.id_column, adjust_splits=args.adjust_splits)
     # No per-epoch progress bars: parallel series would interleave them.
