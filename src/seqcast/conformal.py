@@ -70,7 +70,7 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
     n_jobs - 1 joblib worker processes take members from one queue, each member on one torch thread
     (unless `forecaster.threads` says otherwise) and without progress bars. A member is then
     exactly the member a sequential fit with ``threads=1`` gives. It pays for small members (whole
-    `seqcast run --preset indicators --ensemble 5` 1.20-1.75x faster on 2 cores, a 4-fold backtest
+    `seqcast run --preset indicators --ensemble 5` 1.20-1.76x faster on 2 cores, a 4-fold backtest
     of it 1.40-1.67x; a worker costs ~3.5 s to start, once per process), not for the seed config's,
     whose single fit already keeps both cores busy (0.69-0.75x). `n_jobs` is a fitting setting and
     is not saved.
