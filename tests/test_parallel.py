@@ -64,5 +64,5 @@ def test_one_job_fits_here_one_after_another():
 
 @pytest.mark.parametrize("jobs", [0, -2, 1.5, True, "2"])
 def test_jobs_are_checked(jobs):
-    with pytest.raises(ConfigError, match="how many fits to run at once"):
+    with pytest.raises(ConfigError, match="must be a positive number of processes or -1 for one per core"):
         check_jobs(jobs, "n_jobs")

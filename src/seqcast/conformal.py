@@ -5,9 +5,9 @@ Forecaster's public behaviour (fit, predict, forecast, save/load), so Forecaster
 any parameter added to it later (threads, ...) reaches the members through `forecaster` untouched.
 
 Members are fitted one after another, or with `n_jobs` on that many cores (this process and
-n_jobs - 1 worker processes, one torch thread each). Processes pay for small members, whose fits
-are per-op Python work that one process cannot spread over two cores; a member big enough that
-`train_model` splits its batches across the cores gains nothing from them. The batched
+n_jobs - 1 worker processes, one torch thread each). Processes pay for small members, whose one
+fit keeps about one core busy (seqcast.parallel says why); a member big enough that `train_model`
+splits its batches across the cores gains nothing from them. The batched
 `ensemble.train_many` path gained less than the processes at the small shapes and lost at the
 seed config's on the 2-core CPU this was built on (benchmarks/README.md).
 """

@@ -25,6 +25,7 @@ from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import ALPHA, MODEL, Leaderboard, walk_forward
 from .data import load_csv, load_long_csv
 from .errors import ConfigError, DataError, SeqcastError
+from .parallel import check_jobs
 from .tuning import parallel_unordered
 
 # Column names that mark a long-format file, matched case-insensitively, first match wins.
@@ -191,6 +192,7 @@ def backtest_many(
     """
     if not series:
         raise DataError("no series to backtest")
+    check_jobs(jobs, "jobs (--jobs)")
     out_dir = Path(out_dir)
     folders = {name: _folder(name) for name in series}
     if len(set(folders.values())) < len(folders):

@@ -449,7 +449,8 @@ def draw_masks(
     PCG64 seeded with it. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and
     ``nn.LSTM`` use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per
     64×60×50 mask against 0.6 ms for NumPy, and in a seed-config epoch the masks are drawn on one
-    thread while the other waits (benchmarks/README.md). Same distribution: independent elements, kept with probability ``keep``.
+    thread while the other waits (benchmarks/README.md). Same distribution: independent elements,
+    kept with probability ``keep``.
     """
     seed = int(torch.randint(2**63 - 1, (1,), generator=generator).item())
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -10,9 +10,10 @@ the workers. A worker first spends seconds importing torch (3.5 s measured here)
 process is already training; an odd number of tasks leaves no core idle at the end; and
 ``Parallel(n_jobs=1)`` would run its tasks in this process beside this thread's own fit, on torch's
 one global random generator. The workers come from joblib's own executor, the one ``Parallel`` uses
-and keeps between calls, so later calls (a backtest's next fold, ``tune``) reuse the processes.
-It pays for small models, whose fits are per-op Python work that one process cannot spread over
-two cores; a model big enough that `train_model` splits its batches across the cores gains nothing.
+and keeps between calls, so later calls (the next fold's ensemble, ``tune``) reuse the processes.
+It pays for small models: `train_model` does not split their batches across the cores (too little
+work per slice), and torch's intra-op threads add little to their small kernels, so one fit keeps
+about one core busy. A model big enough to be split already uses both cores and gains nothing.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ _inside = threading.local()
 
 
 def check_jobs(n_jobs, name: str) -> None:
-    """None, a positive number of processes, or -1 for one per core."""
+    """None, a positive number of processes, or -1 for one per core (`name` is what the user set)."""
     whole = isinstance(n_jobs, Integral) and not isinstance(n_jobs, bool)
     if n_jobs is not None and not (whole and (n_jobs >= 1 or n_jobs == -1)):
-        raise ConfigError(f"{name} must be how many fits to run at once, or -1 for one per core; got {n_jobs!r}")
+        raise ConfigError(f"{name} must be a positive number of processes or -1 for one per core, got {n_jobs!r}")
 
 
 def fit_in_order(estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs) -> Iterator[tuple[object, float]]:

@@ -29,6 +29,7 @@ from .baselines import persistence
 from .errors import ConfigError, DataError
 from .forecaster import Forecaster
 from .metrics import METRICS
+from .parallel import check_jobs
 
 SCORINGS = tuple(METRICS)
 RESULTS_FILE = "tuning.csv"
@@ -177,8 +178,7 @@ def tune(
     """
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
-        raise ConfigError(f"--jobs must be a positive number of processes or -1 for one per core, got {jobs!r}")
+    check_jobs(jobs, "--jobs")
     grid = check_grid(grid)
     base = {**Forecaster().get_params(), **dict(base_params or {}), "verbose": 0}
     configs = [{**base, **c} for c in candidates(grid, search=search, n_iter=n_iter, seed=seed)]
