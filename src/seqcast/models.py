@@ -8,6 +8,9 @@ The seed experiment is a Keras ``Sequential`` of ``layers`` × (LSTM(units) → 
 from __future__ import annotations
 
 import math
+import threading
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -30,7 +33,8 @@ class StackedRNN(nn.Module):
     (inference, or ``dropout=0``) the whole stack is one call of PyTorch's fused CPU kernel. In
     training with dropout the layers run one kernel call each, with inverted-dropout masks applied
     to each layer's output sequence (Keras's ``Dropout`` between layers) and to the last layer's
-    final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`.
+    final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. A GRU trains on the CPU
+    with the hand-written :func:`fused_gru` instead (:meth:`uses_gru_path`).
 
     Input ``x`` is ``(batch, time, features)`` float32; output is ``(batch, horizon)``.
     """
@@ -79,8 +83,8 @@ class StackedRNN(nn.Module):
         dropping = self._dropping()
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
-        if self.uses_fused_path(x):
-            last = fused_lstm(
+        if self.uses_fused_path(x) or self.uses_gru_path(x):
+            last = (fused_lstm if self.cell == "lstm" else fused_gru)(
                 x.transpose(0, 1).unsqueeze(1),
                 self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
@@ -161,6 +165,11 @@ class StackedRNN(nn.Module):
         """With ``fused=True`` the fused LSTM runs CPU training; inference (no grad) keeps
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
+
+    def uses_gru_path(self, x: Tensor) -> bool:
+        """A GRU trains on the CPU with :func:`fused_gru` (PyTorch's own CPU GRU is not oneDNN's
+        and was slower, benchmarks/README.md); inference and CUDA keep ``nn.GRU``."""
+        return self.cell == "gru" and x.device.type == "cpu" and torch.is_grad_enabled()
 
     def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""
@@ -311,9 +320,10 @@ def build_model(
 # that the weight gradients are two large GEMMs after the time loop instead of one small GEMM per
 # step. Weights carry a leading model axis K, so the same code trains K models of one shape at once
 # (K = 1 for a single model). Hand-written because neither torch nor a well-kept library offers a
-# batched-weights LSTM (torch.compile of the unrolled loop was not tried). It is checked against
-# torch.nn.LSTM in tests/test_speed_paths.py; benchmarks/README.md records that on the 2-core
-# machine it was measured on it is slower than PyTorch's oneDNN LSTM, hence opt-in.
+# batched-weights LSTM (torch.compile of nn.LSTM's unrolled loop was measured: much slower, see
+# benchmarks/README.md). It is checked against torch.nn.LSTM in tests/test_speed_paths.py;
+# benchmarks/README.md records that on the 2-core machine it was measured on it is slower than
+# PyTorch's oneDNN LSTM, hence opt-in.
 
 
 def _gate_order(units: int, device: torch.device) -> Tensor:
@@ -431,6 +441,128 @@ def fused_lstm(
     out = x
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         out = _FusedLSTMLayer.apply(out, w_ih[:, order], w_hh[:, order], b_ih[:, order], b_hh[:, order])
+        if masks is not None and layer < len(weights) - 1:
+            out = out * masks[layer]
+    return out[-1]
+
+
+# --- Hand-written GRU (the CPU training path of every GRU) -----------------------------------------
+# The same layout as the fused LSTM: the input projection of all timesteps is one GEMM, each step is
+# one small GEMM and five elementwise ops, and the backward is written out so that the weight
+# gradients are GEMMs after the time loop. Why by hand: PyTorch's CPU GRU (not oneDNN's, which
+# PyTorch uses for LSTM only) runs about a dozen ops per step and autograd records each, and no
+# well-kept library offers a faster CPU GRU. The two time loops run as TorchScript: its interpreter
+# does not hold the GIL, so the two slices of a split batch (training.train_model) run their loops
+# in parallel; as Python loops they serialised on the GIL and the split epoch was slower than
+# PyTorch's own GRU. torch.jit.script is deprecated in torch 2.13 in favour of torch.compile, which
+# took 72 s to compile the indicators preset's LSTM unrolled over 20 steps and then trained it 2.3×
+# slower (benchmarks/README.md); torch is pinned, and if scripting ever fails the same functions run
+# as plain Python.
+# Gate order r, z, n as in PyTorch: r = σ(x·W_ir + b_ir + h·W_hr + b_hr), z likewise,
+# n = tanh(x·W_in + b_in + r ⊙ (h·W_hn + b_hn)), h' = (1 - z) ⊙ n + z ⊙ h.
+
+
+def _gru_forward_steps(acts: Tensor, w_hh_t: Tensor, b_hh: Tensor, h_all: Tensor, hidden: Tensor) -> None:
+    """The recurrence over ``acts (T, K, B, 3U)`` (input projections with the r and z biases of
+    both sides folded in), in place: r, z and n replace their pre-activations, ``h_all`` gets each
+    step's output and ``hidden`` each step's ``h·W_hh`` plus ``b_hh`` (K, 1, 3U) (zero for r, z)."""
+    u = h_all.shape[3]
+    h = torch.zeros_like(h_all[0])
+    for t in range(acts.shape[0]):
+        a = acts[t]
+        hid = torch.baddbmm(b_hh, h, w_hh_t, out=hidden[t])
+        a[:, :, : 2 * u].add_(hid[:, :, : 2 * u]).sigmoid_()
+        n = a[:, :, 2 * u :]
+        n.addcmul_(a[:, :, :u], hid[:, :, 2 * u :]).tanh_()
+        h = torch.lerp(n, h, a[:, :, u : 2 * u], out=h_all[t])
+
+
+def _gru_backward_steps(grad_h: Tensor, to_input: Tensor, to_hidden: Tensor, z: Tensor, w_hh: Tensor) -> None:
+    """The reversed recurrence. Every gate gradient is dh times a factor that does not depend on the
+    gradient: ``to_input (T, K, B, 3, U)`` gives those of the input-side pre-activations (r, z, n)
+    and ``to_hidden`` those of ``h·W_hh + b_hh`` (r and z the same, n times r); both are turned
+    into the gradients in place."""
+    k, batch, u = grad_h.shape[1], grad_h.shape[2], grad_h.shape[3]
+    dh_next = torch.zeros_like(grad_h[0])
+    for back in range(grad_h.shape[0]):
+        t = grad_h.shape[0] - 1 - back
+        dh = (grad_h[t] + dh_next).unsqueeze(2)
+        to_input[t].mul_(dh)
+        d_hidden = to_hidden[t].mul_(dh)
+        if t > 0:
+            dh_next = torch.baddbmm(dh.squeeze(2) * z[t], d_hidden.view(k, batch, 3 * u), w_hh)
+
+
+_SCRIPTED: dict[Callable, Callable] = {}
+_SCRIPT_LOCK = threading.Lock()
+
+
+def _scripted(fn: Callable) -> Callable:
+    """``torch.jit.script(fn)``, compiled once per process (~0.1 s); ``fn`` itself if that fails."""
+    with _SCRIPT_LOCK:
+        if fn not in _SCRIPTED:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    _SCRIPTED[fn] = torch.jit.script(fn)
+            except Exception:  # any failure to compile: the same code as Python is correct, only slower
+                _SCRIPTED[fn] = fn
+        return _SCRIPTED[fn]
+
+
+class _FusedGRULayer(torch.autograd.Function):
+    """One GRU layer over (T, K, B, I) inputs with PyTorch-layout weights (K, 3U, ·), biases (K, 3U)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        steps, k, batch, n_in = x.shape
+        u = w_hh.shape[2]
+        xk = x.permute(1, 0, 2, 3).reshape(k, steps * batch, n_in)
+        bias = torch.cat([b_ih[:, : 2 * u] + b_hh[:, : 2 * u], b_ih[:, 2 * u :]], dim=1).unsqueeze(1)
+        projected = torch.baddbmm(bias, xk, w_ih.transpose(1, 2))
+        acts = projected.view(k, steps, batch, 3 * u).transpose(0, 1).contiguous()
+        h_all = x.new_empty(steps, k, batch, u)
+        hidden = torch.empty_like(acts)
+        b_hn = torch.cat([torch.zeros_like(b_hh[:, : 2 * u]), b_hh[:, 2 * u :]], dim=1).unsqueeze(1)
+        _scripted(_gru_forward_steps)(acts, w_hh.transpose(1, 2).contiguous(), b_hn, h_all, hidden)
+        ctx.save_for_backward(xk, w_ih, w_hh, acts, hidden[..., 2 * u :], h_all)
+        return h_all
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        xk, w_ih, w_hh, acts, hidden_n, h_all = ctx.saved_tensors
+        steps, k, batch, u = h_all.shape
+        r, z, n = acts[..., :u], acts[..., u : 2 * u], acts[..., 2 * u :]
+        h_prev = torch.cat([torch.zeros_like(h_all[:1]), h_all[:-1]])
+        # h' = n + z ⊙ (h - n): dh' reaches n's pre-activation through (1 - z)(1 - n²), z's through
+        # (h - n) z (1 - z), r's through n's times (h·W_hn + b_hn) r (1 - r), and h·W_hn + b_hn
+        # through n's times r.
+        to_n = (1 - z) * (1 - n * n)
+        to_input = torch.stack([to_n * hidden_n * r * (1 - r), (h_prev - n) * z * (1 - z), to_n], dim=3)
+        to_hidden = to_input.clone()
+        to_hidden[:, :, :, 2].mul_(r)
+        _scripted(_gru_backward_steps)(grad_h.contiguous(), to_input, to_hidden, z.contiguous(), w_hh)
+        d_input_k = to_input.transpose(0, 1).reshape(k, steps * batch, 3 * u)
+        d_hidden_k = to_hidden.transpose(0, 1).reshape(k, steps * batch, 3 * u)
+        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
+        grad_w_hh = torch.bmm(d_hidden_k[:, batch:].transpose(1, 2), h_prev_k)
+        grad_w_ih = torch.bmm(d_input_k.transpose(1, 2), xk)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(d_input_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
+        return grad_x, grad_w_ih, grad_w_hh, d_input_k.sum(1), d_hidden_k.sum(1)
+
+
+def fused_gru(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    masks: list[Tensor] | None = None,
+) -> Tensor:
+    """:func:`fused_lstm`'s contract for a stack of GRU layers (PyTorch-layout GRU weights)."""
+    out = x
+    for layer, layer_weights in enumerate(weights):
+        out = _FusedGRULayer.apply(out, *layer_weights)
         if masks is not None and layer < len(weights) - 1:
             out = out * masks[layer]
     return out[-1]
