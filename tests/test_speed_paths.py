@@ -1,6 +1,8 @@
 """Fast paths against the plain path: the layer-by-layer training stack and the fused LSTM vs
-torch.nn.LSTM, the hand-written GRU vs torch.nn.GRU, batches split across threads vs whole batches,
+torch.nn.LSTM, the hand-written GRU and RNN vs torch.nn.GRU/RNN, batches split across threads vs whole batches,
 train_many vs K train_model fits."""
+
+from functools import partial
 
 import numpy as np
 import pytest
@@ -123,12 +125,13 @@ def test_layer_by_layer_training_stack_matches_single_torch_layers(cell):
     torch.testing.assert_close(model(x), reference_stack(model, x, ones), rtol=1e-5, atol=1e-6)
 
 
-def torch_gru_stack(model, x, masks):
-    """The model's GRU stack rebuilt from independent single-layer ``torch.nn.GRU`` modules with
+def torch_single_layers(model, x, masks):
+    """The model's stack rebuilt from independent single-layer ``torch.nn.GRU/RNN`` modules with
     copies of its weights (masks applied by hand); returns the output and the modules."""
+    make = {"gru": torch.nn.GRU, "rnn": partial(torch.nn.RNN, nonlinearity=model.nonlinearity)}[model.cell]
     singles, out = [], x
     for layer in range(model.layers):
-        single = torch.nn.GRU(out.shape[-1], model.units, batch_first=True)
+        single = make(out.shape[-1], model.units, batch_first=True)
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(single, f"{name}_l0").copy_(getattr(model.rnn, f"{name}_l{layer}"))
@@ -139,21 +142,26 @@ def torch_gru_stack(model, x, masks):
     return model.head(out[:, -1] * masks[-1]), singles
 
 
+@pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
 @pytest.mark.parametrize(
     "layers,units,steps,batch,features,dropout",
     [(3, 7, 9, 6, 3, 0.3), (1, 5, 1, 1, 2, 0.0), (2, 4, 5, 3, 1, 0.0), (2, 16, 12, 4, 2, 0.2)],
 )
-def test_hand_written_gru_matches_torch_gru_in_loss_and_every_gradient(layers, units, steps, batch, features, dropout):
+def test_hand_written_gru_and_rnn_match_torch_in_loss_and_every_gradient(
+    cell, nonlinearity, layers, units, steps, batch, features, dropout
+):
     generator = torch.Generator().manual_seed(units * steps)
-    model = build_model(features, cell="gru", layers=layers, units=units, dropout=dropout, horizon=2, seed=3)
+    model = build_model(
+        features, cell=cell, nonlinearity=nonlinearity, layers=layers, units=units, dropout=dropout, horizon=2, seed=3
+    )
     model.train()
     x = torch.randn(batch, steps, features, generator=generator, requires_grad=True)
-    assert model.uses_gru_path(x)
+    assert model.trains_by_hand(x)
     masks = model.draw_dropout_masks(batch, steps)
     if not dropout:
         masks = [torch.ones_like(m) for m in masks]
     ours = model(x, masks if dropout else None)
-    reference, singles = torch_gru_stack(model, x, masks)
+    reference, singles = torch_single_layers(model, x, masks)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     weights = torch.randn(batch, 2, generator=generator)
     got = torch.autograd.grad((ours * weights).sum(), [x, *model.rnn.parameters()])
@@ -161,14 +169,18 @@ def test_hand_written_gru_matches_torch_gru_in_loss_and_every_gradient(layers, u
     names = ["x"] + [name for name, _ in model.rnn.named_parameters()]
     for name, a, b in zip(names, got, want):
         assert (a - b).abs().max().item() <= 1e-5 * max(b.abs().max().item(), 1e-6), name
-    # Inference and CUDA keep torch's GRU; an LSTM never takes this path.
+    # Inference keeps torch's own modules; an LSTM keeps oneDNN's.
     with torch.no_grad():
-        assert not model.uses_gru_path(x)
-    assert not build_model(features, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1).uses_gru_path(x)
+        assert not model.trains_by_hand(x)
+    assert not build_model(features, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1).trains_by_hand(x)
 
 
-def test_gru_time_loops_run_as_torchscript_and_agree_with_their_python(monkeypatch):
-    model = build_model(2, cell="gru", layers=2, units=6, dropout=0.2, horizon=1, seed=0)
+LOOPS = (models._gru_forward_steps, models._gru_backward_steps, models._rnn_forward_steps, models._rnn_backward_steps)
+
+
+@pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
+def test_time_loops_run_as_torchscript_and_agree_with_their_python(monkeypatch, cell, nonlinearity):
+    model = build_model(2, cell=cell, nonlinearity=nonlinearity, layers=2, units=6, dropout=0.2, horizon=1, seed=0)
     model.train()
     x = torch.randn(5, 7, 2)
 
@@ -180,11 +192,11 @@ def test_gru_time_loops_run_as_torchscript_and_agree_with_their_python(monkeypat
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     scripted_loss, scripted_grads = fit_step()
-    # The fast path is really in use: both loops compiled (the interpreter does not hold the GIL).
-    for fn in (models._gru_forward_steps, models._gru_backward_steps):
+    # The fast path is really in use: the loops compiled (the interpreter releases the GIL).
+    for fn in LOOPS:
         assert isinstance(models._scripted(fn), torch.jit.ScriptFunction)
     # The fallback, the same functions as plain Python, gives the same numbers.
-    monkeypatch.setattr(models, "_SCRIPTED", {fn: fn for fn in (models._gru_forward_steps, models._gru_backward_steps)})
+    monkeypatch.setattr(models, "_SCRIPTED", {fn: fn for fn in LOOPS})
     python_loss, python_grads = fit_step()
     torch.testing.assert_close(python_loss, scripted_loss, rtol=1e-6, atol=0)
     for a, b in zip(python_grads, scripted_grads):
@@ -200,7 +212,9 @@ def whole_batch_grads(model, x, y, loss_fn, seed):
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
-@pytest.mark.parametrize("batch,workers,cell", [(13, 2, "lstm"), (7, 3, "lstm"), (2, 4, "lstm"), (13, 2, "gru")])
+@pytest.mark.parametrize(
+    "batch,workers,cell", [(13, 2, "lstm"), (7, 3, "lstm"), (2, 4, "lstm"), (13, 2, "gru"), (7, 3, "rnn")]
+)
 def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(loss, batch, workers, cell):
     generator = torch.Generator().manual_seed(batch * workers)
     model = build_model(2, cell=cell, layers=2, units=6, dropout=0.25, horizon=2, seed=2)

@@ -11,6 +11,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,8 +34,9 @@ class StackedRNN(nn.Module):
     (inference, or ``dropout=0``) the whole stack is one call of PyTorch's fused CPU kernel. In
     training with dropout the layers run one kernel call each, with inverted-dropout masks applied
     to each layer's output sequence (Keras's ``Dropout`` between layers) and to the last layer's
-    final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. A GRU trains on the CPU
-    with the hand-written :func:`fused_gru` instead (:meth:`uses_gru_path`).
+    final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. GRU and vanilla RNN
+    stacks train on the CPU with the hand-written :func:`fused_gru` and :func:`fused_rnn` instead
+    (:meth:`trains_by_hand`).
 
     Input ``x`` is ``(batch, time, features)`` float32; output is ``(batch, horizon)``.
     """
@@ -83,8 +85,11 @@ class StackedRNN(nn.Module):
         dropping = self._dropping()
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
-        if self.uses_fused_path(x) or self.uses_gru_path(x):
-            last = (fused_lstm if self.cell == "lstm" else fused_gru)(
+        if self.uses_fused_path(x) or self.trains_by_hand(x):
+            stack = {"lstm": fused_lstm, "gru": fused_gru}.get(self.cell) or partial(
+                fused_rnn, nonlinearity=self.nonlinearity
+            )
+            last = stack(
                 x.transpose(0, 1).unsqueeze(1),
                 self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
@@ -166,10 +171,11 @@ class StackedRNN(nn.Module):
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
 
-    def uses_gru_path(self, x: Tensor) -> bool:
-        """A GRU trains on the CPU with :func:`fused_gru` (PyTorch's own CPU GRU is not oneDNN's
-        and was slower, benchmarks/README.md); inference and CUDA keep ``nn.GRU``."""
-        return self.cell == "gru" and x.device.type == "cpu" and torch.is_grad_enabled()
+    def trains_by_hand(self, x: Tensor) -> bool:
+        """GRU and vanilla RNN stacks train on the CPU with :func:`fused_gru` / :func:`fused_rnn`:
+        PyTorch's own CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md).
+        Inference and CUDA keep ``nn.GRU`` / ``nn.RNN``; an LSTM keeps oneDNN's."""
+        return self.cell in ("gru", "rnn") and x.device.type == "cpu" and torch.is_grad_enabled()
 
     def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""
@@ -436,17 +442,29 @@ def fused_lstm(
     leading model axis K. ``masks`` (training with dropout) holds one ``(T, K, B, U)`` dropout mask
     per layer but the last, applied to that layer's output.
     """
-    units = weights[0][1].shape[2]
-    order = _gate_order(units, x.device)
+    order = _gate_order(weights[0][1].shape[2], x.device)
+    return _run_stack(
+        lambda out, w_ih, w_hh, b_ih, b_hh: _FusedLSTMLayer.apply(
+            out, w_ih[:, order], w_hh[:, order], b_ih[:, order], b_hh[:, order]
+        ),
+        x,
+        weights,
+        masks,
+    )
+
+
+def _run_stack(layer: Callable[..., Tensor], x: Tensor, weights: list, masks: list[Tensor] | None) -> Tensor:
+    """``layer(out, *weights[i])`` for each layer, ``masks[i]`` applied to every output but the last;
+    the last layer's final step."""
     out = x
-    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        out = _FusedLSTMLayer.apply(out, w_ih[:, order], w_hh[:, order], b_ih[:, order], b_hh[:, order])
-        if masks is not None and layer < len(weights) - 1:
-            out = out * masks[layer]
+    for index, layer_weights in enumerate(weights):
+        out = layer(out, *layer_weights)
+        if masks is not None and index < len(weights) - 1:
+            out = out * masks[index]
     return out[-1]
 
 
-# --- Hand-written GRU (the CPU training path of every GRU) -----------------------------------------
+# --- Hand-written GRU (the CPU training path of every GRU) ----------------------------------------
 # The same layout as the fused LSTM: the input projection of all timesteps is one GEMM, each step is
 # one small GEMM and five elementwise ops, and the backward is written out so that the weight
 # gradients are GEMMs after the time loop. Why by hand: PyTorch's CPU GRU (not oneDNN's, which
@@ -560,12 +578,77 @@ def fused_gru(
     masks: list[Tensor] | None = None,
 ) -> Tensor:
     """:func:`fused_lstm`'s contract for a stack of GRU layers (PyTorch-layout GRU weights)."""
-    out = x
-    for layer, layer_weights in enumerate(weights):
-        out = _FusedGRULayer.apply(out, *layer_weights)
-        if masks is not None and layer < len(weights) - 1:
-            out = out * masks[layer]
-    return out[-1]
+    return _run_stack(_FusedGRULayer.apply, x, weights, masks)
+
+
+# --- Hand-written vanilla RNN (the CPU training path of every RNN) --------------------------------
+# As the GRU above, for h' = act(x·W_ih + b_ih + h·W_hh + b_hh), act tanh or ReLU: one GEMM and one
+# in-place activation per step forward, two ops and one GEMM per step backward. PyTorch's CPU RNN
+# records two autograd ops per step and a small weight-gradient GEMM for each.
+
+
+def _rnn_forward_steps(acts: Tensor, w_hh_t: Tensor, relu: bool) -> None:
+    """The recurrence over ``acts (T, K, B, U)`` (input projections plus both biases), in place:
+    each step's pre-activation becomes its output."""
+    h = torch.zeros_like(acts[0])
+    for t in range(acts.shape[0]):
+        a = acts[t].baddbmm_(h, w_hh_t)
+        h = a.relu_() if relu else a.tanh_()
+
+
+def _rnn_backward_steps(grad_h: Tensor, derivative: Tensor, w_hh: Tensor) -> None:
+    """The reversed recurrence: ``derivative`` (the activation's, per step) becomes the gradient of
+    each step's pre-activation, in place."""
+    dh_next = torch.zeros_like(grad_h[0])
+    for back in range(grad_h.shape[0]):
+        t = grad_h.shape[0] - 1 - back
+        d_pre = derivative[t].mul_(grad_h[t] + dh_next)
+        if t > 0:
+            dh_next = torch.bmm(d_pre, w_hh)
+
+
+class _FusedRNNLayer(torch.autograd.Function):
+    """One tanh or ReLU RNN layer over (T, K, B, I) inputs, weights (K, U, ·), biases (K, U)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, relu: bool) -> Tensor:
+        steps, k, batch, n_in = x.shape
+        u = w_hh.shape[1]
+        xk = x.permute(1, 0, 2, 3).reshape(k, steps * batch, n_in)
+        projected = torch.baddbmm((b_ih + b_hh).unsqueeze(1), xk, w_ih.transpose(1, 2))
+        h_all = projected.view(k, steps, batch, u).transpose(0, 1).contiguous()
+        _scripted(_rnn_forward_steps)(h_all, w_hh.transpose(1, 2).contiguous(), relu)
+        ctx.relu = relu
+        ctx.save_for_backward(xk, w_ih, w_hh, h_all)
+        return h_all
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        xk, w_ih, w_hh, h_all = ctx.saved_tensors
+        steps, k, batch, u = h_all.shape
+        derivative = (h_all > 0).to(h_all.dtype) if ctx.relu else 1 - h_all * h_all
+        _scripted(_rnn_backward_steps)(grad_h.contiguous(), derivative, w_hh)
+        d_pre_k = derivative.transpose(0, 1).reshape(k, steps * batch, u)
+        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
+        grad_w_hh = torch.bmm(d_pre_k[:, batch:].transpose(1, 2), h_prev_k)
+        grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), xk)
+        grad_bias = d_pre_k.sum(1)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(d_pre_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
+        return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None
+
+
+def fused_rnn(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    masks: list[Tensor] | None = None,
+    nonlinearity: str = "tanh",
+) -> Tensor:
+    """:func:`fused_lstm`'s contract for a stack of tanh or ReLU RNN layers."""
+    relu = nonlinearity == "relu"
+    return _run_stack(lambda out, *layer: _FusedRNNLayer.apply(out, *layer, relu), x, weights, masks)
 
 
 def draw_masks(
