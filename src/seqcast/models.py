@@ -417,17 +417,29 @@ class _FusedLSTMLayer(torch.autograd.Function):
             if t:
                 dc_next = dc * f_t
                 dh_next = torch.bmm(dp_t, w_hh)
-        d_pre_k = d_pre.transpose(0, 1).reshape(k, steps * batch, gates)
-        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
-        grad_w_hh = torch.bmm(d_pre_k[:, batch:].transpose(1, 2), h_prev_k)
-        grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), xk)
-        grad_bias = d_pre_k.sum(1)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(d_pre_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
+        grad_x, grad_w_ih, grad_w_hh, grad_bias, _ = _gemm_gradients(
+            ctx.needs_input_grad[0], d_pre, d_pre, h_all, xk, w_ih
+        )
         # Two tensors, not one: a gradient shared by bias_ih and bias_hh would be scaled twice by
         # in-place gradient clipping.
         return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+
+
+def _gemm_gradients(needs_x: bool, d_input: Tensor, d_hidden: Tensor, h_all: Tensor, xk: Tensor, w_ih: Tensor):
+    """A hand-written layer's gradients after its time loop, as large GEMMs over all steps:
+    ``(grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)`` from the gradients ``(T, K, B, G)`` of
+    the input-side and hidden-side pre-activations (the same tensor except in the GRU), the layer's
+    outputs ``h_all (T, K, B, U)`` and its inputs ``xk (K, T·B, I)``."""
+    steps, k, batch, gates = d_input.shape
+    d_input_k = d_input.transpose(0, 1).reshape(k, steps * batch, gates)
+    d_hidden_k = d_input_k if d_hidden is d_input else d_hidden.transpose(0, 1).reshape(k, steps * batch, gates)
+    h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, h_all.shape[3])
+    grad_w_hh = torch.bmm(d_hidden_k[:, batch:].transpose(1, 2), h_prev_k)
+    grad_w_ih = torch.bmm(d_input_k.transpose(1, 2), xk)
+    grad_x = torch.bmm(d_input_k, w_ih).view(k, steps, batch, -1).transpose(0, 1) if needs_x else None
+    grad_b_ih = d_input_k.sum(1)
+    grad_b_hh = grad_b_ih if d_hidden is d_input else d_hidden_k.sum(1)
+    return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
 def fused_lstm(
@@ -560,15 +572,10 @@ class _FusedGRULayer(torch.autograd.Function):
         to_hidden = to_input.clone()
         to_hidden[:, :, :, 2].mul_(r)
         _scripted(_gru_backward_steps)(grad_h.contiguous(), to_input, to_hidden, z.contiguous(), w_hh)
-        d_input_k = to_input.transpose(0, 1).reshape(k, steps * batch, 3 * u)
-        d_hidden_k = to_hidden.transpose(0, 1).reshape(k, steps * batch, 3 * u)
-        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
-        grad_w_hh = torch.bmm(d_hidden_k[:, batch:].transpose(1, 2), h_prev_k)
-        grad_w_ih = torch.bmm(d_input_k.transpose(1, 2), xk)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(d_input_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
-        return grad_x, grad_w_ih, grad_w_hh, d_input_k.sum(1), d_hidden_k.sum(1)
+        return _gemm_gradients(
+            ctx.needs_input_grad[0], to_input.view(steps, k, batch, 3 * u), to_hidden.view(steps, k, batch, 3 * u),
+            h_all, xk, w_ih,
+        )
 
 
 def fused_gru(
@@ -625,17 +632,11 @@ class _FusedRNNLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h: Tensor):
         xk, w_ih, w_hh, h_all = ctx.saved_tensors
-        steps, k, batch, u = h_all.shape
         derivative = (h_all > 0).to(h_all.dtype) if ctx.relu else 1 - h_all * h_all
         _scripted(_rnn_backward_steps)(grad_h.contiguous(), derivative, w_hh)
-        d_pre_k = derivative.transpose(0, 1).reshape(k, steps * batch, u)
-        h_prev_k = h_all[:-1].transpose(0, 1).reshape(k, (steps - 1) * batch, u)
-        grad_w_hh = torch.bmm(d_pre_k[:, batch:].transpose(1, 2), h_prev_k)
-        grad_w_ih = torch.bmm(d_pre_k.transpose(1, 2), xk)
-        grad_bias = d_pre_k.sum(1)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(d_pre_k, w_ih).view(k, steps, batch, -1).transpose(0, 1)
+        grad_x, grad_w_ih, grad_w_hh, grad_bias, _ = _gemm_gradients(
+            ctx.needs_input_grad[0], derivative, derivative, h_all, xk, w_ih
+        )
         return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None
 
 
