@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             ("lstm", 4, 50, False, False),
             ("lstm", 4, 50, True, True),
             ("gru", 4, 50, False, True),
+            ("rnn", 4, 50, False, True),
             ("lstm", 2, 128, False, True),
         )
         for cell, layers, units, fused, split in configs:

@@ -364,3 +364,22 @@ def test_fused_adam_steps_like_the_per_tensor_reference():
         plain.step()
     for a, b in zip(model.parameters(), reference):
         assert (a.detach() - b.detach()).abs().max().item() <= 1e-5 * b.detach().abs().max().item()
+
+
+def test_small_predicts_run_on_one_thread_unless_told(monkeypatch):
+    model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, *rest: seen.append(torch.get_num_threads()) or forward(x, *rest))
+    windows = np.random.default_rng(0).standard_normal((60, 60, 1)).astype(np.float32)
+    # The seed config's 20 January windows: 20 · 8.4 MFLOP, under the limit; 60 windows are over it.
+    assert model.forward_flops(60) * 20 <= training.SMALL_PREDICT_FLOPS < model.forward_flops(60) * 60
+    with intra_op_threads(2):
+        small = predict_batches(model, windows[:20])
+        predict_batches(model, windows)
+        told = predict_batches(model, windows[:20], threads=2)
+        assert torch.get_num_threads() == 2  # restored after the one-thread call
+    assert seen == [1, 2, 2]
+    np.testing.assert_allclose(small, told, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="threads"):
+        predict_batches(model, windows, threads=0)

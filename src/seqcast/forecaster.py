@@ -30,7 +30,7 @@ from .features import (
     warmup_rows,
 )
 from .models import build_model
-from .training import History, intra_op_threads, predict_batches, resolve_device, train_model
+from .training import History, predict_batches, resolve_device, train_model
 from .windows import (
     context_windows,
     fit_scaler,
@@ -339,9 +339,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
         return self.input_scaler_.transform(design.to_numpy())
 
     def _run(self, windows: np.ndarray) -> np.ndarray:
-        """The network's scaled outputs for `windows`, on `threads` torch threads (None: torch's default)."""
-        with intra_op_threads(self.threads):
-            return predict_batches(self.model_, windows, device=self.device_)
+        """The network's scaled outputs for `windows`, on `threads` torch threads (None: one thread for
+        a small call, else torch's default; training.predict_batches)."""
+        return predict_batches(self.model_, windows, device=self.device_, threads=self.threads)
 
     def _levels(self, learned: np.ndarray, anchor) -> np.ndarray:
         """Model outputs (scaled, shape (N, H)) as price levels, anchored on the last known levels."""

@@ -223,6 +223,14 @@ def _check_positive_int(name: str, value: object) -> None:
 # per half) ran 1.25× faster split, the seed config (269 MFLOP per half) 1.46-1.66×.
 MIN_SLICE_FLOPS = 1e7
 
+# Largest forward cost of a :func:`predict_batches` call that runs on one thread when the caller
+# does not choose. Measured on 2 cores (benchmarks/README.md, 2026-12-02): the seed config's 20
+# January windows (168 MFLOP) took 3.0-3.4 ms at 2 threads and 3.5-4.1 ms at 1 in quiet spells of
+# the host, but 7.3-9.3 ms against 3.9-5.0 ms in its slow spells (and 4.2 against 1.7 ms at load
+# ≈ 4 on 2026-11-29): a call this small is latency-bound, and two OpenMP threads wait for each other
+# at every kernel. From ~50 windows (420 MFLOP) two threads win by 1.3× or more.
+SMALL_PREDICT_FLOPS = 3e8
+
 
 def batch_split_workers(
     model: nn.Module, device: torch.device, threads: int | None, split: bool, batch_size: int, steps: int
@@ -611,21 +619,34 @@ def predict_batches(
     *,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> np.ndarray:
     """Predict ``(N, horizon)`` float64 in eval mode (dropout off), ``batch_size`` windows at a time.
 
     Each batch is converted on its own so that a long sliding-window view is never materialised
-    as a whole.
+    as a whole. ``threads`` is torch's intra-op thread count for the call (restored afterwards);
+    None means one thread for a :class:`StackedRNN` call of at most :data:`SMALL_PREDICT_FLOPS` of
+    forward work on the CPU, and torch's count otherwise.
     """
     _check_positive_int("batch_size", batch_size)
+    if threads is not None:
+        _check_positive_int("threads", threads)
     torch_device = resolve_device(device)
     model.to(torch_device)
     model.eval()
     if len(X) == 0:
         raise DataError("X has no samples to predict; the series is shorter than lookback")
+    if (
+        threads is None
+        and torch_device.type == "cpu"
+        and isinstance(model, StackedRNN)
+        and X.ndim == 3
+        and model.forward_flops(X.shape[1]) * len(X) <= SMALL_PREDICT_FLOPS
+    ):
+        threads = 1
     outputs = []
     # inference_mode skips autograd's version counters and view tracking: cheaper than no_grad.
-    with torch.inference_mode():
+    with intra_op_threads(threads), torch.inference_mode():
         for start in range(0, len(X), batch_size):
             batch = _as_tensor(X[start : start + batch_size], torch_device, "X")
             if batch.ndim != 3:
