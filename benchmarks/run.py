@@ -118,16 +118,31 @@ def bench_seed_ab(X, y, *, rounds: int, threads: int) -> dict:
 
 
 def bench_predict(X, january, *, repeats: int = 200) -> dict:
+    """Latency of predict_batches at its default (one thread for a call this small) and, for the
+    20 January windows, at torch's full thread count too, in alternating blocks of 25 calls so that
+    both see the same moments of the host."""
     model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
-    result = {}
-    for name, windows, n in (("january_20", january, repeats), ("batch_1000", X[:1000], 20)):
+    all_threads = torch.get_num_threads()
+    cases = {"january_20": (january, None), f"january_20_threads_{all_threads}": (january, all_threads)}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name, (windows, threads) in cases.items():
+        predict_batches(model, windows, threads=threads)
+    for _ in range(repeats // 25):
+        for name, (windows, threads) in cases.items():
+            for _ in range(25):
+                started = time.perf_counter()
+                predict_batches(model, windows, threads=threads)
+                times[name].append((time.perf_counter() - started) * 1e3)
+    result = {name: {"windows": len(cases[name][0]), "threads": cases[name][1], "milliseconds": spread(t)}
+              for name, t in times.items()}
+    windows = X[:1000]
+    predict_batches(model, windows)
+    batch = []
+    for _ in range(20):
+        started = time.perf_counter()
         predict_batches(model, windows)
-        times = []
-        for _ in range(n):
-            started = time.perf_counter()
-            predict_batches(model, windows)
-            times.append((time.perf_counter() - started) * 1e3)
-        result[name] = {"windows": len(windows), "milliseconds": spread(times)}
+        batch.append((time.perf_counter() - started) * 1e3)
+    result["batch_1000"] = {"windows": len(windows), "threads": None, "milliseconds": spread(batch)}
     return result
 
 
@@ -291,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         results["predict"] = bench_predict(X, january)
         for name, r in results["predict"].items():
             m = r["milliseconds"]
-            print(f"predict {r['windows']} windows: {m['median']:.2f} ms (min {m['min']:.2f}, max {m['max']:.2f})")
+            how = "default threads" if r["threads"] is None else f"threads={r['threads']}"
+            print(f"predict {r['windows']} windows ({how}): {m['median']:.2f} ms (min {m['min']:.2f}, max {m['max']:.2f})")
     if "ensemble" in sections:
         seed_shape = dict(cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
         preset_shape = dict(cell="lstm", layers=1, units=32, dropout=0.0, horizon=1)
