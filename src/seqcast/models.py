@@ -591,7 +591,7 @@ def fused_gru(
 # --- Hand-written vanilla RNN (the CPU training path of every RNN) --------------------------------
 # As the GRU above, for h' = act(x·W_ih + b_ih + h·W_hh + b_hh), act tanh or ReLU: one GEMM and one
 # in-place activation per step forward, two ops and one GEMM per step backward. PyTorch's CPU RNN
-# records two autograd ops per step and a small weight-gradient GEMM for each.
+# runs each step through autograd, with a small weight-gradient GEMM per step.
 
 
 def _rnn_forward_steps(acts: Tensor, w_hh_t: Tensor, relu: bool) -> None:

@@ -226,9 +226,9 @@ MIN_SLICE_FLOPS = 1e7
 # Largest forward cost of a :func:`predict_batches` call that runs on one thread when the caller
 # does not choose. Measured on 2 cores (benchmarks/README.md, 2026-12-02): the seed config's 20
 # January windows (168 MFLOP) took 3.0-3.4 ms at 2 threads and 3.5-4.1 ms at 1 in quiet spells of
-# the host, but 7.3-9.3 ms against 3.9-5.0 ms in its slow spells (and 4.2 against 1.7 ms at load
+# the host, but 7.3-9.5 ms against 3.9-5.0 ms in its slow spells (and 4.2 against 1.7 ms at load
 # ≈ 4 on 2026-11-29): a call this small is latency-bound, and two OpenMP threads wait for each other
-# at every kernel. From ~50 windows (420 MFLOP) two threads win by 1.3× or more.
+# at every kernel. From ~50 windows (420 MFLOP) two threads win by 1.25× or more.
 SMALL_PREDICT_FLOPS = 3e8
 
 
@@ -640,7 +640,7 @@ def predict_batches(
         threads is None
         and torch_device.type == "cpu"
         and isinstance(model, StackedRNN)
-        and X.ndim == 3
+        and getattr(X, "ndim", None) == 3
         and model.forward_flops(X.shape[1]) * len(X) <= SMALL_PREDICT_FLOPS
     ):
         threads = 1
