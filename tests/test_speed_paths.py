@@ -2,6 +2,7 @@
 torch.nn.LSTM, the hand-written GRU and RNN vs torch.nn.GRU/RNN, batches split across threads vs whole batches,
 train_many vs K train_model fits."""
 
+import threading
 from functools import partial
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch.nn import functional as F
 from seqcast.ensemble import train_many
 from seqcast.errors import ConfigError
 from seqcast.models import build_model, draw_masks
-from seqcast import models, training
+from seqcast import ensemble, models, training
 from seqcast.training import (
     LOSSES,
     _BatchSplitter,
@@ -292,17 +293,18 @@ def noisy_sine_windows(lookback=10, n=130):
     return X, y
 
 
-@pytest.mark.parametrize("clip_norm,optimizer", [(None, "adam"), (0.05, "adam"), (None, "rmsprop")])
-def test_train_many_equals_separate_fits_model_by_model(clip_norm, optimizer):
+def train_many_against_separate_fits(shape, fit, threads=None):
+    """Seeds 3, 11, 12 of ``shape`` trained by ``train_many`` and one by one by ``train_model``;
+    asserts that each model equals its own fit; returns the jointly trained models."""
     X, y = noisy_sine_windows()
-    shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     seeds = [3, 11, 12]
-    fit = dict(epochs=2, batch_size=16, lr=3e-3, optimizer=optimizer, clip_norm=clip_norm)
     separate = []
     for seed in seeds:
         model = build_model(1, seed=seed, **shape)
         separate.append((model, train_model(model, X, y, seed=seed, **fit)))
-    together, histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, **fit)
+    together, histories = train_many(
+        [build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, threads=threads, **fit
+    )
     for (alone, history), joint, joint_history in zip(separate, together, histories):
         np.testing.assert_allclose(joint_history.loss, history.loss, rtol=1e-5)
         for (name, a), b in zip(alone.named_parameters(), joint.parameters()):
@@ -311,20 +313,49 @@ def test_train_many_equals_separate_fits_model_by_model(clip_norm, optimizer):
             # scale) moves a step of lr = 3e-3 by ~1 %: weights agree to a few 1e-5, not to 1e-6.
             torch.testing.assert_close(b, a, rtol=1e-4, atol=4e-5, msg=name)
         assert not joint.training
-    # Different seeds really gave different models (the comparison above is not vacuous).
+    # Different seeds really gave different models (the comparisons above are not vacuous).
     assert not torch.allclose(together[0].head.weight, together[1].head.weight)
+    assert not torch.allclose(together[1].head.weight, together[2].head.weight)
     np.testing.assert_allclose(predict_batches(together[1], X), predict_batches(separate[1][0], X), atol=1e-4)
+    return together
 
 
-def test_train_many_rejects_mixed_shapes_non_lstm_and_missing_seeds():
+@pytest.mark.parametrize("clip_norm,optimizer", [(None, "adam"), (0.05, "adam"), (None, "rmsprop")])
+def test_train_many_equals_separate_fits_model_by_model(clip_norm, optimizer):
+    shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
+    fit = dict(epochs=2, batch_size=16, lr=3e-3, optimizer=optimizer, clip_norm=clip_norm)
+    train_many_against_separate_fits(shape, fit)
+
+
+@pytest.mark.parametrize("cell,nonlinearity,threads", [("gru", "tanh", 1), ("gru", "tanh", 2), ("rnn", "relu", 2)])
+def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(monkeypatch, cell, nonlinearity, threads):
+    groups = []
+    real_group = ensemble._train_group
+
+    def spy(models, *args, **kwargs):
+        groups.append((threading.get_ident(), len(models)))
+        return real_group(models, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "_train_group", spy)
+    shape = dict(cell=cell, nonlinearity=nonlinearity, layers=2, units=8, dropout=0.25, horizon=1)
+    train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
+    # With two threads the three models train as two groups (1 + 2) in two threads; else as one.
+    if threads == 2:
+        assert len({ident for ident, _ in groups}) == 2 and sorted(n for _, n in groups) == [1, 2]
+    else:
+        assert [n for _, n in groups] == [3]
+
+
+def test_train_many_rejects_mixed_shapes_and_cells_and_missing_seeds():
     X, y = noisy_sine_windows(n=20)
     lstm = build_model(1, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
     wider = build_model(1, cell="lstm", layers=1, units=5, dropout=0.0, horizon=1, seed=0)
     gru = build_model(1, cell="gru", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
-    with pytest.raises(ConfigError, match="one shape"):
-        train_many([lstm, wider], X, y, seeds=[0, 1], epochs=1)
-    with pytest.raises(ConfigError, match="LSTM models only"):
-        train_many([gru], X, y, seeds=[0], epochs=1)
+    relu = build_model(1, cell="rnn", nonlinearity="relu", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
+    tanh = build_model(1, cell="rnn", nonlinearity="tanh", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
+    for mixed in ([lstm, wider], [lstm, gru], [relu, tanh]):
+        with pytest.raises(ConfigError, match="one shape"):
+            train_many(mixed, X, y, seeds=[0, 1], epochs=1)
     with pytest.raises(ConfigError, match="one seed per model"):
         train_many([lstm], X, y, seeds=[0, 1], epochs=1)
 

@@ -1,4 +1,4 @@
-"""Train K LSTM models of one shape together, as if each had been fitted alone by ``train_model``.
+"""Train K recurrent models of one shape together, as if each had been fitted alone by ``train_model``.
 
 The K models' weights are stacked along a leading axis and every GEMM becomes one batched GEMM
 (``torch.bmm``) over the K models, so the per-operation overhead that dominates a small LSTM on a
@@ -9,6 +9,11 @@ shape ``StackedRNN.draw_dropout_masks`` draws them), its loss and its gradient-c
 are elementwise, so one optimizer over the stacked weights updates each model exactly as its own
 optimizer would. On the CPU, model k therefore ends with the weights of
 ``train_model(models[k], X, y, seed=seeds[k])`` up to floating-point rounding.
+
+GRU and vanilla RNN models are also split into one group per thread, each group trained as above
+in its own Python thread with one intra-op thread: their hand-written time loops run as TorchScript,
+which releases the GIL, so the groups run in parallel. (The LSTM's loops are Python and would
+serialise on the GIL, so LSTM models stay in one group.)
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import StackedRNN, fused_lstm
+from seqcast.models import StackedRNN
 from seqcast.training import (
     LOSSES,
     History,
@@ -44,18 +50,17 @@ def _check_same_shape(models: Sequence[StackedRNN]) -> None:
     for index, model in enumerate(models):
         if not isinstance(model, StackedRNN):
             raise ConfigError(f"models[{index}] is a {type(model).__name__}, not a seqcast StackedRNN")
-        if model.cell != "lstm":
+        shape = _shape(model)
+        if shape != _shape(first):
             raise ConfigError(
-                f"models[{index}] is a {model.cell.upper()}; train_many trains LSTM models only "
-                "(fit GRU/RNN models one by one with train_model)"
+                f"models[{index}] has (cell, nonlinearity, features, layers, units, horizon, dropout) {shape} "
+                f"but models[0] has {_shape(first)}; train_many trains models of one shape"
             )
-        shape = (model.n_features, model.layers, model.units, model.horizon, model.dropout_rate)
-        wanted = (first.n_features, first.layers, first.units, first.horizon, first.dropout_rate)
-        if shape != wanted:
-            raise ConfigError(
-                f"models[{index}] has (features, layers, units, horizon, dropout) {shape} but models[0] "
-                f"has {wanted}; train_many trains models of one shape"
-            )
+
+
+def _shape(model: StackedRNN) -> tuple:
+    nonlinearity = model.nonlinearity if model.cell == "rnn" else None
+    return (model.cell, nonlinearity, model.n_features, model.layers, model.units, model.horizon, model.dropout_rate)
 
 
 def train_many(
@@ -74,13 +79,15 @@ def train_many(
     device: str | torch.device = "cpu",
     threads: int | None = None,
 ) -> tuple[list[StackedRNN], list[History]]:
-    """Train ``models`` (LSTM ``StackedRNN`` of one shape) in place on the same ``X``, ``y``.
+    """Train ``models`` (``StackedRNN`` of one shape: LSTM, GRU or RNN) in place on the same ``X``, ``y``.
 
     ``seeds[k]`` plays the role of ``train_model``'s ``seed`` for ``models[k]`` (build the models
     with ``build_model(..., seed=s)`` for reproducible initial weights). The other arguments mean
     what they mean in ``train_model``; validation data and early stopping are not supported here
-    (fit one by one when a model must stop on its own). Returns the models, left in eval mode,
-    and one ``History`` per model; ``epoch_seconds`` is the time of the joint epoch.
+    (fit one by one when a model must stop on its own). ``threads`` (None: torch's intra-op count)
+    is the number of CPU threads the call uses: intra-op threads for LSTM models, one group of
+    models per thread for GRU and RNN models (module docstring). Returns the models, left in eval
+    mode, and one ``History`` per model; ``epoch_seconds`` is the time of its group's joint epoch.
     """
     models = list(models)
     _check_same_shape(models)
@@ -90,8 +97,45 @@ def train_many(
     check_fit_settings(epochs=epochs, batch_size=batch_size, threads=threads, loss=loss, clip_norm=clip_norm)
 
     torch_device = resolve_device(device)
+    X_t, y_t = _prepare(X, y, torch_device, models[0].horizon, ("X", "y"))
+    fit = dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, shuffle=shuffle,
+        clip_norm=clip_norm, torch_device=torch_device,
+    )
+    workers = int(threads) if threads is not None else torch.get_num_threads()
+    groups = min(workers, len(models)) if torch_device.type == "cpu" and models[0].cell in ("gru", "rnn") else 1
+    if groups == 1:
+        return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, **fit)
+    edges = [len(models) * i // groups for i in range(groups + 1)]
+    parts = [(models[a:b], seeds[a:b], a) for a, b in zip(edges, edges[1:])]
+    # Each pool thread sets its own OpenMP thread count (a per-thread setting) to 1.
+    with ThreadPoolExecutor(groups - 1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(_train_group, m, s, X_t, y_t, offset=o, threads=1, **fit) for m, s, o in parts[1:]]
+        results = [_train_group(*parts[0][:2], X_t, y_t, offset=0, threads=1, **fit)]
+        results += [future.result() for future in futures]
+    return [m for trained, _ in results for m in trained], [h for _, histories in results for h in histories]
+
+
+def _train_group(
+    models: list[StackedRNN],
+    seeds: list[int],
+    X_t: torch.Tensor,
+    y_t: torch.Tensor,
+    *,
+    offset: int,
+    threads: int | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    loss: str,
+    shuffle: bool,
+    clip_norm: float | None,
+    torch_device: torch.device,
+) -> tuple[list[StackedRNN], list[History]]:
+    """train_many's joint fit of ``models`` (``models[i]`` is the caller's ``offset + i``)."""
     template = models[0]
-    X_t, y_t = _prepare(X, y, torch_device, template.horizon, ("X", "y"))
+    stack = template.hand_written_stack()
     n_samples, k = len(X_t), len(models)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.
@@ -136,7 +180,7 @@ def train_many(
                         template.draw_dropout_masks(index.shape[1], X_t.shape[1], torch_device, g) for g in droppers
                     ]
                     masks = [torch.stack(layer_masks, dim=-3) for layer_masks in zip(*per_model)]
-                last = fused_lstm(batch_x, layer_weights, masks=None if masks is None else masks[:-1])
+                last = stack(batch_x, layer_weights, masks=None if masks is None else masks[:-1])
                 if masks is not None:
                     last = last * masks[-1]
                 predictions = torch.baddbmm(head_bias.unsqueeze(1), last, head_weight.transpose(1, 2))
@@ -152,7 +196,7 @@ def train_many(
             for model_index, (history, value) in enumerate(zip(histories, losses)):
                 if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"model {model_index} (seed {seeds[model_index]}) diverged at epoch {epoch} "
+                        f"model {offset + model_index} (seed {seeds[model_index]}) diverged at epoch {epoch} "
                         f"(loss {value}): try a lower lr or clip_norm=1.0"
                     )
                 history.loss.append(value)

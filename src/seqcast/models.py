@@ -86,10 +86,7 @@ class StackedRNN(nn.Module):
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
-            stack = {"lstm": fused_lstm, "gru": fused_gru}.get(self.cell) or partial(
-                fused_rnn, nonlinearity=self.nonlinearity
-            )
-            last = stack(
+            last = self.hand_written_stack()(
                 x.transpose(0, 1).unsqueeze(1),
                 self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
@@ -170,6 +167,12 @@ class StackedRNN(nn.Module):
         """With ``fused=True`` the fused LSTM runs CPU training; inference (no grad) keeps
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
+
+    def hand_written_stack(self) -> Callable[..., Tensor]:
+        """:func:`fused_lstm`, :func:`fused_gru` or :func:`fused_rnn` (with this model's
+        nonlinearity): the hand-written stack of this model's cell, K models at a time."""
+        stacks = {"lstm": fused_lstm, "gru": fused_gru, "rnn": partial(fused_rnn, nonlinearity=self.nonlinearity)}
+        return stacks[self.cell]
 
     def trains_by_hand(self, x: Tensor) -> bool:
         """GRU and vanilla RNN stacks train on the CPU with :func:`fused_gru` / :func:`fused_rnn`:
