@@ -146,32 +146,39 @@ def bench_predict(X, january, *, repeats: int = 200) -> dict:
     return result
 
 
-def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, threads: int) -> dict:
-    """K seeds of one shape: K sequential train_model fits vs one train_many call, both at `threads`."""
+def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, threads: int, rounds: int = 3) -> dict:
+    """K seeds of one shape: K sequential train_model fits vs one train_many call, both at `threads`,
+    in `rounds` interleaved rounds (the speedup is the median of the rounds' ratios)."""
     from seqcast.ensemble import train_many
 
     seeds = list(range(k))
     n_features = X.shape[2]
-    started = time.perf_counter()
-    for seed in seeds:
-        model = build_model(n_features, seed=seed, **shape)
-        train_model(model, X, y, epochs=epochs, batch_size=batch_size, seed=seed, threads=threads)
-    sequential = time.perf_counter() - started
-    models = [build_model(n_features, seed=seed, **shape) for seed in seeds]
-    started = time.perf_counter()
-    train_many(models, X, y, seeds=seeds, epochs=epochs, batch_size=batch_size, threads=threads)
-    together = time.perf_counter() - started
+    sequential, together = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for seed in seeds:
+            model = build_model(n_features, seed=seed, **shape)
+            train_model(model, X, y, epochs=epochs, batch_size=batch_size, seed=seed, threads=threads)
+        sequential.append(time.perf_counter() - started)
+        models = [build_model(n_features, seed=seed, **shape) for seed in seeds]
+        started = time.perf_counter()
+        train_many(models, X, y, seeds=seeds, epochs=epochs, batch_size=batch_size, threads=threads)
+        together.append(time.perf_counter() - started)
     windows = k * epochs * len(X)
+    ratios = [a / b for a, b in zip(sequential, together)]
+    cell = shape["cell"].upper() + (f" {shape.get('nonlinearity', 'tanh')}" if shape["cell"] == "rnn" else "")
     return {
         "models": k,
         "epochs": epochs,
-        "shape": f"{shape['layers']}x{shape['cell'].upper()}({shape['units']}), {n_features} inputs, lookback "
+        "shape": f"{shape['layers']}x{cell}({shape['units']}), {n_features} inputs, lookback "
         f"{X.shape[1]}, dropout {shape['dropout']}, batch {batch_size}, {threads} threads",
-        "sequential_seconds": sequential,
-        "together_seconds": together,
-        "sequential_windows_per_second": windows / sequential,
-        "together_windows_per_second": windows / together,
-        "speedup": sequential / together,
+        "rounds": rounds,
+        "sequential_seconds": statistics.median(sequential),
+        "together_seconds": statistics.median(together),
+        "sequential_windows_per_second": windows / statistics.median(sequential),
+        "together_windows_per_second": windows / statistics.median(together),
+        "speedup": statistics.median(ratios),
+        "speedups": ratios,
     }
 
 
@@ -316,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
             "ensemble": (X, y, seed_shape, 64, args.threads),
             "ensemble_preset_shape": (Xp, yp, preset_shape, 32, args.threads),
             "ensemble_preset_shape_1_thread": (Xp, yp, preset_shape, 32, 1),
+            "ensemble_preset_shape_gru": (Xp, yp, {**preset_shape, "cell": "gru"}, 32, args.threads),
+            "ensemble_preset_shape_rnn": (Xp, yp, {**preset_shape, "cell": "rnn"}, 32, args.threads),
         }
         for key, (Xk, yk, shape, batch, threads) in runs.items():
             r = bench_ensemble(Xk, yk, k=args.ensemble, epochs=args.ensemble_epochs, shape=shape, batch_size=batch,
@@ -323,7 +332,8 @@ def main(argv: list[str] | None = None) -> None:
             results[key] = r
             print(f"{r['models']} models x {r['epochs']} epochs of {r['shape']}: sequential "
                   f"{r['sequential_windows_per_second']:.0f} windows/s, together "
-                  f"{r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x)", flush=True)
+                  f"{r['together_windows_per_second']:.0f} windows/s ({r['speedup']:.2f}x, rounds "
+                  + ", ".join(f"{x:.2f}x" for x in r["speedups"]) + ")", flush=True)
     if "members" in sections:
         results["members"] = {}
         for preset, epochs in (("indicators", args.members_epochs), (None, 1)):
