@@ -80,6 +80,42 @@ def test_mean_of_members_spread_and_determinism(small_series):
     pd.testing.assert_frame_equal(bands, again)
 
 
+@pytest.mark.parametrize("cell,threads", [("gru", 2), ("rnn", None)])
+def test_gru_and_rnn_members_train_together_and_equal_their_own_fits(small_series, monkeypatch, cell, threads):
+    import seqcast.conformal as module
+
+    train, test = small_series
+    base = Forecaster(**{**TINY, "cell": cell, "dropout": 0.2, "layers": 2, "threads": threads}, seed=7)
+    calls = []
+    real = module.train_many
+    monkeypatch.setattr(module, "train_many", lambda models, *a, **kw: calls.append(len(models)) or real(models, *a, **kw))
+    together = EnsembleForecaster(base, n_members=3, calibration_fraction=0.25).fit(train)
+    assert calls == [3]  # one joint call for the three members
+    assert together.trains_members_together()
+    assert not EnsembleForecaster(base, n_members=3, n_jobs=2).trains_members_together()
+    assert not EnsembleForecaster(base, n_members=1).trains_members_together()
+    fit_rows = train.iloc[: len(train) - 30]
+    for i, member in enumerate(together.members_):
+        alone = clone(base).set_params(seed=7 + i).fit(fit_rows)
+        np.testing.assert_allclose(member.history_.loss, alone.history_.loss, rtol=1e-5)
+        for name, value in alone.model_.state_dict().items():
+            torch.testing.assert_close(member.model_.state_dict()[name], value, rtol=1e-4, atol=4e-5, msg=name)
+        # The data-derived fitted attributes are each member's own (n_train_rows_ and train_end_ then
+        # count the calibration rows, which the ensemble gives its members as context).
+        for attribute in ("target_", "input_columns_", "train_start_", "exchange_holidays_"):
+            assert getattr(member, attribute) == getattr(alone, attribute), attribute
+        np.testing.assert_array_equal(member.input_scaler_.scale_, alone.input_scaler_.scale_)
+        np.testing.assert_array_equal(member.target_scaler_.scale_, alone.target_scaler_.scale_)
+    assert not np.allclose(together.members_[0].predict(test), together.members_[1].predict(test))
+    # LSTM members, or members that validate or stop early, fit one by one.
+    calls.clear()
+    lstm = EnsembleForecaster(clone(base).set_params(cell="lstm"), n_members=2, calibration_fraction=0.25)
+    assert not lstm.trains_members_together()
+    lstm.fit(train)
+    EnsembleForecaster(clone(base).set_params(val_fraction=0.2), n_members=2, calibration_fraction=0.25).fit(train)
+    assert calls == []
+
+
 def test_members_fitted_in_worker_processes_equal_one_thread_sequential_fits(small_series, tmp_path):
     train, test = small_series
     base = Forecaster(**{**TINY, "dropout": 0.2, "layers": 2}, seed=7, verbose=1)

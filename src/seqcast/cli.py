@@ -352,6 +352,8 @@ def _describe_model(model) -> str:
         return _model_line(model)
     base, k = model.forecaster, model.n_members
     jobs = "" if model.n_jobs in (None, 1) else f" fitted {effective_n_jobs(model.n_jobs)} at a time"
+    if model.trains_members_together():
+        jobs = " trained together"
     return (
         f"{_model_line(base)}; ensemble of {k} (seeds {base.seed}..{base.seed + k - 1}){jobs}, {model.interval:.0%} "
         f"conformal intervals from the last {model.calibration_fraction:.0%} of the training rows"

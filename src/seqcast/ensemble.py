@@ -87,7 +87,8 @@ def train_many(
     (fit one by one when a model must stop on its own). ``threads`` (None: torch's intra-op count)
     is the number of CPU threads the call uses: intra-op threads for LSTM models, one group of
     models per thread for GRU and RNN models (module docstring). Returns the models, left in eval
-    mode, and one ``History`` per model; ``epoch_seconds`` is the time of its group's joint epoch.
+    mode, and one ``History`` per model; ``epoch_seconds`` is the model's share of its group's joint
+    epoch (the epoch's time over the group's size), so the histories add up to the groups' time.
     """
     models = list(models)
     _check_same_shape(models)
@@ -200,7 +201,7 @@ def _train_group(
                         f"(loss {value}): try a lower lr or clip_norm=1.0"
                     )
                 history.loss.append(value)
-                history.epoch_seconds.append(seconds)
+                history.epoch_seconds.append(seconds / k)
 
     with torch.no_grad():
         for model_index, model in enumerate(models):

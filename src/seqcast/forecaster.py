@@ -199,6 +199,36 @@ class Forecaster(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y=None, *, checkpoint_dir=None, checkpoint_every=None, resume=False):
         """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`."""
+        frame, (X_train, y_train), (X_val, y_val) = self._prepare_fit(X, y)
+        self.history_ = train_model(
+            self.model_,
+            X_train,
+            y_train,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            loss=self.loss,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            clip_norm=self.clip_norm,
+            early_stopping=self.early_stopping,
+            X_val=X_val,
+            y_val=y_val,
+            verbose=self.verbose,
+            device=self.device_,
+            threads=self.threads,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+        return self._finish_fit(frame)
+
+    def _prepare_fit(self, X, y=None):
+        """fit up to training: every data-derived fitted attribute and an untrained ``model_``;
+        returns the frame and the scaled (training, validation) windows (validation ``(None, None)``
+        without ``val_fraction``). EnsembleForecaster trains several members' models at once between
+        this and :meth:`_finish_fit`."""
         self._check_params()
         frame = self._frame(X, y)
         source = frame.attrs.get("source", "<frame>")
@@ -247,28 +277,11 @@ class Forecaster(RegressorMixin, BaseEstimator):
 
         self.device_ = str(resolve_device(self.device))
         self.model_ = self._build_model()
-        self.history_ = train_model(
-            self.model_,
-            X_train,
-            y_train,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            loss=self.loss,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            clip_norm=self.clip_norm,
-            early_stopping=self.early_stopping,
-            X_val=X_val,
-            y_val=y_val,
-            verbose=self.verbose,
-            device=self.device_,
-            threads=self.threads,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-        )
+        return frame, (X_train, y_train), (X_val, y_val)
+
+    def _finish_fit(self, frame: pd.DataFrame) -> Forecaster:
+        """fit after training (``history_`` set): the context rows and the training span."""
+        raw = frame[self.required_columns_]
         self.context_ = raw.iloc[-self.context_rows_ :].astype(np.float64)
         self.n_train_rows_ = len(frame)
         self.train_start_, self.train_end_ = frame.index[0], frame.index[-1]
