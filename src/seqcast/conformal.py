@@ -79,21 +79,12 @@ def _fit_together(members: list[Forecaster], rows: pd.DataFrame) -> list[Forecas
     one train_many call; each member equals its own ``fit`` up to float rounding."""
     prepared = [member._prepare_fit(rows) for member in members]
     _, (X_train, y_train), _ = prepared[0]  # the same windows for every member: only the seed differs
-    t = members[0]
     _, histories = train_many(
         [member.model_ for member in members],
         X_train,
         y_train,
         seeds=[member.seed for member in members],
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        optimizer=t.optimizer,
-        loss=t.loss,
-        shuffle=t.shuffle,
-        clip_norm=t.clip_norm,
-        device=t.device_,
-        threads=t.threads,
+        **members[0]._training_settings(),
     )
     for member, (frame, _, _), history in zip(members, prepared, histories):
         member.history_ = history

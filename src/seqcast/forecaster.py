@@ -204,25 +204,31 @@ class Forecaster(RegressorMixin, BaseEstimator):
             self.model_,
             X_train,
             y_train,
+            seed=self.seed,
+            early_stopping=self.early_stopping,
+            X_val=X_val,
+            y_val=y_val,
+            verbose=self.verbose,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            **self._training_settings(),
+        )
+        return self._finish_fit(frame)
+
+    def _training_settings(self) -> dict:
+        """The arguments of train_model (and of train_many, for ensembles) that every seed shares."""
+        return dict(
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             optimizer=self.optimizer,
             loss=self.loss,
-            seed=self.seed,
             shuffle=self.shuffle,
             clip_norm=self.clip_norm,
-            early_stopping=self.early_stopping,
-            X_val=X_val,
-            y_val=y_val,
-            verbose=self.verbose,
             device=self.device_,
             threads=self.threads,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
         )
-        return self._finish_fit(frame)
 
     def _prepare_fit(self, X, y=None):
         """fit up to training: every data-derived fitted attribute and an untrained ``model_``;
