@@ -414,3 +414,18 @@ def test_small_predicts_run_on_one_thread_unless_told(monkeypatch):
     np.testing.assert_allclose(small, told, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="threads"):
         predict_batches(model, windows, threads=0)
+
+
+def test_train_many_shows_one_progress_bar_on_stderr_when_verbose(capsys):
+    X, y = noisy_sine_windows(n=40)
+    shape = dict(cell="gru", layers=1, units=4, dropout=0.0, horizon=1)
+
+    def fit(**kwargs):
+        train_many([build_model(1, seed=s, **shape) for s in (0, 1, 2)], X, y, seeds=[0, 1, 2], epochs=2, **kwargs)
+        return capsys.readouterr()
+
+    assert fit(threads=1).err == ""
+    captured = fit(threads=1, verbose=1)
+    assert captured.out == ""
+    assert "epoch" in captured.err and "2/2" in captured.err and "(mean of 3 models)" in captured.err
+    assert "(mean of models 1-1 of 3, in 2 threads)" in fit(threads=2, verbose=1).err

@@ -84,6 +84,7 @@ def _fit_together(members: list[Forecaster], rows: pd.DataFrame) -> list[Forecas
         X_train,
         y_train,
         seeds=[member.seed for member in members],
+        verbose=members[0].verbose,
         **members[0]._training_settings(),
     )
     for member, (frame, _, _), history in zip(members, prepared, histories):

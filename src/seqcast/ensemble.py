@@ -34,6 +34,7 @@ from seqcast.training import (
     History,
     TrainingDiverged,
     check_fit_settings,
+    epoch_progress,
     _prepare,
     intra_op_threads,
     make_optimizer,
@@ -78,6 +79,7 @@ def train_many(
     clip_norm: float | None = None,
     device: str | torch.device = "cpu",
     threads: int | None = None,
+    verbose: int = 0,
 ) -> tuple[list[StackedRNN], list[History]]:
     """Train ``models`` (``StackedRNN`` of one shape: LSTM, GRU or RNN) in place on the same ``X``, ``y``.
 
@@ -89,6 +91,7 @@ def train_many(
     models per thread for GRU and RNN models (module docstring). Returns the models, left in eval
     mode, and one ``History`` per model; ``epoch_seconds`` is the model's share of its group's joint
     epoch (the epoch's time over the group's size), so the histories add up to the groups' time.
+    ``verbose`` shows one progress bar on stderr: the (first) group's epochs and its models' mean loss.
     """
     models = list(models)
     _check_same_shape(models)
@@ -106,13 +109,16 @@ def train_many(
     workers = int(threads) if threads is not None else torch.get_num_threads()
     groups = min(workers, len(models)) if torch_device.type == "cpu" and models[0].cell in ("gru", "rnn") else 1
     if groups == 1:
-        return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, **fit)
+        label = f"(mean of {len(models)} models)" if len(models) > 1 else ""
+        return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, verbose=verbose, label=label, **fit)
     edges = [len(models) * i // groups for i in range(groups + 1)]
     parts = [(models[a:b], seeds[a:b], a) for a, b in zip(edges, edges[1:])]
     # Each pool thread sets its own OpenMP thread count (a per-thread setting) to 1.
     with ThreadPoolExecutor(groups - 1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         futures = [pool.submit(_train_group, m, s, X_t, y_t, offset=o, threads=1, **fit) for m, s, o in parts[1:]]
-        results = [_train_group(*parts[0][:2], X_t, y_t, offset=0, threads=1, **fit)]
+        first = len(parts[0][0])
+        label = f"(mean of models 1-{first} of {len(models)}, in {groups} threads)"
+        results = [_train_group(*parts[0][:2], X_t, y_t, offset=0, threads=1, verbose=verbose, label=label, **fit)]
         results += [future.result() for future in futures]
     return [m for trained, _ in results for m in trained], [h for _, histories in results for h in histories]
 
@@ -125,6 +131,8 @@ def _train_group(
     *,
     offset: int,
     threads: int | None,
+    verbose: int = 0,
+    label: str = "",
     epochs: int,
     batch_size: int,
     lr: float,
@@ -161,7 +169,9 @@ def _train_group(
     p = template.dropout_rate
     histories = [History() for _ in models]
 
-    with intra_op_threads(threads):
+    progress = epoch_progress(verbose)
+    with progress, intra_op_threads(threads):
+        task = progress.add_task("train", total=epochs, loss="-", val_loss=label)
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             orders = torch.stack(
@@ -202,6 +212,7 @@ def _train_group(
                     )
                 history.loss.append(value)
                 history.epoch_seconds.append(seconds / k)
+            progress.update(task, advance=1, loss=f"{sum(losses) / k:.4g}")
 
     with torch.no_grad():
         for model_index, model in enumerate(models):

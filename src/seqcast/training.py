@@ -297,6 +297,20 @@ class _BatchSplitter:
         return sum(loss for loss, _ in results)
 
 
+def epoch_progress(verbose: int) -> Progress:
+    """The per-epoch progress bar on stderr (fields ``loss`` and ``val_loss``), off unless ``verbose``."""
+    return Progress(
+        TextColumn("epoch"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[val_loss]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not verbose,
+    )
+
+
 def train_model(
     model: nn.Module,
     X: np.ndarray | torch.Tensor,
@@ -409,16 +423,7 @@ def train_model(
     if checkpoint_dir is not None:
         finished = snapshot(first_epoch - 1)
 
-    progress = Progress(
-        TextColumn("epoch"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[val_loss]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not verbose,
-    )
+    progress = epoch_progress(verbose)
     workers = batch_split_workers(model, torch_device, threads, split_batches, batch_size, X_t.shape[1])
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     try:
