@@ -30,6 +30,7 @@ from .data import resolve_column
 from .ensemble import train_many
 from .errors import ArtifactError, ConfigError, DataError
 from .forecaster import Forecaster
+from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs, fit_all
 from .training import resolve_device
 
@@ -67,7 +68,7 @@ def _trains_together(template: Forecaster) -> bool:
     benchmarks/README.md), without validation rows or early stopping, which train_many lacks. LSTM
     members fit one by one: oneDNN's LSTM beats the batched one."""
     return (
-        template.cell in ("gru", "rnn")
+        template.cell in HAND_WRITTEN_CELLS
         and not template.val_fraction
         and template.early_stopping is None
         and resolve_device(template.device).type == "cpu"

@@ -21,14 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import StackedRNN
+from seqcast.models import HAND_WRITTEN_CELLS, StackedRNN
 from seqcast.training import (
     LOSSES,
     History,
@@ -38,6 +37,7 @@ from seqcast.training import (
     _prepare,
     intra_op_threads,
     make_optimizer,
+    one_thread_pool,
     resolve_device,
 )
 
@@ -107,14 +107,13 @@ def train_many(
         clip_norm=clip_norm, torch_device=torch_device,
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
-    groups = min(workers, len(models)) if torch_device.type == "cpu" and models[0].cell in ("gru", "rnn") else 1
+    groups = min(workers, len(models)) if torch_device.type == "cpu" and models[0].cell in HAND_WRITTEN_CELLS else 1
     if groups == 1:
         label = f"(mean of {len(models)} models)" if len(models) > 1 else ""
         return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, verbose=verbose, label=label, **fit)
     edges = [len(models) * i // groups for i in range(groups + 1)]
     parts = [(models[a:b], seeds[a:b], a) for a, b in zip(edges, edges[1:])]
-    # Each pool thread sets its own OpenMP thread count (a per-thread setting) to 1.
-    with ThreadPoolExecutor(groups - 1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with one_thread_pool(groups - 1) as pool:
         futures = [pool.submit(_train_group, m, s, X_t, y_t, offset=o, threads=1, **fit) for m, s, o in parts[1:]]
         first = len(parts[0][0])
         label = f"(mean of models 1-{first} of {len(models)}, in {groups} threads)"

@@ -21,6 +21,9 @@ from seqcast.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
+# Cells that train on the CPU with hand-written layers whose time loops run as TorchScript (GIL
+# released): StackedRNN.trains_by_hand, train_many's thread groups, ensembles trained together.
+HAND_WRITTEN_CELLS = ("gru", "rnn")
 
 _RECURRENT_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 # Gates packed side by side in one kernel: Keras's Glorot limit is computed on the packed shape.
@@ -178,7 +181,7 @@ class StackedRNN(nn.Module):
         """GRU and vanilla RNN stacks train on the CPU with :func:`fused_gru` / :func:`fused_rnn`:
         PyTorch's own CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md).
         Inference and CUDA keep ``nn.GRU`` / ``nn.RNN``; an LSTM keeps oneDNN's."""
-        return self.cell in ("gru", "rnn") and x.device.type == "cpu" and torch.is_grad_enabled()
+        return self.cell in HAND_WRITTEN_CELLS and x.device.type == "cpu" and torch.is_grad_enabled()
 
     def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""
@@ -420,12 +423,7 @@ class _FusedLSTMLayer(torch.autograd.Function):
             if t:
                 dc_next = dc * f_t
                 dh_next = torch.bmm(dp_t, w_hh)
-        grad_x, grad_w_ih, grad_w_hh, grad_bias, _ = _gemm_gradients(
-            ctx.needs_input_grad[0], d_pre, d_pre, h_all, xk, w_ih
-        )
-        # Two tensors, not one: a gradient shared by bias_ih and bias_hh would be scaled twice by
-        # in-place gradient clipping.
-        return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+        return _gemm_gradients(ctx.needs_input_grad[0], d_pre, d_pre, h_all, xk, w_ih)
 
 
 def _gemm_gradients(needs_x: bool, d_input: Tensor, d_hidden: Tensor, h_all: Tensor, xk: Tensor, w_ih: Tensor):
@@ -441,7 +439,9 @@ def _gemm_gradients(needs_x: bool, d_input: Tensor, d_hidden: Tensor, h_all: Ten
     grad_w_ih = torch.bmm(d_input_k.transpose(1, 2), xk)
     grad_x = torch.bmm(d_input_k, w_ih).view(k, steps, batch, -1).transpose(0, 1) if needs_x else None
     grad_b_ih = d_input_k.sum(1)
-    grad_b_hh = grad_b_ih if d_hidden is d_input else d_hidden_k.sum(1)
+    # Two tensors even when equal: a gradient shared by bias_ih and bias_hh would be scaled twice
+    # by in-place gradient clipping.
+    grad_b_hh = grad_b_ih.clone() if d_hidden is d_input else d_hidden_k.sum(1)
     return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
@@ -637,10 +637,7 @@ class _FusedRNNLayer(torch.autograd.Function):
         xk, w_ih, w_hh, h_all = ctx.saved_tensors
         derivative = (h_all > 0).to(h_all.dtype) if ctx.relu else 1 - h_all * h_all
         _scripted(_rnn_backward_steps)(grad_h.contiguous(), derivative, w_hh)
-        grad_x, grad_w_ih, grad_w_hh, grad_bias, _ = _gemm_gradients(
-            ctx.needs_input_grad[0], derivative, derivative, h_all, xk, w_ih
-        )
-        return grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None
+        return *_gemm_gradients(ctx.needs_input_grad[0], derivative, derivative, h_all, xk, w_ih), None
 
 
 def fused_rnn(

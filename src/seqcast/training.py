@@ -249,6 +249,13 @@ def batch_split_workers(
     return max(1, min(workers, affordable))
 
 
+def one_thread_pool(workers: int) -> ThreadPoolExecutor:
+    """Python worker threads that each run torch on one intra-op thread. ``torch.set_num_threads``
+    is per OS thread for OpenMP, so each pool thread sets it itself: a thread that did not would
+    start full-width OpenMP teams and oversubscribe the cores (benchmarks/README.md)."""
+    return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+
+
 class _BatchSplitter:
     """Forward and backward of one batch as ``workers`` slices in parallel threads, one intra-op
     thread each; their gradients are summed in a fixed order.
@@ -270,8 +277,7 @@ class _BatchSplitter:
         self.loss_fn = loss_fn
         self.workers = workers
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # Each pool thread sets its own OpenMP thread count (a per-thread setting) to 1.
-        self.pool = ThreadPoolExecutor(workers - 1, initializer=torch.set_num_threads, initargs=(1,))
+        self.pool = one_thread_pool(workers - 1)
 
     def close(self) -> None:
         self.pool.shutdown()
