@@ -183,10 +183,12 @@ def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, t
 
 
 def bench_members(*, k: int, epochs: int, preset: str | None, jobs: int, rounds: int = 2) -> dict:
-    """An EnsembleForecaster of K members on the bundled training rows, fitted one after another
-    (n_jobs=None, at the default threads and at threads=1) vs in `jobs` processes (this one plus
-    jobs - 1 loky workers, one torch thread each). After a warm-up fit, the first parallel fit
-    starts the workers ("cold"); then `rounds` interleaved rounds of the three, reusing them."""
+    """K members with seeds 0..K-1 on the bundled training rows, fitted: one after another by
+    Forecaster.fit (at the default threads and at threads=1); by EnsembleForecaster's default
+    (n_jobs=None: one train_many call, which fits small LSTMs side by side on the threads); and in
+    `jobs` processes (this one plus jobs - 1 loky workers, one torch thread each). After a warm-up
+    fit, the first parallel fit starts the workers ("cold"); then `rounds` interleaved rounds of
+    the four, reusing them."""
     from seqcast.conformal import EnsembleForecaster
     from seqcast.forecaster import Forecaster
 
@@ -196,17 +198,22 @@ def bench_members(*, k: int, epochs: int, preset: str | None, jobs: int, rounds:
     def fit(n_jobs, threads=None, members=k) -> float:
         model = Forecaster(**{**params, "threads": threads})
         started = time.perf_counter()
-        EnsembleForecaster(model, n_members=members, calibration_fraction=0.0, n_jobs=n_jobs).fit(train)
+        if n_jobs == "one_by_one":
+            for seed in range(members):
+                Forecaster(**{**params, "threads": threads, "seed": seed}).fit(train)
+        else:
+            EnsembleForecaster(model, n_members=members, calibration_fraction=0.0, n_jobs=n_jobs).fit(train)
         return time.perf_counter() - started
 
     fit(None, members=1)  # the process's first fit pays one-off set-up costs
     cold = fit(jobs)
-    seconds: dict[str, list[float]] = {"sequential": [], "sequential_1_thread": [], "processes": []}
+    seconds: dict[str, list[float]] = {"one_by_one": [], "one_by_one_1_thread": [], "ensemble": [], "processes": []}
     for _ in range(rounds):
-        seconds["sequential"].append(fit(None))
-        seconds["sequential_1_thread"].append(fit(None, threads=1))
+        seconds["one_by_one"].append(fit("one_by_one"))
+        seconds["one_by_one_1_thread"].append(fit("one_by_one", threads=1))
+        seconds["ensemble"].append(fit(None))
         seconds["processes"].append(fit(jobs))
-    sequential = statistics.median(seconds["sequential"])
+    one_by_one = statistics.median(seconds["one_by_one"])
     return {
         "models": k,
         "epochs": epochs,
@@ -214,9 +221,10 @@ def bench_members(*, k: int, epochs: int, preset: str | None, jobs: int, rounds:
         "jobs": jobs,
         "processes_cold_seconds": cold,
         "seconds": {name: spread(values) for name, values in seconds.items()},
-        "speedup_cold": sequential / cold,
-        "speedup": sequential / statistics.median(seconds["processes"]),
-        "speedup_over_1_thread": statistics.median(seconds["sequential_1_thread"]) / statistics.median(seconds["processes"]),
+        "speedup_ensemble": one_by_one / statistics.median(seconds["ensemble"]),
+        "speedup_cold": one_by_one / cold,
+        "speedup": one_by_one / statistics.median(seconds["processes"]),
+        "speedup_over_1_thread": statistics.median(seconds["one_by_one_1_thread"]) / statistics.median(seconds["processes"]),
     }
 
 
@@ -322,7 +330,6 @@ def main(argv: list[str] | None = None) -> None:
         runs = {
             "ensemble": (X, y, seed_shape, 64, args.threads),
             "ensemble_preset_shape": (Xp, yp, preset_shape, 32, args.threads),
-            "ensemble_preset_shape_1_thread": (Xp, yp, preset_shape, 32, 1),
             "ensemble_preset_shape_gru": (Xp, yp, {**preset_shape, "cell": "gru"}, 32, args.threads),
             "ensemble_preset_shape_rnn": (Xp, yp, {**preset_shape, "cell": "rnn"}, 32, args.threads),
         }
@@ -340,8 +347,9 @@ def main(argv: list[str] | None = None) -> None:
             r = bench_members(k=args.ensemble, epochs=epochs, preset=preset, jobs=2)
             results["members"][preset or "seed"] = r
             t = {name: v["median"] for name, v in r["seconds"].items()}
-            print(f"EnsembleForecaster of {r['models']} x {r['epochs']} epochs, {r['config']}: one after another "
-                  f"{t['sequential']:.1f} s ({t['sequential_1_thread']:.1f} s at 1 thread), {r['jobs']} processes "
+            print(f"{r['models']} members x {r['epochs']} epochs, {r['config']}: one after another "
+                  f"{t['one_by_one']:.1f} s ({t['one_by_one_1_thread']:.1f} s at 1 thread), EnsembleForecaster "
+                  f"{t['ensemble']:.1f} s ({r['speedup_ensemble']:.2f}x), {r['jobs']} processes "
                   f"{t['processes']:.1f} s ({r['speedup']:.2f}x; {r['speedup_over_1_thread']:.2f}x over 1 thread), "
                   f"{r['processes_cold_seconds']:.1f} s when starting the workers ({r['speedup_cold']:.2f}x)", flush=True)
     if "rss" in sections:

@@ -107,13 +107,18 @@ def test_gru_and_rnn_members_train_together_and_equal_their_own_fits(small_serie
         np.testing.assert_array_equal(member.input_scaler_.scale_, alone.input_scaler_.scale_)
         np.testing.assert_array_equal(member.target_scaler_.scale_, alone.target_scaler_.scale_)
     assert not np.allclose(together.members_[0].predict(test), together.members_[1].predict(test))
-    # LSTM members, or members that validate or stop early, fit one by one.
+    # LSTM members go through train_many too (fitted side by side there); members that validate
+    # or stop early fit one by one.
     calls.clear()
     lstm = EnsembleForecaster(clone(base).set_params(cell="lstm"), n_members=2, calibration_fraction=0.25)
-    assert not lstm.trains_members_together()
+    assert lstm.trains_members_together()
     lstm.fit(train)
-    EnsembleForecaster(clone(base).set_params(val_fraction=0.2), n_members=2, calibration_fraction=0.25).fit(train)
-    assert calls == []
+    assert calls == [2]
+    for settings in (dict(val_fraction=0.2), dict(early_stopping=1)):
+        one_by_one = EnsembleForecaster(clone(base).set_params(**settings), n_members=2, calibration_fraction=0.25)
+        assert not one_by_one.trains_members_together()
+        one_by_one.fit(train)
+    assert calls == [2]
 
 
 def test_members_fitted_in_worker_processes_equal_one_thread_sequential_fits(small_series, tmp_path):

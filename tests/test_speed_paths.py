@@ -226,8 +226,9 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
     splitter = _BatchSplitter(model, LOSSES[loss], workers)
     try:
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(17)  # the splitter draws the whole batch's masks from the global generator
-        got_loss = splitter.step(x, y).item()
+        # The splitter draws the whole batch's masks from the generator it is given, here the same
+        # stream whole_batch_grads drew from (the global one after manual_seed(17)).
+        got_loss = splitter.step(x, y, torch.Generator().manual_seed(17)).item()
     finally:
         splitter.close()
     assert got_loss == pytest.approx(expected_loss, rel=1e-5)
@@ -321,10 +322,42 @@ def train_many_against_separate_fits(shape, fit, threads=None):
 
 
 @pytest.mark.parametrize("clip_norm,optimizer", [(None, "adam"), (0.05, "adam"), (None, "rmsprop")])
-def test_train_many_equals_separate_fits_model_by_model(clip_norm, optimizer):
+def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeypatch, clip_norm, optimizer):
+    # LSTMs are stacked (K models per batched GEMM) off the CPU; here that path runs on the CPU.
+    monkeypatch.setattr(ensemble, "HAND_WRITTEN_CELLS", ("lstm",))
+    stacked = []
+    real_group = ensemble._train_group
+    monkeypatch.setattr(ensemble, "_train_group", lambda models, *a, **kw: stacked.append(len(models)) or real_group(models, *a, **kw))
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=2, batch_size=16, lr=3e-3, optimizer=optimizer, clip_norm=clip_norm)
-    train_many_against_separate_fits(shape, fit)
+    train_many_against_separate_fits(shape, fit, threads=1)
+    assert stacked == [3]
+
+
+@pytest.mark.parametrize("splits", [False, True])
+def test_train_many_fits_small_lstms_side_by_side_each_as_alone(monkeypatch, splits):
+    if splits:  # a model big enough to split its batches over both threads: one fit at a time
+        monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+    fits = []
+    real_fit = ensemble.train_model
+
+    def spy(model, *args, **kwargs):
+        fits.append((threading.get_ident(), kwargs["threads"]))
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "train_model", spy)
+    monkeypatch.setattr(ensemble, "_train_group", None)  # LSTMs on the CPU are never stacked
+    # Dropout: each fit draws its masks from its own generator, so fits in two threads still equal
+    # their separate fits (from one shared stream they would take each other's masks).
+    shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
+    train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=2)
+    here = threading.get_ident()
+    if splits:
+        assert fits == [(here, 2)] * 3
+    else:
+        # Models 0 and 2 on the calling thread, model 1 beside them on another, each on one thread.
+        assert [ident == here for ident, _ in fits].count(True) == 2 and len({i for i, _ in fits}) == 2
+        assert [t for _, t in fits] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("cell,nonlinearity,threads", [("gru", "tanh", 1), ("gru", "tanh", 2), ("rnn", "relu", 2)])

@@ -24,6 +24,7 @@ from .features import infer_calendar
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .many import backtest_many, find_series, is_many
+from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs
 from .report import horizon_scores, run_summary, write_report, write_run
 from .training import TrainingInterrupted
@@ -352,7 +353,7 @@ def _describe_model(model) -> str:
         return _model_line(model)
     base, k = model.forecaster, model.n_members
     jobs = "" if model.n_jobs in (None, 1) else f" fitted {effective_n_jobs(model.n_jobs)} at a time"
-    if model.trains_members_together():
+    if model.trains_members_together() and base.cell in HAND_WRITTEN_CELLS:
         jobs = " trained together"
     return (
         f"{_model_line(base)}; ensemble of {k} (seeds {base.seed}..{base.seed + k - 1}){jobs}, {model.interval:.0%} "

@@ -30,7 +30,6 @@ from .data import resolve_column
 from .ensemble import train_many
 from .errors import ArtifactError, ConfigError, DataError
 from .forecaster import Forecaster
-from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs, fit_all
 from .training import resolve_device
 
@@ -62,14 +61,13 @@ def _check_level(level) -> float:
 
 
 def _trains_together(template: Forecaster) -> bool:
-    """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: GRU
-    and vanilla RNN members on the CPU (their hand-written layers train K models at once, in one
-    group per thread: 1.7-3.9× the throughput of one-by-one fits at the indicators preset's shape,
-    benchmarks/README.md), without validation rows or early stopping, which train_many lacks. LSTM
-    members fit one by one: oneDNN's LSTM beats the batched one."""
+    """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: on the
+    CPU, without validation rows or early stopping, which train_many lacks. There GRU and vanilla
+    RNN members train K at once in one group per thread (1.7-3.9× the throughput of one-by-one fits
+    at the indicators preset's shape), and LSTM members too small to split their batches fit side by
+    side, one per thread (benchmarks/README.md); larger LSTM members fit one after another."""
     return (
-        template.cell in HAND_WRITTEN_CELLS
-        and not template.val_fraction
+        not template.val_fraction
         and template.early_stopping is None
         and resolve_device(template.device).type == "cpu"
     )
@@ -102,9 +100,10 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
     time); the absolute residuals of the mean give split-conformal intervals at any level. Those
     rows still serve as context, so a frame that follows the training rows is predicted from them.
 
-    GRU and vanilla RNN members on the CPU (without validation rows or early stopping) train as one
-    :func:`seqcast.ensemble.train_many` call, several models per batched GEMM and one group of
-    members per thread; LSTM members fit one after another.
+    On the CPU (without validation rows or early stopping) the members train in one
+    :func:`seqcast.ensemble.train_many` call: GRU and vanilla RNN members several models per
+    batched GEMM and one group of members per thread; LSTM members each as its own fit, side by side
+    on the threads when they are too small to split their batches, else one after another.
 
     `n_jobs` > 1 (or -1, one per core) fits the members on that many cores: this process and
     n_jobs - 1 joblib worker processes take members from one queue, each member on one torch thread
@@ -151,8 +150,8 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         return self._template().strategy
 
     def trains_members_together(self) -> bool:
-        """Whether :meth:`fit` trains the members' networks as one train_many call (GRU and vanilla
-        RNN members on the CPU, no validation rows or early stopping, ``n_jobs`` None or 1)."""
+        """Whether :meth:`fit` trains the members' networks as one train_many call (members on the
+        CPU, no validation rows or early stopping, ``n_jobs`` None or 1)."""
         return self.n_members > 1 and self.n_jobs in (None, 1) and _trains_together(self._template())
 
     def _check_params(self) -> None:

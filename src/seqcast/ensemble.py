@@ -12,8 +12,15 @@ optimizer would. On the CPU, model k therefore ends with the weights of
 
 GRU and vanilla RNN models are also split into one group per thread, each group trained as above
 in its own Python thread with one intra-op thread: their hand-written time loops run as TorchScript,
-which releases the GIL, so the groups run in parallel. (The LSTM's loops are Python and would
-serialise on the GIL, so LSTM models stay in one group.)
+which releases the GIL, so the groups run in parallel.
+
+LSTM models on the CPU are not stacked: oneDNN's LSTM kernel, which ``train_model`` uses, beats
+the batched hand-written one (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
+stacked than one by one, at the seed config's 0.45-0.57×; benchmarks/README.md). Instead each is
+fitted by ``train_model`` itself, as many side by side (one Python thread each; oneDNN's kernels
+release the GIL) as the threads its own fit leaves idle: a model too small to split its batches
+(``training.batch_split_workers``) trains on one thread, so two cores fit two at once; the seed
+config's splits its batches over both cores already, so its fits run one after another.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from seqcast.training import (
     LOSSES,
     History,
     TrainingDiverged,
+    batch_split_workers,
     check_fit_settings,
     epoch_progress,
     _prepare,
@@ -39,6 +47,7 @@ from seqcast.training import (
     make_optimizer,
     one_thread_pool,
     resolve_device,
+    train_model,
 )
 
 _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -87,11 +96,13 @@ def train_many(
     with ``build_model(..., seed=s)`` for reproducible initial weights). The other arguments mean
     what they mean in ``train_model``; validation data and early stopping are not supported here
     (fit one by one when a model must stop on its own). ``threads`` (None: torch's intra-op count)
-    is the number of CPU threads the call uses: intra-op threads for LSTM models, one group of
-    models per thread for GRU and RNN models (module docstring). Returns the models, left in eval
-    mode, and one ``History`` per model; ``epoch_seconds`` is the model's share of its group's joint
-    epoch (the epoch's time over the group's size), so the histories add up to the groups' time.
-    ``verbose`` shows one progress bar on stderr: the (first) group's epochs and its models' mean loss.
+    is the number of CPU threads the call uses: one group of models per thread for GRU and RNN
+    models, LSTM models fitted side by side on them (module docstring). Returns the models, left in
+    eval mode, and one ``History`` per model. For GRU and RNN models ``epoch_seconds`` is the
+    model's share of its group's joint epoch (the epoch's time over the group's size), so the
+    histories add up to the groups' time, and ``verbose`` shows one progress bar on stderr: the
+    (first) group's epochs and its models' mean loss. For LSTM models on the CPU they are each fit's
+    own (``train_model``'s), and ``verbose`` shows the bars of the fits on the calling thread.
     """
     models = list(models)
     _check_same_shape(models)
@@ -107,7 +118,9 @@ def train_many(
         clip_norm=clip_norm, torch_device=torch_device,
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
-    groups = min(workers, len(models)) if torch_device.type == "cpu" and models[0].cell in HAND_WRITTEN_CELLS else 1
+    if torch_device.type == "cpu" and models[0].cell not in HAND_WRITTEN_CELLS:
+        return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
+    groups = min(workers, len(models)) if torch_device.type == "cpu" else 1
     if groups == 1:
         label = f"(mean of {len(models)} models)" if len(models) > 1 else ""
         return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, verbose=verbose, label=label, **fit)
@@ -120,6 +133,42 @@ def train_many(
         results = [_train_group(*parts[0][:2], X_t, y_t, offset=0, threads=1, verbose=verbose, label=label, **fit)]
         results += [future.result() for future in futures]
     return [m for trained, _ in results for m in trained], [h for _, histories in results for h in histories]
+
+
+def _fit_side_by_side(
+    models: list[StackedRNN],
+    seeds: list[int],
+    X_t: torch.Tensor,
+    y_t: torch.Tensor,
+    *,
+    workers: int,
+    verbose: int,
+    torch_device: torch.device,
+    **fit,
+) -> tuple[list[StackedRNN], list[History]]:
+    """train_many for LSTM models on the CPU: ``train_model`` per model, ``workers // w`` of them at
+    once where ``w`` is the threads one fit uses (module docstring). Only the calling thread's fits
+    show progress bars (rich draws one live display at a time)."""
+    per_fit = batch_split_workers(models[0], torch_device, workers, True, fit["batch_size"], X_t.shape[1])
+    lanes = max(1, min(workers // per_fit, len(models)))
+
+    def run(lane: int, lane_verbose: int) -> list[History]:
+        # Lane i fits models i, i + lanes, ...: the lanes' shares differ by at most one model.
+        return [
+            train_model(models[i], X_t, y_t, seed=seeds[i], threads=per_fit, device=torch_device,
+                        verbose=lane_verbose, **fit)
+            for i in range(lane, len(models), lanes)
+        ]
+
+    if lanes == 1:
+        return models, run(0, verbose)
+    with one_thread_pool(lanes - 1) as pool:
+        futures = [pool.submit(run, lane, 0) for lane in range(1, lanes)]
+        by_lane = [run(0, verbose)] + [future.result() for future in futures]
+    histories: list[History] = [History()] * len(models)
+    for lane, lane_histories in enumerate(by_lane):
+        histories[lane::lanes] = lane_histories
+    return models, histories
 
 
 def _train_group(

@@ -114,10 +114,12 @@ class StackedRNN(nn.Module):
         shapes = [(steps, batch, self.units)] * (self.layers - 1) + [(batch, self.units)]
         return draw_masks(shapes, 1.0 - self.dropout_rate, generator, device)
 
-    def batch_masks(self, batch: int, steps: int, device: torch.device | None = None) -> list[Tensor] | None:
-        """The masks a forward pass in the current mode needs: :meth:`draw_dropout_masks` from
-        torch's global generator in training with dropout, else None."""
-        return self.draw_dropout_masks(batch, steps, device) if self._dropping() else None
+    def batch_masks(
+        self, batch: int, steps: int, device: torch.device | None = None, generator: torch.Generator | None = None
+    ) -> list[Tensor] | None:
+        """The masks a forward pass in the current mode needs: :meth:`draw_dropout_masks` (from
+        ``generator``, or torch's global one) in training with dropout, else None."""
+        return self.draw_dropout_masks(batch, steps, device, generator) if self._dropping() else None
 
     def _dropping(self) -> bool:
         return self.training and self.dropout_rate > 0

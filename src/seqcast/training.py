@@ -288,10 +288,11 @@ class _BatchSplitter:
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Set ``.grad`` of every parameter for the batch ``(x, y)``; return its mean loss."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator) -> torch.Tensor:
+        """Set ``.grad`` of every parameter for the batch ``(x, y)``, its dropout masks drawn from
+        ``dropper``; return its mean loss."""
         n = len(x)
-        masks = self.model.batch_masks(n, x.shape[1], x.device)
+        masks = self.model.batch_masks(n, x.shape[1], x.device, dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
@@ -388,6 +389,11 @@ def train_model(
     n_samples = len(X_t)
 
     generator = seed_everything(seed)
+    # Dropout masks come from a generator of the fit's own, seeded like torch's global one after
+    # seed_everything (so the masks are those the global one would give), so that fits running
+    # side by side in threads (ensemble.train_many) do not draw from one shared stream.
+    dropper = torch.Generator().manual_seed(seed)
+    masked = isinstance(model, StackedRNN)
     optim = make_optimizer(optimizer, model.parameters(), lr)
     history = History()
     best_loss = math.inf
@@ -404,7 +410,7 @@ def train_model(
             "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
         }
     if resume:
-        state = _read_checkpoint(checkpoint_dir, fingerprint, model, optim, generator)
+        state = _read_checkpoint(checkpoint_dir, fingerprint, model, optim, generator, dropper)
         first_epoch = state["epoch"] + 1
         history = History.from_dict(state["history"])
         best_loss = state["best_loss"]
@@ -423,7 +429,7 @@ def train_model(
             "epochs_without_improvement": epochs_without_improvement,
             "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "optimizer": copy.deepcopy(optim.state_dict()),
-            "rng": _rng_states(generator),
+            "rng": _rng_states(generator, dropper),
         }
 
     if checkpoint_dir is not None:
@@ -446,9 +452,11 @@ def train_model(
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:
-                        batch_loss = splitter.step(X_t[index], y_t[index])
+                        batch_loss = splitter.step(X_t[index], y_t[index], dropper)
                     else:
-                        batch_loss = loss_fn(model(X_t[index]), y_t[index])
+                        x = X_t[index]
+                        out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
+                        batch_loss = loss_fn(out, y_t[index])
                         batch_loss.backward()
                     if clip_norm is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -532,11 +540,13 @@ def _tensors_sha256(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _rng_states(generator: torch.Generator) -> dict:
+def _rng_states(generator: torch.Generator, dropper: torch.Generator) -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
-        "torch": torch.get_rng_state(),
+        # Saved as "torch" (the dropout masks' stream): checkpoints written before train_model had
+        # a generator of its own for them hold torch's global state there, which drew the masks.
+        "torch": dropper.get_state(),
         "shuffle": generator.get_state(),
         "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
@@ -574,7 +584,12 @@ def _write_checkpoint(directory: Path, snap: dict, fingerprint: dict) -> None:
 
 
 def _read_checkpoint(
-    directory: Path, fingerprint: dict, model: nn.Module, optim: torch.optim.Optimizer, generator: torch.Generator
+    directory: Path,
+    fingerprint: dict,
+    model: nn.Module,
+    optim: torch.optim.Optimizer,
+    generator: torch.Generator,
+    dropper: torch.Generator,
 ) -> dict:
     """Restore model, optimizer and RNG states in place; return the rest of the training state."""
     docs, tensors = read_model_dir(directory, json_names=(_CHECKPOINT_JSON,))
@@ -605,7 +620,7 @@ def _read_checkpoint(
             for index, entry in doc["optimizer_state"].items()
         }
         optim.load_state_dict({"state": state, "param_groups": optim.state_dict()["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
+        dropper.set_state(tensors["rng.torch"])
         generator.set_state(tensors["rng.shuffle"])
         n = doc["rng"]["numpy"]
         np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
