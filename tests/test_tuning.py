@@ -1,4 +1,5 @@
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ from sklearn.model_selection import TimeSeriesSplit
 
 from seqcast import ConfigError, DataError, Forecaster
 from seqcast.cli import main
+from seqcast.training import intra_op_threads
 from seqcast.tuning import candidates, load_grid, tune, walk_forward_folds
 
 BASE = dict(lookback=5, layers=1, units=4, epochs=1, batch_size=16, dropout=0.0, device="cpu")
@@ -157,6 +159,44 @@ def test_dask_cluster_gives_the_local_results(frame, local_run, dask_cluster, tm
     assert f"Dask cluster {dask_cluster.scheduler_address}" in capsys.readouterr().out
     cli_table = pd.read_csv(tmp_path / "cli" / "tuning.csv")
     pd.testing.assert_frame_equal(cli_table[METRIC_COLUMNS], local.results[METRIC_COLUMNS], check_dtype=False, rtol=1e-9)
+
+
+def test_configs_fitted_side_by_side_in_threads_score_exactly_as_one_at_a_time(frame, tmp_path, monkeypatch):
+    import seqcast.tuning as tuning
+
+    # Dropout and two layers, so that initial weights, batch orders and masks all come into play.
+    base = {**BASE, "layers": 2, "dropout": 0.3}
+    grid = {"units": [4, 6], "seed": [0, 1, 2]}
+    one_at_a_time = tune(frame, grid, out_dir=tmp_path / "one", base_params=base, folds=2, progress=False)
+    seen = []
+    real = tuning.evaluate_config
+    monkeypatch.setattr(tuning, "evaluate_config", lambda *a: seen.append(threading.get_ident()) or real(*a))
+    with intra_op_threads(2):  # conftest runs the tests on one torch thread
+        side_by_side = tune(frame, grid, out_dir=tmp_path / "two", base_params=base, folds=2, progress=False)
+    assert len(seen) == 6 and len(set(seen)) == 2 and threading.get_ident() not in seen
+    pd.testing.assert_frame_equal(
+        side_by_side.results[METRIC_COLUMNS].sort_values(["config", "fold"]).reset_index(drop=True),
+        one_at_a_time.results[METRIC_COLUMNS].sort_values(["config", "fold"]).reset_index(drop=True),
+        check_exact=True,
+    )
+    # The seeds really gave different fits (the comparison above is not vacuous).
+    assert one_at_a_time.results.rmse.nunique() == len(one_at_a_time.results)
+
+
+def test_seeding_and_initial_weights_wait_for_the_global_rng_lock():
+    # What keeps side-by-side fits apart (the test above sees a race only when one happens to land).
+    from seqcast.models import GLOBAL_RNG_LOCK, build_model
+    from seqcast.training import seed_everything
+
+    for call in (lambda: build_model(1, cell="lstm", layers=1, units=2, dropout=0.0, horizon=1, seed=0),
+                 lambda: seed_everything(0)):
+        worker = threading.Thread(target=call)
+        with GLOBAL_RNG_LOCK:
+            worker.start()
+            worker.join(0.3)
+            assert worker.is_alive()  # blocked on the lock
+        worker.join(5)
+        assert not worker.is_alive()
 
 
 def test_unreachable_scheduler_is_a_config_error(frame, tmp_path, monkeypatch):

@@ -264,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune_p.add_argument("--folds", type=int, default=5, help="walk-forward folds (scikit-learn TimeSeriesSplit)")
     tune_p.add_argument("--test-size", type=int, help="rows per fold (default: rows / (folds + 1))")
     tune_p.add_argument("--scoring", choices=SCORINGS, default="rmse", help="metric to minimise, averaged over the folds")
-    tune_p.add_argument("--jobs", type=int, default=1, help="local worker processes (joblib); -1 for one per core")
+    tune_p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="local worker processes (joblib); -1 for one per core; with 1, configurations fit side by side "
+        "in threads of this process, one per torch thread",
+    )
     tune_p.add_argument(
         "--scheduler",
         default=os.environ.get(SCHEDULER_ENV),

@@ -296,6 +296,14 @@ def keras_lstm_weights_to_torch(
     )
 
 
+# build_model seeds torch's global generator and draws the initial weights from it, and
+# training.seed_everything seeds it too. Fits running side by side in threads (tuning.tune) hold
+# this lock around both, so that one fit's seeding cannot land between another's seeding and its
+# draws. (Nothing else in a fit draws from the global generator: train_model's dropout masks have
+# a generator of their own.)
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
 def build_model(
     n_features: int,
     *,
@@ -314,18 +322,19 @@ def build_model(
     kernel (same results within float rounding); it measured slower on a 2-core CPU, see
     benchmarks/README.md, so it is off by default.
     """
-    if seed is not None:
-        torch.manual_seed(seed)
-    return StackedRNN(
-        n_features,
-        cell=cell,
-        layers=layers,
-        units=units,
-        dropout=dropout,
-        horizon=horizon,
-        nonlinearity=nonlinearity,
-        fused=fused,
-    )
+    with GLOBAL_RNG_LOCK:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return StackedRNN(
+            n_features,
+            cell=cell,
+            layers=layers,
+            units=units,
+            dropout=dropout,
+            horizon=horizon,
+            nonlinearity=nonlinearity,
+            fused=fused,
+        )
 
 
 # --- Fused LSTM (opt-in CPU training path, and the engine of seqcast.ensemble) --------------------

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from seqcast.artifacts import read_model_dir, write_model_dir
 from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError
-from seqcast.models import StackedRNN
+from seqcast.models import GLOBAL_RNG_LOCK, StackedRNN
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
@@ -80,9 +80,10 @@ def seed_everything(seed: int) -> torch.Generator:
     Shuffling gets its own generator so that the order of batches does not depend on how many
     random numbers dropout consumed, and vice versa.
     """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    with GLOBAL_RNG_LOCK:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
