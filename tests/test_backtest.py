@@ -1,4 +1,5 @@
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,35 @@ def test_folds_fitted_in_processes_equal_one_thread_folds_one_after_another(smal
     pd.testing.assert_frame_equal(nested.intervals, flat.intervals)
     with pytest.raises(ConfigError, match="n_jobs"):
         walk_forward(forecaster, frame, folds=2, n_jobs=0)
+
+
+def test_small_models_folds_fitted_side_by_side_in_threads_equal_one_thread_folds(small_series, monkeypatch):
+    import seqcast.parallel as parallel
+    from seqcast import training
+
+    frame = pd.concat(small_series)
+    forecaster = Forecaster(target="Open", **{**TINY, "layers": 2, "dropout": 0.2}, verbose=1)
+    alone = walk_forward(forecaster, frame, folds=3, refit_every=6)  # conftest: one torch thread
+    fits = []
+    real = parallel._fit_quietly
+    monkeypatch.setattr(parallel, "_fit_quietly", lambda e, f: fits.append(threading.get_ident()) or real(e, f))
+    with training.intra_op_threads(2):
+        assert forecaster.trains_on_one_thread(frame)
+        seen = []
+        side_by_side = walk_forward(forecaster, frame, folds=3, refit_every=6, on_fold=lambda s: seen.append(s["fold"]))
+        assert len(fits) == 3 and len(set(fits)) == 2 and seen == [1, 2, 3]
+        pd.testing.assert_frame_equal(side_by_side.predictions, alone.predictions)
+        pd.testing.assert_frame_equal(side_by_side.per_step, alone.per_step)
+        # A model big enough to split its batches, or one told its threads, is fitted one after another.
+        fits.clear()
+        monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+        assert not forecaster.trains_on_one_thread(frame)
+        walk_forward(forecaster, frame, folds=2, refit_every=10)
+        monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1e12)
+        told = clone(forecaster).set_params(threads=2)
+        assert not told.trains_on_one_thread(frame)
+        walk_forward(told, frame, folds=2, refit_every=10)
+        assert fits == []
 
 
 def test_sliding_window_and_horizon_checks(small_series):

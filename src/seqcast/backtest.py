@@ -15,12 +15,14 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.base import clone
 
 from .artifacts import atomic_write_json, atomic_write_text, open_temp_sibling
 from .baselines import default_baselines
 from .data import resolve_column
 from .errors import ConfigError
+from .forecaster import Forecaster
 from .metrics import diebold_mariano, evaluate, lag_diagnosis
 from .parallel import check_jobs, fit_in_order
 
@@ -443,7 +445,10 @@ def walk_forward(
     `n_jobs` > 1 (or -1) fits the folds' models that many at a time, in this process and joblib
     worker processes (:mod:`seqcast.parallel`: one torch thread each, no progress bars; the same
     models as fits one after another on one thread). The folds are still scored in order, each as
-    soon as its model and those before it are fitted. It pays for small models only.
+    soon as its model and those before it are fitted. It pays for small models only. Without
+    `n_jobs`, a Forecaster too small to keep more than one thread busy
+    (`Forecaster.trains_on_one_thread`) has its folds fitted the same way in threads of this
+    process, as many at once as torch has threads.
     """
     check_jobs(n_jobs, "n_jobs (--jobs)")
     own = getattr(forecaster, "horizon", 1)
@@ -464,8 +469,11 @@ def walk_forward(
     writer = _FoldWriter(out_dir)
     summaries, steps, bands = [], [], []
     fits = None
+    fold_rows = [frame.iloc[fold.train] for fold in plan]
     if n_jobs not in (None, 1) and len(plan) > 1:
-        fits = fit_in_order([clone(forecaster) for _ in plan], [frame.iloc[fold.train] for fold in plan], n_jobs)
+        fits = fit_in_order([clone(forecaster) for _ in plan], fold_rows, n_jobs)
+    elif len(plan) > 1 and _side_by_side(forecaster, fold_rows[0]):
+        fits = fit_in_order([clone(forecaster) for _ in plan], fold_rows, torch.get_num_threads(), threads=True)
     try:
         for fold in plan:
             train, test = frame.iloc[fold.train], frame.iloc[fold.test]
@@ -557,6 +565,11 @@ def _mean_curve(curves: list) -> list[float]:
         return []
     n = min(len(c) for c in curves)
     return [float(np.mean([c[i] for c in curves])) for i in range(n)]
+
+
+def _side_by_side(forecaster, rows: pd.DataFrame) -> bool:
+    """Whether walk_forward fits the folds' models side by side in threads (see its docstring)."""
+    return torch.get_num_threads() > 1 and isinstance(forecaster, Forecaster) and forecaster.trains_on_one_thread(rows)
 
 
 def _has_horizon(estimator) -> bool:

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.utils import check_array, check_consistent_length, column_or_1d
 from sklearn.utils.validation import check_is_fitted
@@ -30,7 +30,7 @@ from .features import (
     warmup_rows,
 )
 from .models import build_model
-from .training import History, predict_batches, resolve_device, train_model
+from .training import History, batch_split_workers, predict_batches, resolve_device, train_model
 from .windows import (
     context_windows,
     fit_scaler,
@@ -284,6 +284,21 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.device_ = str(resolve_device(self.device))
         self.model_ = self._build_model()
         return frame, (X_train, y_train), (X_val, y_val)
+
+    def trains_on_one_thread(self, X, y=None) -> bool:
+        """Whether a fit on ``X`` would keep about one thread busy however many torch has: its model
+        is on the CPU and too small for ``train_model`` to split its batches across threads
+        (``training.batch_split_workers``; e.g. the indicators preset, not the seed config), and
+        ``threads`` is not set. Callers fit such models side by side (seqcast.parallel). Costs the
+        fit's feature and window preparation, not its training."""
+        if self.threads is not None:
+            return False
+        probe = clone(self)
+        _, (X_train, _), _ = probe._prepare_fit(X, y)
+        device = resolve_device(probe.device_)
+        return batch_split_workers(probe.model_, device, None, True, self.batch_size, X_train.shape[1]) == 1 and (
+            device.type == "cpu"
+        )
 
     def _finish_fit(self, frame: pd.DataFrame) -> Forecaster:
         """fit after training (``history_`` set): the context rows and the training span."""

@@ -1,7 +1,8 @@
 """Fitting several estimators at once: this process and joblib worker processes, one queue.
 
 Used for an ensemble's members (`EnsembleForecaster(n_jobs=...)`) and a walk-forward backtest's
-folds (`walk_forward(..., n_jobs=...)`). Each fit runs on one torch thread (an estimator whose
+folds (`walk_forward(..., n_jobs=...)`, and by default, in threads, for models too small to keep
+more than one thread busy). Each fit runs on one torch thread (an estimator whose
 `threads` is set keeps it) and without progress bars, so a result is bit for bit what the same fit
 gives one after another on one thread, whichever process ran it.
 
@@ -44,11 +45,18 @@ def check_jobs(n_jobs, name: str) -> None:
         raise ConfigError(f"{name} must be a positive number of processes or -1 for one per core, got {n_jobs!r}")
 
 
-def fit_in_order(estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs) -> Iterator[tuple[object, float]]:
+def fit_in_order(
+    estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs, *, threads: bool = False
+) -> Iterator[tuple[object, float]]:
     """Fit ``estimators[i]`` on ``rows[i]`` on ``effective_n_jobs(n_jobs)`` cores; yield each fitted
     estimator with its fit's seconds, in input order, as soon as it and those before it are done.
 
-    With one core, or inside another parallel fit, the estimators are fitted here one after another.
+    With ``threads``, the other lanes are threads of this process instead of worker processes: no
+    start-up cost, and the fits still run in parallel where they spend their time in torch's
+    kernels, which release the GIL (models too small to split their batches; see
+    ``Forecaster.trains_on_one_thread``). Their Python work shares one GIL, so processes gain more
+    once started. With one core, or inside another parallel fit, the estimators are fitted here one
+    after another.
     """
     tasks = list(zip(estimators, rows))
     workers = effective_n_jobs(n_jobs) - 1 if n_jobs is not None else 0
@@ -56,7 +64,7 @@ def fit_in_order(estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs) -> 
         for estimator, frame in tasks:
             yield _fit_quietly(estimator, frame)
         return
-    executor = get_memmapping_executor(workers)
+    executor = None if threads else get_memmapping_executor(workers)
     queue, lock = deque(enumerate(tasks)), threading.Lock()
     results: list = [None] * len(tasks)
     done = [threading.Event() for _ in tasks]
@@ -70,7 +78,10 @@ def fit_in_order(estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs) -> 
         while (item := take()) is not None:
             index, (estimator, frame) = item
             try:
-                results[index] = executor.submit(_fit_quietly, estimator, frame).result()
+                if executor is None:
+                    results[index] = _fit_quietly(estimator, frame)
+                else:
+                    results[index] = executor.submit(_fit_quietly, estimator, frame).result()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 with lock:
                     failures.append(exc)
