@@ -430,21 +430,32 @@ def test_fused_adam_steps_like_the_per_tensor_reference():
         assert (a.detach() - b.detach()).abs().max().item() <= 1e-5 * b.detach().abs().max().item()
 
 
-def test_small_predicts_run_on_one_thread_unless_told(monkeypatch):
-    model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_predicts_split_across_threads_equal_the_whole_batch(monkeypatch, cell):
+    model = build_model(1, cell=cell, layers=4, units=50, dropout=0.2, horizon=1, seed=0).eval()
+    windows = np.random.default_rng(0).standard_normal((23, 60, 1)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(windows)).double().numpy()  # the whole batch at once
     seen = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda x, *rest: seen.append(torch.get_num_threads()) or forward(x, *rest))
-    windows = np.random.default_rng(0).standard_normal((60, 60, 1)).astype(np.float32)
-    # The seed config's 20 January windows: 20 · 8.4 MFLOP, under the limit; 60 windows are over it.
-    assert model.forward_flops(60) * 20 <= training.SMALL_PREDICT_FLOPS < model.forward_flops(60) * 60
+    monkeypatch.setattr(
+        model, "forward",
+        lambda x, *rest: seen.append((threading.get_ident(), torch.get_num_threads(), len(x))) or forward(x, *rest),
+    )
+    # 23 windows: 23 · 8.4 MFLOP (LSTM) is worth two slices; 4 windows are not, and run on one thread.
+    assert model.forward_flops(60) * 23 >= 2 * training.MIN_PREDICT_SLICE_FLOPS > model.forward_flops(60) * 4
+    here = threading.get_ident()
     with intra_op_threads(2):
-        small = predict_batches(model, windows[:20])
-        predict_batches(model, windows)
-        told = predict_batches(model, windows[:20], threads=2)
-        assert torch.get_num_threads() == 2  # restored after the one-thread call
-    assert seen == [1, 2, 2]
-    np.testing.assert_allclose(small, told, rtol=1e-5, atol=1e-7)
+        split = predict_batches(model, windows)
+        assert sorted((size, t == here, n) for t, n, size in seen) == [(11, True, 1), (12, False, 1)]
+        seen.clear()
+        small = predict_batches(model, windows[:4])
+        told = predict_batches(model, windows, threads=1)
+        assert [(t == here, n, size) for t, n, size in seen] == [(True, 1, 4), (True, 1, 23)]
+        assert torch.get_num_threads() == 2  # restored after the calls
+    np.testing.assert_allclose(split, reference, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(told, reference, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(small, reference[:4], rtol=1e-6, atol=1e-7)
     with pytest.raises(ConfigError, match="threads"):
         predict_batches(model, windows, threads=0)
 

@@ -9,6 +9,7 @@ batch-size-weighted mean of the batch losses.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import os
@@ -224,12 +225,18 @@ def _check_positive_int(name: str, value: object) -> None:
 # per half) ran 1.25× faster split, the seed config (269 MFLOP per half) 1.46-1.66×.
 MIN_SLICE_FLOPS = 1e7
 
-# Largest forward cost of a :func:`predict_batches` call that runs on one thread when the caller
-# does not choose. Measured on 2 cores (benchmarks/README.md, 2026-12-02): the seed config's 20
-# January windows (168 MFLOP) took 3.0-3.4 ms at 2 threads and 3.5-4.1 ms at 1 in quiet spells of
-# the host, but 7.3-9.5 ms against 3.9-5.0 ms in its slow spells (and 4.2 against 1.7 ms at load
-# ≈ 4 on 2026-11-29): a call this small is latency-bound, and two OpenMP threads wait for each other
-# at every kernel. From ~50 windows (420 MFLOP) two threads win by 1.25× or more.
+# Smallest forward cost of one slice of a :func:`predict_batches` batch worth a thread of its own.
+# Measured on 2 cores (benchmarks/README.md, 2026-12-02 18:30 UTC, medians of 120 calls, ms, one
+# thread / two slices / two intra-op threads): the seed config's 20 January windows (168 MFLOP)
+# 5.24 / 4.28 / 9.59 and 1,000 windows 213 / 106 / 159, but 4 windows (34 MFLOP) 1.87 / 1.99 /
+# 2.34; the indicators preset's 200 windows (36 MFLOP) 1.42 / 1.40 / 1.12 and 1,000 windows (179
+# MFLOP) 6.86 / 5.04 / 4.61.
+MIN_PREDICT_SLICE_FLOPS = 5e7
+
+# Largest forward cost of an unsplit :func:`predict_batches` call that runs on one thread when the
+# caller does not choose: a call this small is latency-bound, and two OpenMP threads wait for each
+# other at every kernel (the seed config's 20 January windows took 3.0-3.4 ms at 2 threads and
+# 3.5-4.1 ms at 1 in quiet spells of the host, but 7.3-9.5 against 3.9-5.0 ms in slow ones).
 SMALL_PREDICT_FLOPS = 3e8
 
 
@@ -651,9 +658,15 @@ def predict_batches(
     """Predict ``(N, horizon)`` float64 in eval mode (dropout off), ``batch_size`` windows at a time.
 
     Each batch is converted on its own so that a long sliding-window view is never materialised
-    as a whole. ``threads`` is torch's intra-op thread count for the call (restored afterwards);
-    None means one thread for a :class:`StackedRNN` call of at most :data:`SMALL_PREDICT_FLOPS` of
-    forward work on the CPU, and torch's count otherwise.
+    as a whole. ``threads`` (None: torch's intra-op count) is how many threads the call uses. A
+    :class:`StackedRNN` on the CPU has each batch split into that many slices (fewer if a slice
+    would have under :data:`MIN_PREDICT_SLICE_FLOPS` of forward work), run in parallel Python
+    threads of one intra-op thread each, as :func:`train_model` splits its batches: one
+    synchronisation per batch instead of one per kernel, which matters most for a call as small as
+    the seed config's 20 January windows (benchmarks/README.md). A window's prediction does not
+    depend on the slice it lands in beyond float rounding (~1e-8). An unsplit call of at most
+    :data:`SMALL_PREDICT_FLOPS` runs on one thread unless ``threads`` says otherwise; other models
+    run with ``threads`` intra-op threads.
     """
     _check_positive_int("batch_size", batch_size)
     if threads is not None:
@@ -663,20 +676,41 @@ def predict_batches(
     model.eval()
     if len(X) == 0:
         raise DataError("X has no samples to predict; the series is shorter than lookback")
-    if (
-        threads is None
-        and torch_device.type == "cpu"
-        and isinstance(model, StackedRNN)
-        and getattr(X, "ndim", None) == 3
-        and model.forward_flops(X.shape[1]) * len(X) <= SMALL_PREDICT_FLOPS
-    ):
-        threads = 1
+    slices = 1
+    if torch_device.type == "cpu" and isinstance(model, StackedRNN) and getattr(X, "ndim", None) == 3:
+        workers = int(threads) if threads is not None else torch.get_num_threads()
+        flops = model.forward_flops(X.shape[1])
+        slices = max(1, min(workers, int(flops * min(len(X), batch_size) // MIN_PREDICT_SLICE_FLOPS)))
+        if slices == 1 and threads is None and flops * len(X) <= SMALL_PREDICT_FLOPS:
+            threads = 1
     outputs = []
     # inference_mode skips autograd's version counters and view tracking: cheaper than no_grad.
-    with intra_op_threads(threads), torch.inference_mode():
+    with intra_op_threads(1 if slices > 1 else threads), torch.inference_mode():
         for start in range(0, len(X), batch_size):
             batch = _as_tensor(X[start : start + batch_size], torch_device, "X")
             if batch.ndim != 3:
                 raise DataError(f"X must have shape (samples, lookback, features), got {tuple(X.shape)}")
-            outputs.append(model(batch).double().cpu().numpy())
+            outputs.append(_predict_split(model, batch, slices).double().cpu().numpy())
     return np.concatenate(outputs)
+
+
+def _predict_split(model: nn.Module, batch: torch.Tensor, slices: int) -> torch.Tensor:
+    """``model(batch)``, as ``slices`` slices in parallel threads (the calling thread runs the first)."""
+    n = len(batch)
+    k = min(slices, n)
+    if k == 1:
+        return model(batch)
+    edges = [n * i // k for i in range(k + 1)]
+    futures = [_prediction_pool(k - 1).submit(_infer, model, batch[a:b]) for a, b in zip(edges[1:], edges[2:])]
+    return torch.cat([model(batch[: edges[1]])] + [f.result() for f in futures])
+
+
+def _infer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():  # per thread: the caller's mode does not reach a pool thread
+        return model(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _prediction_pool(workers: int) -> ThreadPoolExecutor:
+    """A lasting pool per size: a predict call is milliseconds, starting threads for it would not be."""
+    return one_thread_pool(workers)
