@@ -222,7 +222,9 @@ def _check_positive_int(name: str, value: object) -> None:
 # (benchmarks/README.md, 2026-12-02): 1×LSTM(32), lookback 20, batch 32 (2.7 MFLOP per half; the
 # indicators preset has 2.9) ran 1.3× slower split, because a slice that small is bound by per-op
 # Python and dispatcher overhead, which holds the GIL; 1×LSTM(32), lookback 60, batch 64 (16 MFLOP
-# per half) ran 1.25× faster split, the seed config (269 MFLOP per half) 1.46-1.66×.
+# per half) ran 1.25× faster split, the seed config (269 MFLOP per half) 1.46-1.66×. Re-measured
+# with the hand-written GRU and RNN (18:28 UTC): 2×GRU(32) at 8.9 MFLOP per half 1.18× slower split,
+# 1×GRU(32) at 12.2 1.09× faster, 2×LSTM(32) at 11.9 1.07× faster, 1×RNN(32) at 4.1 no gain.
 MIN_SLICE_FLOPS = 1e7
 
 # Smallest forward cost of one slice of a :func:`predict_batches` batch worth a thread of its own.
