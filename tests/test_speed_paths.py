@@ -3,6 +3,7 @@ torch.nn.LSTM, the hand-written GRU and RNN vs torch.nn.GRU/RNN, batches split a
 train_many vs K train_model fits."""
 
 import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -17,6 +18,7 @@ from seqcast.models import build_model, draw_masks
 from seqcast import ensemble, models, training
 from seqcast.training import (
     LOSSES,
+    TrainingDiverged,
     _BatchSplitter,
     batch_split_workers,
     intra_op_threads,
@@ -377,6 +379,41 @@ def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(mo
         assert len({ident for ident, _ in groups}) == 2 and sorted(n for _, n in groups) == [1, 2]
     else:
         assert [n for _, n in groups] == [3]
+
+
+@pytest.mark.parametrize("cell,failing", [("lstm", 11), ("gru", 11), ("lstm", 3), ("gru", 3)])
+def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
+    # One model fails at once (11: in the second thread; 3: in the calling thread). The other lane,
+    # busy with its model for 300 epochs, must stop within a few epochs (and the failure be raised),
+    # not finish its share while the caller waits or has gone.
+    X, y = noisy_sine_windows(n=40)
+    epochs_run = []
+    if cell == "lstm":
+        real_fit = ensemble.train_model
+
+        def fit(model, *args, seed, on_epoch, **kwargs):
+            if seed == failing:
+                raise TrainingDiverged("model 1 failed")
+            return real_fit(model, *args, seed=seed, on_epoch=lambda *e: epochs_run.append(seed) or on_epoch(*e), **kwargs)
+
+        monkeypatch.setattr(ensemble, "train_model", fit)
+    else:
+        real_group = ensemble._train_group
+
+        def fit(models, seeds, *args, check, **kwargs):
+            if seeds == [failing]:
+                raise TrainingDiverged("model 1 failed")
+            return real_group(models, seeds, *args, check=lambda: epochs_run.append(seeds[0]) or check(), **kwargs)
+
+        monkeypatch.setattr(ensemble, "_train_group", fit)
+    shape = dict(cell=cell, layers=1, units=4, dropout=0.0, horizon=1)
+    models = [build_model(1, seed=s, **shape) for s in (3, 11)]
+    started = time.perf_counter()
+    with pytest.raises(TrainingDiverged, match="model 1 failed"):
+        train_many(models, X, y, seeds=[3, 11], epochs=300, batch_size=8, threads=2)
+    other = 14 - failing
+    assert len(epochs_run) < 100 and set(epochs_run) <= {other}  # (none when it failed before the other started)
+    assert time.perf_counter() - started < 30
 
 
 def test_train_many_rejects_mixed_shapes_and_cells_and_missing_seeds():

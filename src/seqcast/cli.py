@@ -28,7 +28,7 @@ from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs
 from .report import horizon_scores, run_summary, write_report, write_run
 from .training import TrainingInterrupted
-from .tuning import SCHEDULER_ENV, SCORINGS, load_grid, refit_best, tune
+from .tuning import SCHEDULER_ENV, SCORINGS, configs_at_once, load_grid, refit_best, tune
 from .windows import split_by_date
 
 _MODEL_OPTIONS = (
@@ -832,6 +832,8 @@ def _cmd_tune(args, out: _Out) -> int:
     out.line(f"data   {_describe(frame)}")
     base = _model_params(args)
     where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.jobs} local job{'s' if args.jobs != 1 else ''}"
+    if (at_once := configs_at_once(args.jobs, args.scheduler)) > 1:
+        where += f" ({at_once} configurations at a time, in threads)"
     out.line(f"grid   {args.grid}: {', '.join(f'{k} {v}' for k, v in grid.items())}; {args.folds} walk-forward folds; {where}")
     result = tune(
         frame,

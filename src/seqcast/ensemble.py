@@ -26,8 +26,10 @@ config's splits its batches over both cores already, so its fits run one after a
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -126,13 +128,44 @@ def train_many(
         return _train_group(models, seeds, X_t, y_t, offset=0, threads=threads, verbose=verbose, label=label, **fit)
     edges = [len(models) * i // groups for i in range(groups + 1)]
     parts = [(models[a:b], seeds[a:b], a) for a, b in zip(edges, edges[1:])]
-    with one_thread_pool(groups - 1) as pool:
-        futures = [pool.submit(_train_group, m, s, X_t, y_t, offset=o, threads=1, **fit) for m, s, o in parts[1:]]
-        first = len(parts[0][0])
-        label = f"(mean of models 1-{first} of {len(models)}, in {groups} threads)"
-        results = [_train_group(*parts[0][:2], X_t, y_t, offset=0, threads=1, verbose=verbose, label=label, **fit)]
-        results += [future.result() for future in futures]
+    label = f"(mean of models 1-{len(parts[0][0])} of {len(models)}, in {groups} threads)"
+    results = _in_lanes(
+        [
+            partial(_train_group, m, s, X_t, y_t, offset=o, threads=1, verbose=verbose if o == 0 else 0,
+                    label=label if o == 0 else "", **fit)
+            for m, s, o in parts
+        ]
+    )
     return [m for trained, _ in results for m in trained], [h for _, histories in results for h in histories]
+
+
+class _Stopped(Exception):
+    """Ends a lane's work early because another lane, or the caller, failed (see _in_lanes)."""
+
+
+def _in_lanes(lanes: list[Callable[..., object]]) -> list:
+    """Run ``lanes[0](check=...)`` on this thread and the others each in a thread of one intra-op
+    thread; return their results in order. Each lane calls ``check()`` between epochs: it raises
+    once any lane has failed (the failure itself in the calling thread's lane, so it surfaces at
+    once rather than after that lane's share), and :class:`_Stopped` in every lane once the calling
+    thread has given up (an error, Ctrl-C), so that no thread trains on for minutes unseen."""
+    stop = threading.Event()
+    futures: list = []
+
+    def check() -> None:
+        if stop.is_set():
+            raise _Stopped
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+
+    with one_thread_pool(len(lanes) - 1) as pool:
+        futures += [pool.submit(lane, check=check) for lane in lanes[1:]]
+        try:
+            return [lanes[0](check=check)] + [future.result() for future in futures]
+        except BaseException:
+            stop.set()
+            raise
 
 
 def _fit_side_by_side(
@@ -152,19 +185,20 @@ def _fit_side_by_side(
     per_fit = batch_split_workers(models[0], torch_device, workers, True, fit["batch_size"], X_t.shape[1])
     lanes = max(1, min(workers // per_fit, len(models)))
 
-    def run(lane: int, lane_verbose: int) -> list[History]:
+    def run(lane: int, lane_verbose: int, check: Callable[[], None] = lambda: None) -> list[History]:
         # Lane i fits models i, i + lanes, ...: the lanes' shares differ by at most one model.
-        return [
-            train_model(models[i], X_t, y_t, seed=seeds[i], threads=per_fit, device=torch_device,
-                        verbose=lane_verbose, **fit)
-            for i in range(lane, len(models), lanes)
-        ]
+        histories = []
+        for i in range(lane, len(models), lanes):
+            check()
+            histories.append(
+                train_model(models[i], X_t, y_t, seed=seeds[i], threads=per_fit, device=torch_device,
+                            verbose=lane_verbose, on_epoch=lambda *_: check(), **fit)
+            )
+        return histories
 
     if lanes == 1:
         return models, run(0, verbose)
-    with one_thread_pool(lanes - 1) as pool:
-        futures = [pool.submit(run, lane, 0) for lane in range(1, lanes)]
-        by_lane = [run(0, verbose)] + [future.result() for future in futures]
+    by_lane = _in_lanes([partial(run, lane, verbose if lane == 0 else 0) for lane in range(lanes)])
     histories: list[History] = [History()] * len(models)
     for lane, lane_histories in enumerate(by_lane):
         histories[lane::lanes] = lane_histories
@@ -181,6 +215,7 @@ def _train_group(
     threads: int | None,
     verbose: int = 0,
     label: str = "",
+    check: Callable[[], None] = lambda: None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -261,6 +296,7 @@ def _train_group(
                 history.loss.append(value)
                 history.epoch_seconds.append(seconds / k)
             progress.update(task, advance=1, loss=f"{sum(losses) / k:.4g}")
+            check()
 
     with torch.no_grad():
         for model_index, model in enumerate(models):

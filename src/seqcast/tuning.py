@@ -287,8 +287,13 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
         (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo),
         jobs=jobs,
         scheduler=scheduler,
-        threads=torch.get_num_threads(),
+        threads=configs_at_once(jobs, scheduler),
     )
+
+
+def configs_at_once(jobs, scheduler: str | None) -> int:
+    """How many configurations `tune` fits at once in this process (threads; see `_run`)."""
+    return torch.get_num_threads() if scheduler is None and effective_n_jobs(jobs) == 1 else 1
 
 
 def parallel_unordered(tasks, *, jobs: int, scheduler: str | None, threads: int = 1):
