@@ -497,6 +497,37 @@ def test_predicts_split_across_threads_equal_the_whole_batch(monkeypatch, cell):
         predict_batches(model, windows, threads=0)
 
 
+FORK_AFTER_PREDICT = """
+import multiprocessing, numpy as np, torch
+from seqcast.models import build_model
+from seqcast.training import predict_batches
+torch.set_num_threads(2)
+model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+X = np.random.default_rng(0).standard_normal((20, 60, 1)).astype(np.float32)
+parent = predict_batches(model, X)  # split across two threads: the pool now exists
+def child(queue):
+    queue.put(predict_batches(model, X))
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+process.join(60)
+hung = process.is_alive()
+if hung:
+    process.kill()
+print("hung" if hung else ("same" if np.array_equal(queue.get(), parent) else "differs"))
+"""
+
+
+def test_a_forked_child_predicts_with_threads_of_its_own():
+    # The prediction pool's threads do not survive fork(); a child reusing the parent's pool waited forever.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORK_AFTER_PREDICT], capture_output=True, text=True, timeout=180)
+    assert out.stdout.strip().splitlines()[-1] == "same", out.stderr[-2000:]
+
+
 def test_train_many_shows_one_progress_bar_on_stderr_when_verbose(capsys):
     X, y = noisy_sine_windows(n=40)
     shape = dict(cell="gru", layers=1, units=4, dropout=0.0, horizon=1)

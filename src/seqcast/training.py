@@ -716,3 +716,7 @@ def _infer(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _prediction_pool(workers: int) -> ThreadPoolExecutor:
     """A lasting pool per size: a predict call is milliseconds, starting threads for it would not be."""
     return one_thread_pool(workers)
+
+
+# A forked child inherits the cached pools but not their threads, and would wait on them forever.
+os.register_at_fork(after_in_child=_prediction_pool.cache_clear)
