@@ -174,6 +174,8 @@ def test_configs_fitted_side_by_side_in_threads_score_exactly_as_one_at_a_time(f
     with intra_op_threads(2):  # conftest runs the tests on one torch thread
         side_by_side = tune(frame, grid, out_dir=tmp_path / "two", base_params=base, folds=2, progress=False)
         assert [tuning.configs_at_once(*where) for where in ((1, None), (2, None), (1, "tcp://h:8786"))] == [2, 1, 1]
+        assert tuning.configs_at_once(1, None, [{"threads": None}]) == 2
+        assert tuning.configs_at_once(1, None, [{"threads": None}, {"threads": 2}]) == 1
     assert len(seen) == 6 and len(set(seen)) == 2 and threading.get_ident() not in seen
     pd.testing.assert_frame_equal(
         side_by_side.results[METRIC_COLUMNS].sort_values(["config", "fold"]).reset_index(drop=True),

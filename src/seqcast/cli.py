@@ -832,7 +832,8 @@ def _cmd_tune(args, out: _Out) -> int:
     out.line(f"data   {_describe(frame)}")
     base = _model_params(args)
     where = f"Dask cluster {args.scheduler}" if args.scheduler else f"{args.jobs} local job{'s' if args.jobs != 1 else ''}"
-    if (at_once := configs_at_once(args.jobs, args.scheduler)) > 1:
+    threads_set = [base, *({"threads": t} for t in grid.get("threads", ()))]
+    if (at_once := configs_at_once(args.jobs, args.scheduler, threads_set)) > 1:
         where += f" ({at_once} configurations at a time, in threads)"
     out.line(f"grid   {args.grid}: {', '.join(f'{k} {v}' for k, v in grid.items())}; {args.folds} walk-forward folds; {where}")
     result = tune(

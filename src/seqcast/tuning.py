@@ -287,13 +287,16 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
         (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo),
         jobs=jobs,
         scheduler=scheduler,
-        threads=configs_at_once(jobs, scheduler),
+        threads=configs_at_once(jobs, scheduler, configs),
     )
 
 
-def configs_at_once(jobs, scheduler: str | None) -> int:
-    """How many configurations `tune` fits at once in this process (threads; see `_run`)."""
-    return torch.get_num_threads() if scheduler is None and effective_n_jobs(jobs) == 1 else 1
+def configs_at_once(jobs, scheduler: str | None, configs: list[dict] | None = None) -> int:
+    """How many configurations `tune` fits at once in this process (threads; see `_run`): one
+    when a configuration sets its own `threads`, whose fits would then share the cores."""
+    if scheduler is not None or effective_n_jobs(jobs) != 1 or any(c.get("threads") for c in configs or ()):
+        return 1
+    return torch.get_num_threads()
 
 
 def parallel_unordered(tasks, *, jobs: int, scheduler: str | None, threads: int = 1):
