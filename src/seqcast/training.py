@@ -228,7 +228,7 @@ def _check_positive_int(name: str, value: object) -> None:
 MIN_SLICE_FLOPS = 1e7
 
 # Smallest forward cost of one slice of a :func:`predict_batches` batch worth a thread of its own.
-# Measured on 2 cores (benchmarks/README.md, 2026-12-02 18:30 UTC, medians of 120 calls, ms, one
+# Measured on 2 cores (benchmarks/README.md, 2026-12-02 18:20 UTC, medians of 120 calls, ms, one
 # thread / two slices / two intra-op threads): the seed config's 20 January windows (168 MFLOP)
 # 5.24 / 4.28 / 9.59 and 1,000 windows 213 / 106 / 159, but 4 windows (34 MFLOP) 1.87 / 1.99 /
 # 2.34; the indicators preset's 200 windows (36 MFLOP) 1.42 / 1.40 / 1.12 and 1,000 windows (179

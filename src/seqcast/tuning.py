@@ -281,7 +281,7 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
     # With one local job, as many configurations at once as torch has threads, each in a thread of
     # its own: a configuration's fits run on one torch thread (evaluate_config) and oneDNN's kernels
     # release the GIL, so on 2 cores two fit side by side without the ~3.5 s a worker process takes
-    # to start (8 small configurations × 3 folds: 5.3-5.6 s against 7.4-11.3 s one at a time, with
+    # to start (8 small configurations × 3 folds: 7.3-10.3 s against 10.9-12.8 s one at a time, with
     # the same scores; benchmarks/README.md).
     yield from parallel_unordered(
         (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo),
