@@ -578,6 +578,30 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_to_the_same_weights(sho
     _same_model(out, uninterrupted)
 
 
+@pytest.mark.parametrize("verb", ["tune", "backtest"])
+def test_ctrl_c_while_small_fits_run_side_by_side_in_threads_exits_130(short_csv, tmp_path, verb):
+    # tune's configurations and a small model's backtest folds train in threads of the process;
+    # Ctrl-C must stop them, not leave them inside torch while the interpreter exits (which aborted
+    # it: "terminate called without an active exception", signal 6).
+    long = ["--epochs", "3000", "--layers", "1", "--units", "32", "--lookback", "20", "--batch-size", "32",
+            "--dropout", "0", "--device", "cpu", "--quiet", "--data", str(short_csv), "--out", str(tmp_path / "out")]
+    if verb == "tune":
+        grid = tmp_path / "grid.toml"
+        grid.write_text("units = [32, 33]\n")
+        argv, ready = ["tune", "--grid", str(grid), "--folds", "2", *long], "grid "
+    else:
+        argv, ready = ["backtest", "--folds", "2", *long], "model "
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "seqcast.cli", *argv], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert any(line.startswith(ready) for line in proc.stdout), "the command ended before training"
+    time.sleep(3.0)  # the fits are running in both threads by now (3000 epochs each)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.startswith("seqcast: interrupted") and "terminate called" not in err and "Traceback" not in err
+
+
 def test_resuming_with_other_settings_or_a_tampered_checkpoint_is_refused(short_csv, tmp_path, capsys):
     out, checkpoint = tmp_path / "model", tmp_path / "model.checkpoint"
     short = [*_train_argv(short_csv, out), "--epochs", "2", "--checkpoint-every", "1", "--quiet"]

@@ -48,6 +48,7 @@ from seqcast.training import (
     intra_op_threads,
     make_optimizer,
     one_thread_pool,
+    raise_if_cancelled,
     resolve_device,
     train_model,
 )
@@ -262,6 +263,7 @@ def _train_group(
             ).to(torch_device)
             total = torch.zeros(k, dtype=torch.float64, device=torch_device)
             for start in range(0, n_samples, batch_size):
+                raise_if_cancelled()
                 index = orders[:, start : start + batch_size]
                 optim.zero_grad(set_to_none=True)
                 # (K, B, T, F) -> time-major (T, K, B, F)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import as_completed
 from numbers import Integral
 
 import pandas as pd
@@ -31,7 +32,7 @@ from joblib.executor import get_memmapping_executor
 from joblib.parallel import get_active_backend
 
 from .errors import ConfigError
-from .training import intra_op_threads
+from .training import cancel_on, intra_op_threads, one_thread_pool
 
 # Set while this process fits a task (its own share, or as a worker): fits started inside it, such as
 # an ensemble's members inside a backtest fold, then run one after another instead of nesting pools.
@@ -89,7 +90,13 @@ def fit_in_order(
             finally:
                 done[index].set()
 
-    drivers = [threading.Thread(target=drive, daemon=True) for _ in range(workers)]
+    stop = threading.Event()
+
+    def drive_cancellable() -> None:  # thread lanes: the fits stop at their next batch once `stop` is set
+        with cancel_on(stop):
+            drive()
+
+    drivers = [threading.Thread(target=drive_cancellable if threads else drive, daemon=True) for _ in range(workers)]
     for thread in drivers:
         thread.start()
     position = 0
@@ -111,6 +118,33 @@ def fit_in_order(
     finally:
         with lock:  # on an error or an abandoned generator the workers finish what they have, take no more
             queue.clear()
+        if threads:  # ... or, as threads of this process, stop at their next batch and are waited for
+            stop.set()
+            for thread in drivers:
+                thread.join()
+
+
+def in_threads(tasks: Sequence[Callable[[], object]], threads: int) -> Iterator:
+    """Run ``tasks`` (callables that keep to one torch thread, such as tuning.evaluate_config)
+    ``threads`` at a time in threads of this process; yield each result as it finishes. If the
+    caller stops early (an error, Ctrl-C, closing the generator), the running fits stop at their
+    next batch (``training.cancel_on``) and are waited for: a thread still inside torch when the
+    interpreter exits aborts the process."""
+    stop = threading.Event()
+
+    def run(task):
+        with cancel_on(stop):
+            return task()
+
+    with one_thread_pool(threads) as pool:
+        futures = [pool.submit(run, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            stop.set()
+            for future in futures:
+                future.cancel()
 
 
 def fit_all(estimators: Sequence, rows: Sequence[pd.DataFrame], n_jobs) -> list:

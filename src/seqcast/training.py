@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,34 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(epoch, checkpoint)
         self.epoch = epoch
         self.checkpoint = checkpoint
+
+
+class FitCancelled(Exception):
+    """A fit stopped by :func:`cancel_on`'s event (its caller has given up on it)."""
+
+
+_cancel = threading.local()
+
+
+@contextmanager
+def cancel_on(event: threading.Event) -> Iterator[None]:
+    """Fits that this thread runs inside the block raise :class:`FitCancelled` at their next batch
+    once ``event`` is set. For fits in worker threads whose caller stops early (an error, Ctrl-C):
+    it waits for them, and a thread still inside torch when the interpreter exits aborts the
+    process ("terminate called without an active exception")."""
+    previous = getattr(_cancel, "event", None)
+    _cancel.event = event
+    try:
+        yield
+    finally:
+        _cancel.event = previous
+
+
+def raise_if_cancelled() -> None:
+    """Raise :class:`FitCancelled` if this thread's :func:`cancel_on` event is set."""
+    event = getattr(_cancel, "event", None)
+    if event is not None and event.is_set():
+        raise FitCancelled
 
 
 @dataclass
@@ -459,6 +488,7 @@ def train_model(
                 ).to(torch_device)
                 total = torch.zeros((), dtype=torch.float64, device=torch_device)
                 for start in range(0, n_samples, batch_size):
+                    raise_if_cancelled()
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:

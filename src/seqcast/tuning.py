@@ -14,6 +14,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from .baselines import persistence
 from .errors import ConfigError, DataError
 from .forecaster import Forecaster
 from .metrics import METRICS
-from .parallel import check_jobs
+from .parallel import check_jobs, in_threads
 
 SCORINGS = tuple(METRICS)
 RESULTS_FILE = "tuning.csv"
@@ -283,11 +284,12 @@ def _run(configs, todo, frame, fold_rows, jobs, scheduler):
     # release the GIL, so on 2 cores two fit side by side without the ~3.5 s a worker process takes
     # to start (8 small configurations × 3 folds: 7.3-10.3 s against 10.9-12.8 s one at a time, with
     # the same scores; benchmarks/README.md).
+    at_once = configs_at_once(jobs, scheduler, configs)
+    if at_once > 1:
+        yield from in_threads([partial(_indexed, i, configs[i], frame, fold_rows) for i in todo], at_once)
+        return
     yield from parallel_unordered(
-        (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo),
-        jobs=jobs,
-        scheduler=scheduler,
-        threads=configs_at_once(jobs, scheduler, configs),
+        (delayed(_indexed)(i, configs[i], frame, fold_rows) for i in todo), jobs=jobs, scheduler=scheduler
     )
 
 
@@ -299,14 +301,10 @@ def configs_at_once(jobs, scheduler: str | None, configs: list[dict] | None = No
     return torch.get_num_threads()
 
 
-def parallel_unordered(tasks, *, jobs: int, scheduler: str | None, threads: int = 1):
+def parallel_unordered(tasks, *, jobs: int, scheduler: str | None):
     """Run joblib `delayed` tasks on `jobs` local processes, or on the Dask cluster at `scheduler`;
-    yield each result as it finishes. With `jobs` 1 they run in this process, `threads` at a time
-    in threads of their own (for tasks that keep to one torch thread, as evaluate_config does)."""
+    yield each result as it finishes."""
     if scheduler is None:
-        if effective_n_jobs(jobs) == 1 and threads > 1:
-            yield from Parallel(n_jobs=threads, backend="threading", return_as="generator_unordered")(tasks)
-            return
         yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks)
         return
     client = dask_client(scheduler)
