@@ -384,26 +384,34 @@ def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(mo
 @pytest.mark.parametrize("cell,failing", [("lstm", 11), ("gru", 11), ("lstm", 3), ("gru", 3)])
 def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
     # One model fails at once (11: in the second thread; 3: in the calling thread). The other lane,
-    # busy with its model for 300 epochs, must stop within a few epochs (and the failure be raised),
-    # not finish its share while the caller waits or has gone.
+    # busy with its model for 300 epochs of 5 batches, must stop within a few batches (and the
+    # failure be raised), not finish its share while the caller waits or has gone.
     X, y = noisy_sine_windows(n=40)
-    epochs_run = []
+    batches = []
+    real_check = training.raise_if_cancelled
+
+    def counting_check():
+        batches.append(threading.get_ident())
+        real_check()
+
+    monkeypatch.setattr(training, "raise_if_cancelled", counting_check)  # train_model's batches
+    monkeypatch.setattr(ensemble, "raise_if_cancelled", counting_check)  # _train_group's batches
     if cell == "lstm":
         real_fit = ensemble.train_model
 
-        def fit(model, *args, seed, on_epoch, **kwargs):
+        def fit(model, *args, seed, **kwargs):
             if seed == failing:
                 raise TrainingDiverged("model 1 failed")
-            return real_fit(model, *args, seed=seed, on_epoch=lambda *e: epochs_run.append(seed) or on_epoch(*e), **kwargs)
+            return real_fit(model, *args, seed=seed, **kwargs)
 
         monkeypatch.setattr(ensemble, "train_model", fit)
     else:
         real_group = ensemble._train_group
 
-        def fit(models, seeds, *args, check, **kwargs):
+        def fit(models, seeds, *args, **kwargs):
             if seeds == [failing]:
                 raise TrainingDiverged("model 1 failed")
-            return real_group(models, seeds, *args, check=lambda: epochs_run.append(seeds[0]) or check(), **kwargs)
+            return real_group(models, seeds, *args, **kwargs)
 
         monkeypatch.setattr(ensemble, "_train_group", fit)
     shape = dict(cell=cell, layers=1, units=4, dropout=0.0, horizon=1)
@@ -411,8 +419,7 @@ def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
     started = time.perf_counter()
     with pytest.raises(TrainingDiverged, match="model 1 failed"):
         train_many(models, X, y, seeds=[3, 11], epochs=300, batch_size=8, threads=2)
-    other = 14 - failing
-    assert len(epochs_run) < 100 and set(epochs_run) <= {other}  # (none when it failed before the other started)
+    assert len(batches) < 300 and len(set(batches)) <= 1  # (none when it failed before the other started)
     assert time.perf_counter() - started < 30
 
 

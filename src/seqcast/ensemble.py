@@ -39,9 +39,11 @@ from seqcast.errors import ConfigError
 from seqcast.models import HAND_WRITTEN_CELLS, StackedRNN
 from seqcast.training import (
     LOSSES,
+    FitCancelled,
     History,
     TrainingDiverged,
     batch_split_workers,
+    cancel_on,
     check_fit_settings,
     epoch_progress,
     _prepare,
@@ -140,33 +142,33 @@ def train_many(
     return [m for trained, _ in results for m in trained], [h for _, histories in results for h in histories]
 
 
-class _Stopped(Exception):
-    """Ends a lane's work early because another lane, or the caller, failed (see _in_lanes)."""
-
-
-def _in_lanes(lanes: list[Callable[..., object]]) -> list:
-    """Run ``lanes[0](check=...)`` on this thread and the others each in a thread of one intra-op
-    thread; return their results in order. Each lane calls ``check()`` between epochs: it raises
-    once any lane has failed (the failure itself in the calling thread's lane, so it surfaces at
-    once rather than after that lane's share), and :class:`_Stopped` in every lane once the calling
-    thread has given up (an error, Ctrl-C), so that no thread trains on for minutes unseen."""
+def _in_lanes(lanes: list[Callable[[], object]]) -> list:
+    """Run ``lanes[0]()`` on this thread and the others each in a thread of one intra-op thread;
+    return their results in order. A lane that fails (Ctrl-C included) stops the others at their
+    next batch (``training.cancel_on``), so that its error surfaces at once rather than after the
+    calling thread's own share, and no thread trains on unseen after the caller has given up."""
     stop = threading.Event()
-    futures: list = []
 
-    def check() -> None:
-        if stop.is_set():
-            raise _Stopped
-        for future in futures:
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                raise future.exception()
-
-    with one_thread_pool(len(lanes) - 1) as pool:
-        futures += [pool.submit(lane, check=check) for lane in lanes[1:]]
+    def run(lane):
         try:
-            return [lanes[0](check=check)] + [future.result() for future in futures]
+            with cancel_on(stop):
+                return lane()
         except BaseException:
             stop.set()
             raise
+
+    with one_thread_pool(len(lanes) - 1) as pool:
+        futures = [pool.submit(run, lane) for lane in lanes[1:]]
+        try:
+            first = run(lanes[0])
+        except FitCancelled:
+            # Stopped because another lane failed: raise that lane's error, not the cancellation.
+            errors = [f.exception() for f in futures]
+            error = next((e for e in errors if e is not None and not isinstance(e, FitCancelled)), None)
+            if error is None:
+                raise
+            raise error from None
+        return [first] + [future.result() for future in futures]
 
 
 def _fit_side_by_side(
@@ -186,16 +188,13 @@ def _fit_side_by_side(
     per_fit = batch_split_workers(models[0], torch_device, workers, True, fit["batch_size"], X_t.shape[1])
     lanes = max(1, min(workers // per_fit, len(models)))
 
-    def run(lane: int, lane_verbose: int, check: Callable[[], None] = lambda: None) -> list[History]:
+    def run(lane: int, lane_verbose: int) -> list[History]:
         # Lane i fits models i, i + lanes, ...: the lanes' shares differ by at most one model.
-        histories = []
-        for i in range(lane, len(models), lanes):
-            check()
-            histories.append(
-                train_model(models[i], X_t, y_t, seed=seeds[i], threads=per_fit, device=torch_device,
-                            verbose=lane_verbose, on_epoch=lambda *_: check(), **fit)
-            )
-        return histories
+        return [
+            train_model(models[i], X_t, y_t, seed=seeds[i], threads=per_fit, device=torch_device,
+                        verbose=lane_verbose, **fit)
+            for i in range(lane, len(models), lanes)
+        ]
 
     if lanes == 1:
         return models, run(0, verbose)
@@ -216,7 +215,6 @@ def _train_group(
     threads: int | None,
     verbose: int = 0,
     label: str = "",
-    check: Callable[[], None] = lambda: None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -298,7 +296,6 @@ def _train_group(
                 history.loss.append(value)
                 history.epoch_seconds.append(seconds / k)
             progress.update(task, advance=1, loss=f"{sum(losses) / k:.4g}")
-            check()
 
     with torch.no_grad():
         for model_index, model in enumerate(models):

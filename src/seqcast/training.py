@@ -65,18 +65,17 @@ def cancel_on(event: threading.Event) -> Iterator[None]:
     once ``event`` is set. For fits in worker threads whose caller stops early (an error, Ctrl-C):
     it waits for them, and a thread still inside torch when the interpreter exits aborts the
     process ("terminate called without an active exception")."""
-    previous = getattr(_cancel, "event", None)
-    _cancel.event = event
+    previous = getattr(_cancel, "events", ())
+    _cancel.events = (*previous, event)  # nested blocks: any of their events cancels
     try:
         yield
     finally:
-        _cancel.event = previous
+        _cancel.events = previous
 
 
 def raise_if_cancelled() -> None:
-    """Raise :class:`FitCancelled` if this thread's :func:`cancel_on` event is set."""
-    event = getattr(_cancel, "event", None)
-    if event is not None and event.is_set():
+    """Raise :class:`FitCancelled` if one of this thread's :func:`cancel_on` events is set."""
+    if any(event.is_set() for event in getattr(_cancel, "events", ())):
         raise FitCancelled
 
 
