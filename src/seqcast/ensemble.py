@@ -147,6 +147,8 @@ def _in_lanes(lanes: list[Callable[[], object]]) -> list:
     return their results in order. A lane that fails (Ctrl-C included) stops the others at their
     next batch (``training.cancel_on``), so that its error surfaces at once rather than after the
     calling thread's own share, and no thread trains on unseen after the caller has given up."""
+    if len(lanes) == 1:
+        return [lanes[0]()]
     stop = threading.Event()
 
     def run(lane):
@@ -196,8 +198,6 @@ def _fit_side_by_side(
             for i in range(lane, len(models), lanes)
         ]
 
-    if lanes == 1:
-        return models, run(0, verbose)
     by_lane = _in_lanes([partial(run, lane, verbose if lane == 0 else 0) for lane in range(lanes)])
     histories: list[History] = [History()] * len(models)
     for lane, lane_histories in enumerate(by_lane):

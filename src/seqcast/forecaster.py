@@ -291,14 +291,12 @@ class Forecaster(RegressorMixin, BaseEstimator):
         (``training.batch_split_workers``; e.g. the indicators preset, not the seed config), and
         ``threads`` is not set. Callers fit such models side by side (seqcast.parallel). Costs the
         fit's feature and window preparation, not its training."""
-        if self.threads is not None:
+        device = resolve_device(self.device)
+        if self.threads is not None or device.type != "cpu":
             return False
         probe = clone(self)
-        _, (X_train, _), _ = probe._prepare_fit(X, y)
-        device = resolve_device(probe.device_)
-        return batch_split_workers(probe.model_, device, None, True, self.batch_size, X_train.shape[1]) == 1 and (
-            device.type == "cpu"
-        )
+        probe._prepare_fit(X, y)  # for the model's input width, which the features decide
+        return batch_split_workers(probe.model_, device, None, True, self.batch_size, self.lookback) == 1
 
     def _finish_fit(self, frame: pd.DataFrame) -> Forecaster:
         """fit after training (``history_`` set): the context rows and the training span."""

@@ -8,9 +8,9 @@ gives one after another on one thread, whichever process ran it.
 
 Not a plain ``joblib.Parallel``: this process fits too, taking the next task from the same queue as
 the workers. A worker first spends seconds importing torch (3.5 s measured here), during which this
-process is already training; an odd number of tasks leaves no core idle at the end; and
-``Parallel(n_jobs=1)`` would run its tasks in this process beside this thread's own fit, on torch's
-one global random generator. The workers come from joblib's own executor, the one ``Parallel`` uses
+process is already training; and an odd number of tasks leaves no core idle at the end. (Fits in
+threads of one process share torch's global generator only for seeding and initial weights, which
+``models.GLOBAL_RNG_LOCK`` serialises.) The workers come from joblib's own executor, the one ``Parallel`` uses
 and keeps between calls, so later calls (the next fold's ensemble, ``tune``) reuse the processes.
 It pays for small models: `train_model` does not split their batches across the cores (too little
 work per slice), and torch's intra-op threads add little to their small kernels, so one fit keeps
@@ -90,13 +90,13 @@ def fit_in_order(
             finally:
                 done[index].set()
 
-    stop = threading.Event()
+    stop = threading.Event()  # set when the caller stops: thread lanes' fits stop at their next batch
 
-    def drive_cancellable() -> None:  # thread lanes: the fits stop at their next batch once `stop` is set
+    def drive_cancellable() -> None:
         with cancel_on(stop):
             drive()
 
-    drivers = [threading.Thread(target=drive_cancellable if threads else drive, daemon=True) for _ in range(workers)]
+    drivers = [threading.Thread(target=drive_cancellable, daemon=True) for _ in range(workers)]
     for thread in drivers:
         thread.start()
     position = 0
@@ -118,8 +118,8 @@ def fit_in_order(
     finally:
         with lock:  # on an error or an abandoned generator the workers finish what they have, take no more
             queue.clear()
+        stop.set()
         if threads:  # ... or, as threads of this process, stop at their next batch and are waited for
-            stop.set()
             for thread in drivers:
                 thread.join()
 

@@ -175,8 +175,9 @@ def tune(
     them. Each configuration runs as one joblib task (on `jobs` local processes, or on the Dask cluster
     at `scheduler`, e.g. "tcp://10.0.0.5:8786"; with `jobs` 1, as many at once in threads of this
     process as torch has threads) and its rows are written to `out_dir/tuning.csv` as soon as it
-    finishes. Every fit runs on one torch thread, so the scores do not depend on where it ran. Run again with the same data and settings to resume: finished configurations
-    are read back, not redone. `on_config(done, total)` is called after each configuration.
+    finishes. Every fit runs on one torch thread, so the scores do not depend on where it ran. Run
+    again with the same data and settings to resume: finished configurations are read back, not
+    redone. `on_config(done, total)` is called after each configuration.
     """
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
