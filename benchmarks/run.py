@@ -235,7 +235,9 @@ def preset_windows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def peak_rss_of_fit(threads: int) -> dict:
-    """Peak RSS of a fresh process that imports seqcast and fits the seed config for 2 epochs."""
+    """Memory of a fresh process that imports seqcast and fits the seed config for 2 epochs: the
+    process's peak RSS (ru_maxrss), its RSS just before the fit, and the fit's own peak (the
+    kernel's high-water mark, reset just before the fit)."""
     out = subprocess.run(
         [sys.executable, __file__, "--rss-child", "--threads", str(threads)],
         capture_output=True,
@@ -245,13 +247,51 @@ def peak_rss_of_fit(threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _proc_status_kib(field: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status in KiB (None off Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS: writing 5 to
+    /proc/self/clear_refs (Linux 4.0+). ru_maxrss cannot be reset, and the imports (torch's
+    libraries) set a higher peak than the fit, so without this the fit's own peak is hidden."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def rss_child() -> None:
     X, y, _ = seed_windows()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    process_peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _proc_status_kib("VmRSS")
+    reset = _reset_peak_rss()
     train_model(model, X, y, epochs=2, batch_size=64, seed=0)
+    peak = _proc_status_kib("VmHWM") if reset else None
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"after_imports_mib": before / 1024, "peak_fit_mib": after / 1024}))
+
+    def mib(kib: int | None) -> float | None:
+        return None if kib is None else kib / 1024
+
+    print(json.dumps({
+        "after_imports_mib": mib(process_peak_before),  # peak so far: imports, data, model
+        "peak_process_mib": mib(after),
+        "peak_fit_mib": mib(peak if peak is not None else after),
+        "rss_before_fit_mib": mib(before),
+        "fit_adds_mib": mib(peak - before) if peak is not None and before is not None else None,
+        "fit_peak_measured": "VmHWM reset before the fit" if peak is not None else "ru_maxrss (not resettable here)",
+    }))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,8 +393,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['processes_cold_seconds']:.1f} s when starting the workers ({r['speedup_cold']:.2f}x)", flush=True)
     if "rss" in sections:
         results["peak_rss"] = peak_rss_of_fit(args.threads)
-        print(f"peak RSS of a seed-config fit: {results['peak_rss']['peak_fit_mib']:.0f} MiB "
-              f"({results['peak_rss']['after_imports_mib']:.0f} MiB after imports)")
+        r = results["peak_rss"]
+        added = "" if r["fit_adds_mib"] is None else f", the fit adds {r['fit_adds_mib']:.0f} MiB"
+        print(f"peak RSS of a seed-config fit: {r['peak_fit_mib']:.0f} MiB ({r['rss_before_fit_mib']:.0f} MiB "
+              f"just before it{added}); the process's peak {r['peak_process_mib']:.0f} MiB, "
+              f"{r['after_imports_mib']:.0f} MiB after imports and data")
     results["machine"]["load_average_after"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
