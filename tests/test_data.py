@@ -152,6 +152,26 @@ def test_a_reverse_split_has_a_factor_below_one():
     assert warnings == [f"adjusted: Close rows before {frame.index[60]:%Y-%m-%d} multiplied by 2"]
 
 
+def test_split_candidates_are_the_same_in_blocks_of_any_size():
+    """detect_splits scans long series a block of rows at a time; the days it looks at must not
+    depend on where the blocks end, including a jump that straddles a block boundary."""
+    from seqcast.data import _split_candidates
+
+    frame = ohlc(random_walk(200, seed=4))
+    frame.loc[frame.index[:64], "Close"] *= 2  # the jump from row 63 to 64
+    frame.loc[frame.index[150:], "Open"] /= 3  # a reverse jump from row 149 to 150
+    frame.iloc[100:] *= 0.5  # a crash of every column
+    prices = frame[["Open", "High", "Low", "Close"]]
+    values = prices.to_numpy()
+    ratios = values[1:] / values[:-1]
+    expected = np.flatnonzero((np.maximum(ratios, 1 / ratios) >= 1.41).any(axis=1)).tolist()
+    assert expected == [63, 99, 149]
+    for rows in (1, 3, 63, 64, 65, 1000):
+        assert _split_candidates(prices, rows=rows) == expected, rows
+    found = detect_splits(frame)
+    assert [(s.column, s.date) for s in found] == [("Close", frame.index[64]), ("Open", frame.index[150])]
+
+
 def test_a_crash_of_every_column_is_not_a_split():
     frame = ohlc(random_walk(100, seed=3))
     frame.iloc[50:] *= 0.5

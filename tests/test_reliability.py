@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -465,6 +466,144 @@ def test_fast_path_reads_exactly_what_the_careful_csv_path_reads(tmp_path, monke
                 load_csv(path)
             messages.append(str(exc.value).replace(path.name, "FILE"))
         assert messages[0] == messages[1]
+
+
+def _three_paths(monkeypatch, plain: Path, careful: Path, read=load_csv):
+    """What ``read`` gives (a frame, or a DataError's message with the file's name replaced) for
+    ``plain`` through the streamed path in blocks of 7 rows (the whole-text paths made to fail),
+    through the whole-text C-parser path (the streamed one turned off), and for ``careful`` (the
+    same content plus a blank line) through the csv module."""
+    import seqcast.data as data
+
+    def outcome(path):
+        try:
+            return read(path)
+        except DataError as exc:
+            return str(exc).replace(path.name, "FILE")
+
+    monkeypatch.setattr(data, "_BLOCK_ROWS", 7)
+    monkeypatch.setattr(data, "_SCAN_BYTES", 64)  # scan pieces that end inside a line
+    real_plain, real_blocks = data._read_plain, data._read_plain_blocks
+    results = []
+    with monkeypatch.context() as m:
+        m.setattr(data, "_read_plain", lambda *a: pytest.fail("read the whole text"))
+        m.setattr(data.csv, "reader", lambda *a, **k: pytest.fail("took the csv module path"))
+        streamed = None
+        try:
+            streamed = outcome(plain)
+        except pytest.fail.Exception:
+            pass  # the streamed path declined: it must when a cell is to be reported
+        results.append(streamed)
+    monkeypatch.setattr(data, "_read_plain_blocks", lambda source: None)
+    results.append(outcome(plain))
+    monkeypatch.setattr(data, "_read_plain_blocks", real_blocks)
+    assert data._read_plain is real_plain
+    results.append(outcome(careful))
+    return results
+
+
+def _edited_pair(tmp_path, column: int, edit: dict[int, object]) -> tuple[Path, Path]:
+    """plain.csv and careful.csv (the same plus a blank line) of ``_price_file(500)``, the cell in
+    ``column`` of each line ``i`` of ``edit`` replaced by ``edit[i]`` (a text, or a function of the
+    old text)."""
+    lines = _price_file(500).splitlines()
+    for i, new in edit.items():
+        cells = lines[i].split(",")
+        cells[column] = new(cells[column]) if callable(new) else new
+        lines[i] = ",".join(cells)
+    plain, careful = tmp_path / "plain.csv", tmp_path / "careful.csv"
+    plain.write_text("\n".join(lines) + "\n")
+    careful.write_text("\n".join(lines) + "\n\n")
+    return plain, careful
+
+
+def test_streamed_reading_gives_what_the_whole_file_paths_give(tmp_path, monkeypatch):
+    """A plain file is read in blocks of rows, each block's dates parsed as it arrives; the frame
+    is exactly the whole-file paths' (dates, float, integer and text columns), also when a later
+    block turns an integer column into floats."""
+    text = _price_file(500)
+    plain, careful = tmp_path / "plain.csv", tmp_path / "careful.csv"
+    for name, content in [("as written", text), ("CRLF, no final line break", text.replace("\n", "\r\n")[:-2])]:
+        plain.write_text(content, newline="")
+        careful.write_text(content + "\r\n\r\n" if "\r" in content else content + "\n", newline="")
+        streamed, whole, slow = _three_paths(monkeypatch, plain, careful)
+        assert isinstance(streamed, pd.DataFrame), name
+        pd.testing.assert_frame_equal(streamed, whole, check_exact=True)
+        pd.testing.assert_frame_equal(streamed, slow, check_exact=True)
+        assert len(streamed) == 500 and streamed["Symbol"].tolist() == ["X"] * 500
+
+    # Volume: integers in the first 57 blocks, a float in block 58.
+    plain, careful = _edited_pair(tmp_path, 3, {400: "1234.5"})
+    streamed, whole, slow = _three_paths(monkeypatch, plain, careful)
+    assert streamed["Volume"].dtype == np.float64 and streamed["Volume"].iloc[399] == 1234.5
+    pd.testing.assert_frame_equal(streamed, slow, check_exact=True)
+    pd.testing.assert_frame_equal(whole, slow, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "row, column, cell, expected",
+    [
+        (450, 0, "2030-13-45", r'row 451, column Date: "2030-13-45" is not a date like the others'),
+        (450, 0, "01/02/2003", r'row 451, column Date: "01/02/2003" is not a date like the others'),
+        (3, 0, "", r"row 4, column Date is missing"),
+        (300, 0, "1990-01-02", r"row 3 and row 301 both have date 1990-01-02"),
+        (450, 1, "abc", r'row 451, column Open: "abc" is not a number'),
+        (450, 1, "0", r"row 451, column Open: 0(\.0)? is not a positive price"),
+        (450, 1, "inf", r'row 451, column Open: "inf" is not a finite number'),
+        (450, 3, "-5", r"row 451, column Volume: -5(\.0)? is a negative volume"),
+    ],
+)
+def test_a_bad_cell_in_a_later_block_is_reported_as_the_whole_file_paths_report_it(
+    tmp_path, monkeypatch, row, column, cell, expected
+):
+    plain, careful = _edited_pair(tmp_path, column, {row: cell})
+    streamed, whole, slow = _three_paths(monkeypatch, plain, careful)
+    assert isinstance(slow, str) and re.search(expected, slow), slow
+    assert whole == slow
+    assert streamed in (None, slow)  # the streamed path declines, or reports the same
+
+
+def test_dates_written_another_way_in_whole_blocks_are_reported_not_mixed(tmp_path, monkeypatch):
+    """Data records 441-454 (blocks 63 and 64 of 7 rows, file rows 443-456) are written m/d/Y, the
+    rest ISO 8601: each block parses in full on its own, but the whole column's format is ISO 8601
+    and those rows are the odd ones."""
+    plain, careful = _edited_pair(tmp_path, 0, {i: lambda date: f"{pd.Timestamp(date):%m/%d/%Y}" for i in range(442, 456)})
+    streamed, whole, slow = _three_paths(monkeypatch, plain, careful)
+    assert re.search(r'row 443, column Date: "\d\d/\d\d/\d{4}" is not a date like the others \(ISO 8601\)', slow), slow
+    assert streamed is None and whole == slow
+
+
+def test_a_zero_price_in_a_block_of_whole_numbers_is_quoted_as_written(tmp_path, monkeypatch):
+    """Block 64 (data records 448-454) holds whole-number Open prices, one of them 0: that block
+    parses as integers, the column as floats; the message quotes the cell as the whole-file
+    paths do."""
+    plain, careful = _edited_pair(tmp_path, 1, {i: "0" if i == 452 else str(100 + i) for i in range(449, 456)})
+    streamed, whole, slow = _three_paths(monkeypatch, plain, careful)
+    assert re.search(r"row 453, column Open: 0 is not a positive price", slow), slow
+    assert streamed in (None, slow) and whole == slow
+
+
+def test_a_long_format_file_is_streamed_like_the_whole_file_paths(tmp_path, monkeypatch):
+    from seqcast.data import load_long_csv
+
+    rows = 60
+    long = pd.DataFrame({
+        "unique_id": np.repeat(["a", "b", "c"], rows),
+        "ds": np.tile(pd.bdate_range("2020-01-01", periods=rows).strftime("%Y-%m-%d"), 3),
+        "y": np.round(100 + np.arange(3 * rows) * 0.25, 2),
+    })
+    plain, careful = tmp_path / "plain.csv", tmp_path / "careful.csv"
+    long.to_csv(plain, index=False)
+    careful.write_text(plain.read_text() + "\n")
+
+    def read(path):
+        return load_long_csv(path, lambda header: "unique_id")[1]
+
+    streamed, whole, slow = _three_paths(monkeypatch, plain, careful, read=read)
+    assert sorted(streamed) == ["a", "b", "c"]
+    for name in streamed:
+        pd.testing.assert_frame_equal(streamed[name], slow[name], check_exact=True)
+        pd.testing.assert_frame_equal(whole[name], slow[name], check_exact=True)
 
 
 def _live_prediction_frames() -> set[int]:

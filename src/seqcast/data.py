@@ -7,6 +7,7 @@ Nothing is printed: observations that are not errors go to ``frame.attrs["warnin
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -134,6 +135,7 @@ def load_csv(
         target=target,
         required=required,
         adjust_splits=adjust_splits,
+        owned=True,
     )
 
 
@@ -165,6 +167,7 @@ def load_long_csv(
             target=target,
             required=(),
             adjust_splits=adjust_splits,
+            owned=True,
         )
     return column, frames
 
@@ -208,22 +211,22 @@ def detect_splits(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
         names = [resolve_column(frame, c, source=source) for c in columns]
     if len(frame) < 2 or not names:
         return []
-    values = frame[names].to_numpy(dtype="float64")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = values[1:] / values[:-1]
-    valid = np.isfinite(ratios) & (ratios > 0)
-    spread = np.where(valid, np.maximum(ratios, 1 / np.where(valid, ratios, 1)), 1.0)
+    prices = frame[names]
     factors = np.array(_SPLIT_FACTORS)
     found = []
-    for day in np.flatnonzero((spread >= _SPLIT_CANDIDATE).any(axis=1)):
-        day_ratios = ratios[day]
-        errors = np.abs(np.outer(day_ratios, factors) - 1)
+    for day in _split_candidates(prices):
+        pair = prices.iloc[day : day + 2].to_numpy(dtype="float64")
+        with np.errstate(all="ignore"):  # zeros, overflow: such ratios are not valid, not warnings
+            day_ratios = pair[1] / pair[0]
+            valid_day = np.isfinite(day_ratios) & (day_ratios > 0)
+            spread_day = np.where(valid_day, np.maximum(day_ratios, 1 / np.where(valid_day, day_ratios, 1)), 1.0)
+            errors = np.abs(np.outer(day_ratios, factors) - 1)
         nearest = factors[errors.argmin(axis=1)]
-        matched = valid[day] & (errors.min(axis=1) <= _SPLIT_TOLERANCE)
+        matched = valid_day & (errors.min(axis=1) <= _SPLIT_TOLERANCE)
         for col in np.flatnonzero(matched):
-            others = valid[day] & ~(matched & (nearest == nearest[col]))
-            alone = valid[day].sum() == 1
-            if alone or (others.any() and (spread[day][others] <= _CALM_LIMIT).all()):
+            others = valid_day & ~(matched & (nearest == nearest[col]))
+            alone = valid_day.sum() == 1
+            if alone or (others.any() and (spread_day[others] <= _CALM_LIMIT).all()):
                 found.append(
                     Split(
                         column=names[col],
@@ -233,6 +236,20 @@ def detect_splits(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
                     )
                 )
     return found
+
+
+def _split_candidates(prices: pd.DataFrame, rows: int = 1 << 16) -> list[int]:
+    """Days ``d`` on which some column moves from row d to d + 1 by at least the smallest split
+    factor, up or down; ``rows`` rows at a time, so a long series needs no full-size copies."""
+    days: list[int] = []
+    for start in range(0, len(prices) - 1, rows):
+        block = prices.iloc[start : start + rows + 1].to_numpy(dtype="float64")
+        with np.errstate(all="ignore"):
+            ratios = block[1:] / block[:-1]
+            valid = np.isfinite(ratios) & (ratios > 0)
+            jump = valid & ((ratios >= _SPLIT_CANDIDATE) | (ratios * _SPLIT_CANDIDATE <= 1))
+        days.extend(start + int(d) for d in np.flatnonzero(jump.any(axis=1)))
+    return days
 
 
 def adjust_for_splits(frame: pd.DataFrame, splits: Sequence[Split] | None = None) -> pd.DataFrame:
@@ -260,7 +277,17 @@ def adjust_for_splits(frame: pd.DataFrame, splits: Sequence[Split] | None = None
 
 
 def _read_csv(source: str) -> tuple[pd.DataFrame, list[int] | np.ndarray]:
-    """All cells as text, plus the file line each record starts on."""
+    """The file's cells, plus the file line each record starts on.
+
+    Three paths, each taken only when the one before cannot read the file exactly: a plain file
+    (:func:`_scan_plain`) is read in blocks of rows by pandas's C parser with its dates parsed block
+    by block (:func:`_read_plain_blocks`), so the whole text and one Python string per date are
+    never held at once; a file with a problem in its cells is read whole by the C parser
+    (:func:`_read_plain`), its cells kept for the messages; anything unusual (quotes, blank lines,
+    ragged rows, bad encoding) goes through Python's csv module as text."""
+    streamed = _read_plain_blocks(source)
+    if streamed is not None:
+        return streamed
     try:
         with open(source, encoding="utf-8-sig", newline="") as handle:
             text = handle.read()
@@ -329,41 +356,59 @@ _LONE_CR = re.compile(r"\r(?!\n)")
 
 
 def _read_plain(source: str, text: str, first_line: str, delimiter: str) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """The fast path of :func:`_read_csv` for well-formed files, or None to take the careful one.
+    """The whole-text fast path of :func:`_read_csv` for well-formed files, or None to take the
+    careful one.
 
     Without quotes, blank lines or ragged rows, data record i is on file row i + 2, so pandas's C
     parser can read the file with no loss of row-accurate messages; it keeps numeric columns as
-    float64 rather than one Python string per cell, which is what lets a million-row file load in
-    memory close to the data's own size. Anything unusual returns None, and the csv module below
-    then reads the file and reports its problems exactly.
+    float64 rather than one Python string per cell. Anything unusual returns None, and the csv
+    module below then reads the file and reports its problems exactly.
     """
-    header = [name.strip() for name in first_line.rstrip("\r").split(delimiter)]
-    if (
-        '"' in text
-        or not all(header)
-        or len(set(header)) != len(header)
-        or _BLANK_LINE.search(text)
-        or _LONE_CR.search(text)
-    ):
+    header = _plain_header(first_line, delimiter)
+    if header is None or '"' in text or _BLANK_LINE.search(text) or _LONE_CR.search(text):
         return None
     try:
         with warnings.catch_warnings():
             # Rows longer than the header come as a ParserWarning (or error): leave them to the csv module.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                source,
-                sep=delimiter,
-                encoding="utf-8-sig",
-                skipinitialspace=True,
-                index_col=False,
-                header=0,
-                na_filter=False,
-                on_bad_lines="error",
-                engine="c",
-            )
+            frame = pd.read_csv(source, **_plain_options(delimiter))
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, OSError, UnicodeDecodeError):
         return None
-    if not len(frame) or [str(c).strip() for c in frame.columns] != header:
+    columns = _plain_columns(frame, header)
+    if columns is None or not len(frame):
+        return None
+    for name, values in columns.items():
+        # Cells that fail validation as a zero price are quoted as written, which only the careful path still has.
+        if values.dtype.kind == "f" and (values.to_numpy() == 0).any():
+            return None
+    return pd.DataFrame(columns), np.arange(2, len(frame) + 2)
+
+
+def _plain_header(first_line: str, delimiter: str) -> list[str] | None:
+    """The header's names, or None when one is empty or repeated (the csv module path reports it)."""
+    header = [name.strip() for name in first_line.rstrip("\r").split(delimiter)]
+    return header if all(header) and len(set(header)) == len(header) else None
+
+
+def _plain_options(delimiter: str) -> dict:
+    """``pandas.read_csv`` arguments of the C-parser paths: every cell as written (no NA markers)."""
+    return dict(
+        sep=delimiter,
+        encoding="utf-8-sig",
+        skipinitialspace=True,
+        index_col=False,
+        header=0,
+        na_filter=False,
+        on_bad_lines="error",
+        engine="c",
+    )
+
+
+def _plain_columns(frame: pd.DataFrame, header: list[str]) -> dict[str, pd.Series] | None:
+    """The C parser's columns by header name (numbers as parsed, text as Python objects), or None
+    when a cell needs the careful path's message: a non-finite or negative number, a boolean column,
+    or columns that do not match the header."""
+    if [str(c).strip() for c in frame.columns] != header:
         return None
     columns = {}
     for name, column in zip(header, frame.columns):
@@ -372,17 +417,130 @@ def _read_plain(source: str, text: str, first_line: str, delimiter: str) -> tupl
             return None
         if pd.api.types.is_numeric_dtype(values):
             floats = values.to_numpy(dtype="float64")
-            # Cells that fail validation ("nan", "inf", a zero or negative price) are quoted as
-            # written in the message, which only the careful path still has.
+            # Cells that fail validation ("nan", "inf", a negative price) are quoted as written in
+            # the message, which only the careful path still has.
             if not np.isfinite(floats).all() or (floats < 0).any():
-                return None
-            if values.dtype.kind == "f" and (floats == 0).any():
                 return None
             columns[name] = values
         else:
             # The same cells as the careful path: text with leading spaces already skipped.
             columns[name] = values.astype(object)
-    return pd.DataFrame(columns), np.arange(2, len(frame) + 2)
+    return columns
+
+
+# Rows per block of the streamed path; bytes per block of its scan. Module attributes so that tests
+# can make them small enough for a small file to span several blocks.
+_BLOCK_ROWS = 1 << 16
+_SCAN_BYTES = 1 << 20
+
+
+def _scan_plain(source: str) -> tuple[str, int] | None:
+    """The header line of ``source`` and its number of data rows, if the file is plain: UTF-8 text
+    with data, without NUL bytes, quotes, blank lines or lone carriage returns (the checks
+    :func:`_read_csv` makes on the whole text), read in blocks of whole lines so that it is never
+    held at once. None otherwise, or if the file cannot be read: the whole-text paths then read it
+    and name the problem."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    carry, header, lines = "", None, 0
+    try:
+        with open(source, "rb") as handle:
+            while True:
+                raw = handle.read(_SCAN_BYTES)
+                text = carry + decoder.decode(raw, final=not raw)
+                cut = text.rfind("\n") + 1 if raw else len(text)
+                # Each piece starts at a line start, so the patterns' "^" means what it means on
+                # the whole text.
+                piece, carry = text[:cut], text[cut:]
+                if "\x00" in piece or '"' in piece or _BLANK_LINE.search(piece) or _LONE_CR.search(piece):
+                    return None
+                if header is None and piece.strip():
+                    header = piece.lstrip().partition("\n")[0]
+                lines += piece.count("\n")
+                if not raw:
+                    break
+    except (OSError, UnicodeDecodeError):
+        return None
+    if piece and not piece.endswith("\n"):
+        if not piece.strip():
+            return None  # spaces after the last line break: an odd last row, for the csv module
+        lines += 1
+    return (header, lines - 1) if header is not None and lines > 1 else None
+
+
+def _read_plain_blocks(source: str) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """:func:`_read_plain` in blocks of ``_BLOCK_ROWS`` rows, each block's date column parsed to
+    ``datetime64`` as it arrives, for a file whose every cell will pass validation; None as soon as
+    any block shows something to report (or that needs the whole column, such as a date format
+    that differs between blocks), for the whole-text paths to read and name exactly.
+
+    Why by hand: pandas's ``read_csv(chunksize=...)`` does the reading, but a million-row file read
+    whole holds its text, the parser's buffers and one Python string per date cell at once, about
+    nine times the validated data (docs/reliability.md); here the peak is a block of those plus the
+    parsed columns."""
+    scanned = _scan_plain(source)
+    if scanned is None:
+        return None
+    first_line, n_rows = scanned
+    delimiter = max((",", ";", "\t"), key=first_line.count)
+    header = _plain_header(first_line, delimiter)
+    if header is None:
+        return None
+    names = [canonical_column(name) for name in header]
+    date_column = _date_column(names)
+    date_name = header[names.index(date_column)] if date_column is not None else None
+    # Each column is allocated whole once (the scan counted the rows) and filled block by block:
+    # the peak is the data plus one block, where joining the blocks at the end would hold the data
+    # twice and leave the heap fragmented by the blocks' temporaries.
+    out: dict[str, np.ndarray] = {}
+    date_format, done, zero_ints = None, 0, set()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            with pd.read_csv(source, chunksize=_BLOCK_ROWS, **_plain_options(delimiter)) as reader:
+                for block in reader:
+                    columns = _plain_columns(block, header)
+                    if columns is None or done + len(block) > n_rows:
+                        return None
+                    if date_name is not None:
+                        parsed = _plain_dates(columns[date_name], date_format)
+                        if parsed is None:
+                            return None
+                        columns[date_name], date_format = parsed
+                    for name, values in columns.items():
+                        values = np.asarray(values)
+                        if values.dtype.kind in "fiu" and (values == 0).any():
+                            if values.dtype.kind == "f":
+                                return None  # _read_plain's rule: a zero among floats is quoted as written
+                            zero_ints.add(name)  # an integer zero, a float if another block has floats
+                        column = out.get(name)
+                        if column is None:
+                            column = out[name] = np.empty(n_rows, dtype=values.dtype)
+                        elif column.dtype != values.dtype:
+                            wider = np.result_type(column.dtype, values.dtype)
+                            if (column.dtype == object) != (values.dtype == object) or wider.kind not in "fiuM":
+                                return None  # a column numeric in one block and text in another
+                            column = out[name] = column.astype(wider)
+                        column[done : done + len(values)] = values
+                    done += len(block)
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, OSError, UnicodeDecodeError):
+        return None
+    if done != n_rows or any(out[name].dtype.kind == "f" for name in zero_ints):
+        return None
+    return pd.DataFrame(out, copy=False), np.arange(2, n_rows + 2)
+
+
+def _plain_dates(values: pd.Series, date_format: str | None) -> tuple[np.ndarray, str] | None:
+    """One block's date cells parsed as :func:`_parse_dates` parses the whole column, with the
+    format the earlier blocks used (``None``: any of ``_DATE_FORMATS``, the first block), or None if
+    any cell would be reported. Where every block parses in full with the first block's format,
+    that is the format the whole column would pick: each format before it fails in the first block."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return None
+    _, local = _date_texts(values)
+    best, chosen = _best_dates(local, _DATE_FORMATS if date_format is None else (date_format,))
+    if best.isna().any() or (best.year < 1).any():
+        return None
+    return best.to_numpy(), chosen
 
 
 def _fit_record(record: list[str], width: int, source: str, row: int) -> list[str]:
@@ -405,7 +563,10 @@ def _validate(
     target: str | None,
     required: Sequence[str],
     adjust_splits: bool,
+    owned: bool = False,
 ) -> pd.DataFrame:
+    """The validated frame of ``raw``. With ``owned`` (a frame read from a file, which nothing
+    else holds) its float64 columns become the result's without a copy."""
     names = [canonical_column(c) for c in raw.columns]
     seen: dict[str, object] = {}
     for original, name in zip(raw.columns, names):
@@ -416,7 +577,7 @@ def _validate(
             )
         seen[name] = original
     data = raw.set_axis(names, axis=1)
-    date_column = next((c for key in _DATE_NAMES for c in names if c.casefold() == key), None)
+    date_column = _date_column(names)
     if date_column is not None:
         date_values = data.pop(date_column)
     elif isinstance(data.index, pd.DatetimeIndex) or str(data.index.name).casefold() in _DATE_NAMES:
@@ -465,7 +626,9 @@ def _validate(
             f"{_show_date(dates[first])}; remove one of them"
         )
 
-    frame = pd.DataFrame(columns, index=dates).sort_index(kind="stable")
+    frame = pd.DataFrame(columns, index=dates, copy=not owned)
+    if not dates.is_monotonic_increasing:  # sorting copies every column; most files come sorted
+        frame = frame.sort_index(kind="stable")
     frame.index.name = "Date"
     splits = detect_splits(frame)
     frame.attrs = {
@@ -512,6 +675,9 @@ class _Problems:
 
 def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The column as float64, masks of its missing and non-numeric cells, and the cells."""
+    if values.dtype == np.float64:
+        floats = values.to_numpy()  # no copy: _validate copies unless the frame is its own
+        return floats, np.isnan(floats), np.zeros(len(values), dtype=bool), floats
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         floats = values.to_numpy(dtype="float64", na_value=np.nan)
         return floats, np.isnan(floats), np.zeros(len(values), dtype=bool), values.to_numpy()
@@ -537,17 +703,8 @@ def _parse_dates(values: pd.Series, column: str, problems: _Problems) -> pd.Date
         cell = (column, values.to_numpy())
         problems.add(parsed.isna(), cell, " is missing; fill it in or remove that row")
         return parsed
-    texts = np.array([_text(cell) for cell in values.to_numpy(dtype=object)], dtype=object)
-    local = np.array(
-        [_UTC_OFFSET.sub(r"\1", text) if ":" in text else text for text in texts], dtype=object
-    )
-    best, best_format = None, None
-    for fmt in _DATE_FORMATS:
-        parsed = pd.DatetimeIndex(pd.to_datetime(local, format=fmt, errors="coerce"))
-        if best is None or parsed.notna().sum() > best.notna().sum():
-            best, best_format = parsed, fmt
-        if best.notna().all():
-            break
+    texts, local = _date_texts(values)
+    best, best_format = _best_dates(local, _DATE_FORMATS)
     missing = texts == ""
     problems.add(missing, (column, texts), " is missing; fill it in or remove that row")
     # pandas parses year 0 and earlier, Python's datetime (used by every report) does not.
@@ -559,6 +716,32 @@ def _parse_dates(values: pd.Series, column: str, problems: _Problems) -> pd.Date
         + _FIX_ROW,
     )
     return best
+
+
+def _date_texts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The date cells as stripped text, and the same with any UTC offset after a time dropped."""
+    texts = np.array([_text(cell) for cell in values.to_numpy(dtype=object)], dtype=object)
+    local = np.array(
+        [_UTC_OFFSET.sub(r"\1", text) if ":" in text else text for text in texts], dtype=object
+    )
+    return texts, local
+
+
+def _best_dates(local: np.ndarray, formats: Sequence[str]) -> tuple[pd.DatetimeIndex, str]:
+    """The dates in the first of ``formats`` that parses every cell, else in the one that parses most."""
+    best, best_format = None, None
+    for fmt in formats:
+        parsed = pd.DatetimeIndex(pd.to_datetime(local, format=fmt, errors="coerce"))
+        if best is None or parsed.notna().sum() > best.notna().sum():
+            best, best_format = parsed, fmt
+        if best.notna().all():
+            break
+    return best, best_format
+
+
+def _date_column(names: Sequence[str]) -> str | None:
+    """The column that holds the dates, by name, in ``_DATE_NAMES`` priority order."""
+    return next((c for key in _DATE_NAMES for c in names if c.casefold() == key), None)
 
 
 def _text(cell: object) -> str:
