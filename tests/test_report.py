@@ -177,3 +177,28 @@ def test_new_verbs_have_help(verb, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert ("(default: expanding)" in text and "--refit-every" in text) if verb == "backtest" else "RUN_DIR" in text
+
+
+def test_residual_plot_of_a_diverged_model_is_drawn_and_a_failed_plot_leaks_no_figure(tmp_path):
+    """Found by `make fuzz` (`run --lr=3.2e13`): residuals of about -4.5e15 that differ in the
+    last few units are too close together for 30 histogram bins, and numpy refused; the figure of
+    the failed plot then stayed open in pyplot."""
+    import matplotlib.pyplot as plt
+
+    from seqcast import plots
+
+    index = pd.bdate_range("2017-01-03", periods=20)
+    actual = pd.Series(np.linspace(786.0, 800.0, 20), index=index)
+    predictions = pd.DataFrame({"actual": actual, "seqcast": actual + 4503599941523840.0 + np.arange(20) % 3,
+                                "persistence": actual.shift(1)})
+    with pytest.raises(ValueError, match="Too many bins"):
+        np.histogram((predictions["actual"] - predictions["seqcast"]).to_numpy(), bins=30)
+    before = set(plt.get_fignums())
+    path = plots.plot_residuals(predictions, tmp_path / "residuals.png", target="Open", baseline="persistence")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    predictions.loc[index[3], "seqcast"] = np.inf  # a non-finite residual is left out of the histogram
+    plots.plot_residuals(predictions, tmp_path / "residuals.png", target="Open", baseline="persistence")
+    with pytest.raises(KeyError):
+        plots.plot_residuals(predictions, tmp_path / "other.png", target="Open", baseline="no-such-column")
+    assert set(plt.get_fignums()) == before
+    assert not (tmp_path / "other.png").exists()

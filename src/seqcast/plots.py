@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -10,9 +11,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .artifacts import atomic_write_bytes  # noqa: E402
+
+
+def _closes_on_error(draw):
+    """A plot function whose figure is closed if drawing or saving it fails: pyplot keeps every
+    figure it opened alive until closed, so each failed plot would leak one."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        before = set(plt.get_fignums())
+        try:
+            return draw(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+
+    return wrapper
 
 
 def _save(fig, path) -> Path:
@@ -29,6 +48,7 @@ def _draw_band(ax, band: pd.DataFrame | None, level: float | None) -> None:
     ax.fill_between(band.index, band["lower"], band["upper"], color="lightblue", alpha=0.6, lw=0, label=label)
 
 
+@_closes_on_error
 def plot_predictions(
     predictions: pd.DataFrame, path, *, target: str, title: str | None = None,
     band: pd.DataFrame | None = None, level: float | None = None,
@@ -47,6 +67,7 @@ def plot_predictions(
     return _finish_dated(fig, ax, path, predictions.index, target, title or f"{target}: real vs predicted")
 
 
+@_closes_on_error
 def plot_forecast(history: pd.Series | None, forecast: pd.Series, path, *, target: str, title: str | None = None) -> Path:
     """History (red) joined to the forecast (blue, dashed) at the last observed row.
 
@@ -80,6 +101,7 @@ def _show(stamp) -> str:
     return stamp.date().isoformat() if hasattr(stamp, "date") else str(stamp)
 
 
+@_closes_on_error
 def plot_member_losses(histories, path) -> Path:
     """Training (and validation, dashed) loss per epoch of every ensemble member, one thin line each."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -97,6 +119,7 @@ def plot_member_losses(histories, path) -> Path:
     return _save(fig, path)
 
 
+@_closes_on_error
 def plot_loss(history, path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = range(1, len(history.loss) + 1)
@@ -112,6 +135,7 @@ def plot_loss(history, path) -> Path:
     return _save(fig, path)
 
 
+@_closes_on_error
 def plot_fold_losses(folds: list[dict], path) -> Path:
     """Training (and validation) loss per epoch of every walk-forward fold's model."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -132,6 +156,7 @@ def plot_fold_losses(folds: list[dict], path) -> Path:
     return _save(fig, path)
 
 
+@_closes_on_error
 def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None) -> Path:
     """Residuals (actual - predicted) over time and their histogram, for seqcast and one baseline."""
     fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
@@ -140,7 +165,7 @@ def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: st
         residual = predictions["actual"] - predictions[name]
         label = name if name == "seqcast" else f"{name} (baseline)"
         ax_time.plot(predictions.index, residual, color=color, lw=1, marker=".", ms=3, label=label)
-        ax_hist.hist(residual.dropna(), bins=30, color=color, alpha=0.5, label=label)
+        _histogram(ax_hist, residual, color=color, label=label)
     ax_time.axhline(0, color="black", lw=0.8)
     ax_time.set_title(f"Residuals (real - predicted {target}) over time")
     ax_time.set_ylabel(target)
@@ -156,6 +181,24 @@ def plot_residuals(predictions: pd.DataFrame, path, *, target: str, baseline: st
     return _save(fig, path)
 
 
+def _histogram(ax, values: pd.Series, *, color, label: str, bins: int = 30) -> None:
+    """A histogram of the finite ``values`` in ``bins`` equal bins, or in one bin when they span too
+    little for that many (a diverged model's near-constant residuals far from zero, where numpy's
+    histogram refuses); if even that fails, a note in place of the bars."""
+    finite = values.to_numpy(dtype="float64")
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return
+    if not np.all(np.diff(np.linspace(finite.min(), finite.max(), bins + 1)) > 0):
+        bins = 1
+    try:
+        ax.hist(finite, bins=bins, color=color, alpha=0.5, label=label)
+    except ValueError:
+        ax.text(0.5, 0.5, f"{label}: residuals too close together to bin", transform=ax.transAxes,
+                ha="center", fontsize="small")
+
+
+@_closes_on_error
 def plot_backtest(
     predictions: pd.DataFrame, path, *, target: str, baseline: str | None = None,
     band: pd.DataFrame | None = None, level: float | None = None,
@@ -182,6 +225,7 @@ def plot_backtest(
     return _save(fig, path)
 
 
+@_closes_on_error
 def plot_fold_rmse(fold_table: pd.DataFrame, path) -> Path:
     """RMSE of each model in each fold, as grouped bars."""
     fig, ax = plt.subplots(figsize=(10, 4))
