@@ -59,7 +59,7 @@ def test_bad_file_exits_2_with_one_line_and_no_traceback(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Date,Open\n2020-01-01,1\n2020-01-02,abc\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "seqcast.cli", "train", "--data", str(bad), "--out", str(tmp_path / "m"), *FAST],
+        [sys.executable, "-m", "seqcast", "train", "--data", str(bad), "--out", str(tmp_path / "m"), *FAST],
         capture_output=True,
         text=True,
     )
