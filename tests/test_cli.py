@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -69,7 +70,7 @@ def test_bad_file_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert "bad.csv" in proc.stderr and "row 3" in proc.stderr and "Open" in proc.stderr
 
 
-@pytest.mark.parametrize("verb", ["run", "train", "predict", "forecast", "validate"])
+@pytest.mark.parametrize("verb", ["run", "train", "predict", "forecast", "validate", "backtest", "report", "tune"])
 def test_every_verb_has_help_with_defaults(verb, capsys):
     with pytest.raises(SystemExit) as exc:
         main([verb, "--help"])
@@ -78,6 +79,10 @@ def test_every_verb_has_help_with_defaults(verb, capsys):
     assert "--" in text
     if verb in ("run", "train"):
         assert "(default: 60)" in text and "(default: lstm)" in text
+    # No empty defaults, and none stated twice (help text that names its default gets no second one).
+    assert "(default: None)" not in text and "(default: False)" not in text
+    for option in re.split(r"\n  (?=-)", text):
+        assert len(re.findall(r"\(default[: ]", option)) <= 1, option
 
 
 def test_missing_file_and_unknown_option_exit_2(tmp_path, capsys):

@@ -65,7 +65,13 @@ _MODEL_OPTIONS = (
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """argparse's "(default: X)" after each option's help, except where it says nothing (None, a
+    flag's False) or the help already states the default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
