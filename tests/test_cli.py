@@ -127,6 +127,13 @@ def test_train_and_forecast_with_indicators_on_bundled_data(tmp_path, capsys):
     assert (tmp_path / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["forecast", "--model", str(model), "--horizon", "5", "--out", str(tmp_path / "f5.csv")]) == 2
     assert "--horizon 5" in capsys.readouterr().err
+    # Without --data the forecast starts from the rows the model keeps, and says how few they are.
+    kept = len(Forecaster.load(model).context_)
+    assert main(["forecast", "--model", str(model), "--out", str(tmp_path / "kept.csv"), "--history", str(kept)]) == 0
+    printed = capsys.readouterr().out
+    assert f"data   the model's last {kept} training rows, up to 2016-11-30\n" in printed
+    assert main(["forecast", "--model", str(model), "--out", str(tmp_path / "kept.csv"), "--history", "500", "--force"]) == 0
+    assert "(the plot shows those; --data FILE shows up to --history 500 rows)" in capsys.readouterr().out
 
 
 def test_recursive_forecast_of_a_yahoo_crypto_file_continues_every_day(tmp_path, capsys):

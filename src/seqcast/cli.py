@@ -782,7 +782,10 @@ def _cmd_forecast(args, out: _Out) -> int:
     target = forecaster.target_
     if args.data is None:
         frame, history = None, forecaster.context_
-        out.line(f"data   the model's training rows up to {forecaster.train_end_.date()}")
+        shown = f"the model's last {len(history)} training rows, up to {forecaster.train_end_.date()}"
+        if len(history) < args.history:  # the model keeps only the rows it needs to predict from
+            shown += f" (the plot shows those; --data FILE shows up to --history {args.history} rows)"
+        out.line(f"data   {shown}")
     else:
         required = list(dict.fromkeys([*forecaster.required_columns_, target]))
         frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
