@@ -222,3 +222,27 @@ def test_backtest_jobs_fits_one_series_folds_at_once_with_the_same_outputs(tmp_p
         assert (tmp_path / "parallel" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
     assert main([*common, "--jobs", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--jobs" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "start, message",
+    [
+        ("2020-01-01T00:00:00+05:00", "--start 2020-01-01 leaves 1258 training and 0 test rows"),
+        ("2016-06-01T00:00:00-04:00", None),  # a UTC offset is dropped: the local wall-clock time cuts
+        ("0000-01-01", "--start 0000-01-01 leaves 0 training and 1258 test rows"),
+        ("99999-01-01", "is not a date"),
+    ],
+)
+def test_backtest_start_with_an_offset_or_an_odd_year_is_a_clean_error_or_a_cut(tmp_path, capsys, start, message):
+    """Found by `make fuzz`: --start with a UTC offset crashed comparing tz-aware and naive dates,
+    and year 0 crashed while writing the message."""
+    out = tmp_path / "bt"
+    code = main(["backtest", "--data", str(GOOGLE_TRAIN), f"--start={start}", "--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0, err
+        plain = tmp_path / "plain"
+        assert main(["backtest", "--data", str(GOOGLE_TRAIN), "--start=2016-06-01", "--out", str(plain), *FAST]) == 0
+        assert (out / "backtest.csv").read_text() == (plain / "backtest.csv").read_text()
+    else:
+        assert code == 2 and message in err and "Traceback" not in err, err

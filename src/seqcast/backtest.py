@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .forecaster import Forecaster
 from .metrics import diebold_mariano, evaluate, lag_diagnosis
 from .parallel import check_jobs, fit_in_order
+from .windows import cut_date, show_date
 
 MODEL = "seqcast"
 ALPHA = 0.05
@@ -260,15 +261,12 @@ def plan_folds(
     if start is not None:
         if folds is not None and refit_every is not None:
             raise ConfigError("with a start date give --folds or --refit-every, not both: they both set the fold size")
-        try:
-            cut = pd.Timestamp(start)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"--start {start!r} is not a date: use YYYY-MM-DD") from exc
+        cut = cut_date(start, "--start")
         first = int(index.searchsorted(cut))
         n_test = n - first
         if first == 0 or n_test == 0:
             raise ConfigError(
-                f"--start {cut.date()} leaves {first} training and {n_test} test rows "
+                f"--start {show_date(cut)} leaves {first} training and {n_test} test rows "
                 f"({index[0].date()}..{index[-1].date()}): pick a date inside that range"
             )
         if refit_every is not None:
@@ -276,7 +274,7 @@ def plan_folds(
         else:
             n_folds = folds or 1
             if n_folds > n_test:
-                raise ConfigError(f"{n_folds} folds need at least {n_folds} test rows after {cut.date()}, found {n_test}")
+                raise ConfigError(f"{n_folds} folds need at least {n_folds} test rows after {show_date(cut)}, found {n_test}")
             sizes = [len(part) for part in np.array_split(np.arange(n_test), n_folds)]
     else:
         n_folds = folds or 5

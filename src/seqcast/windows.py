@@ -71,22 +71,31 @@ def scaler_from_dict(state: dict) -> MinMaxScaler:
     return MinMaxScaler(feature_range=tuple(state["feature_range"])).fit(np.vstack([data_min, data_max]))
 
 
+def cut_date(value, option: str) -> pd.Timestamp:
+    """The date an option such as ``--test-from`` or ``--start`` gives, as a naive timestamp: the
+    frame's dates are local wall-clock dates (the loader drops UTC offsets), so is the cut."""
+    try:
+        cut = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD") from exc
+    if cut is pd.NaT:
+        raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD")
+    return cut.tz_localize(None) if cut.tz is not None else cut
+
+
+def show_date(stamp: pd.Timestamp) -> str:
+    """YYYY-MM-DD of any timestamp pandas holds, year 0 included (``Timestamp.date()`` refuses those)."""
+    return stamp.isoformat()[:10]
+
+
 def split_by_date(frame: pd.DataFrame, test_from) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows before `test_from` train, rows on or after it test."""
-    try:
-        cut = pd.Timestamp(test_from)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--test-from {test_from!r} is not a date: use YYYY-MM-DD") from exc
-    if cut is pd.NaT:
-        raise ConfigError(f"--test-from {test_from!r} is not a date: use YYYY-MM-DD")
-    # The frame's dates are local wall-clock dates (the loader drops UTC offsets), so is the cut.
-    if cut.tz is not None:
-        cut = cut.tz_localize(None)
+    cut = cut_date(test_from, "--test-from")
     train, test = frame[frame.index < cut], frame[frame.index >= cut]
     source = frame.attrs.get("source", "the data")
     if train.empty or test.empty:
         raise ConfigError(
-            f"--test-from {cut.isoformat()[:10]} leaves {len(train)} training and {len(test)} test rows in {source} "
+            f"--test-from {show_date(cut)} leaves {len(train)} training and {len(test)} test rows in {source} "
             f"({frame.index[0].date()}..{frame.index[-1].date()}): pick a date inside that range"
         )
     return train, test
