@@ -28,7 +28,7 @@ from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
 
 TOTAL = int(os.environ.get("SEQCAST_FUZZ_EXAMPLES", "520"))
-_SHARES = {"loader": 0.44, "validate": 0.24, "args": 0.12, "predict": 0.10, "train": 0.07, "run": 0.03}
+_SHARES = {"loader": 0.42, "validate": 0.22, "args": 0.12, "verbs": 0.06, "predict": 0.09, "train": 0.06, "run": 0.03}
 # A wall-clock limit per example: hypothesis's own deadline only reports slowness after the
 # example returns, while SIGALRM also interrupts a real hang.
 HANG_SECONDS = 60
@@ -233,16 +233,40 @@ ARGUMENTS = {
     "--target": st.one_of(st.sampled_from(["Open", "close", "Volume", "Date", "nope", ""]), st.text(max_size=5)),
     "--features": st.one_of(st.sampled_from(["Open,Close", "Open,Open", ",", "High,Low,Volume", "nope"]), st.text(max_size=5)),
     "--test-from": st.one_of(date_text, st.just("2012-06-01")),
+    "--horizon": _int_values(1, 3),
+    "--strategy": st.sampled_from(["direct", "recursive", "Recursive", "mimo", ""]),
+    "--target-transform": st.sampled_from(["level", "diff", "logret", "LogRet", "ret", ""]),
+    "--same-day": st.one_of(st.sampled_from(["Close", "High,Low", "Open", "Close,Close", "nope", ","]), st.text(max_size=5)),
+    "--preset": st.sampled_from(["indicators", "nope", ""]),
+    "--ensemble": _int_values(1, 3),
+    "--interval": _float_values(),
+    "--calibration-fraction": _float_values(),
+    "--threads": _int_values(1, 2),
+}
+# Options of one verb only, drawn for that verb alone (so that other verbs' cases stay valid).
+VERB_ARGUMENTS = {
+    "backtest": {
+        "--folds": _int_values(1, 3),
+        "--start": st.one_of(date_text, st.sampled_from(["2012-04-02", "2012-04-20"])),
+        "--refit-every": _int_values(1, 30),
+        "--window": st.sampled_from(["expanding", "sliding", "rolling", ""]),
+        "--season": _int_values(1, 30),
+    },
+    "forecast": {
+        "--horizon": _int_values(1, 40),
+        "--history": _int_values(1, 300),
+    },
 }
 
 
 @st.composite
-def arguments(draw) -> list[str]:
-    chosen = draw(st.lists(st.sampled_from(sorted(ARGUMENTS)), max_size=4, unique=True))
+def arguments(draw, verb_options: dict | None = None) -> list[str]:
+    options = {**ARGUMENTS, **(verb_options or {})}
+    chosen = draw(st.lists(st.sampled_from(sorted(options)), max_size=4, unique=True))
     argv = []
     for flag in chosen:
         # "--flag=value" so that values starting with "-" are not read as options.
-        argv.append(f"{flag}={draw(ARGUMENTS[flag])}")
+        argv.append(f"{flag}={draw(options[flag])}")
     if draw(st.integers(0, 9)) == 0:
         argv.append(draw(st.sampled_from(["--adjust-splits", "--no-such-flag", "--json", "--force", "-h"])))
     return argv
@@ -316,6 +340,7 @@ def test_cli_validate_never_crashes(workdir, data, json_flag, target):
 @_settings("args")
 @given(verb=st.sampled_from(["validate", "train", "run", "predict"]), args=arguments())
 # Cases the fuzzer found (tracebacks before the fixes on this branch).
+@example(verb="run", args=["--lr=32080236485018.0", "--adjust-splits"])  # residual histogram of a diverged model
 @example(verb="train", args=["--seed=-9223372036854775809"])
 @example(verb="train", args=["--device=meta"])
 @example(verb="train", args=["--device=mps"])
@@ -337,6 +362,30 @@ def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):
         argv = [verb, "--data", str(data), "--out", str(out), *TINY, *args]
         if verb == "run" and not any(a.startswith("--test-from") for a in args):
             argv.append("--test-from=2012-04-02")
+    try:
+        code, _, err = call_cli(argv)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert_clean_exit(code, err, argv)
+
+
+@_settings("verbs")
+@given(verb=st.sampled_from(["backtest", "forecast"]), data=st.data())
+def test_cli_backtest_and_forecast_with_random_arguments_never_crash(workdir, trained_model, verb, data):
+    """Random values of every model option and of the verb's own (folds, windows, refits, forecast
+    horizons), on the bundled file cut to 80 rows."""
+    args = data.draw(arguments(VERB_ARGUMENTS[verb]), label="args")
+    short = workdir / "short.csv"
+    if not short.exists():
+        short.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    out = workdir / f"verb-out-{next(_counter)}"
+    if verb == "forecast":
+        argv = ["forecast", "--model", str(trained_model), "--out", str(out / "f.csv"), "--quiet"]
+        argv += [a for a in args if a.split("=")[0] in ("--horizon", "--history", "--adjust-splits", "--json", "--force", "--no-such-flag", "-h")]
+        if data.draw(st.booleans(), label="with --data"):
+            argv += ["--data", str(short)]
+    else:
+        argv = ["backtest", "--data", str(short), "--out", str(out), *TINY, *[a for a in args if not a.startswith("--test-from")]]
     try:
         code, _, err = call_cli(argv)
     finally:
