@@ -425,3 +425,15 @@ def test_split_objects_are_plain_values():
     assert split.describe() == "Close jumps ×0.49 on 2014-03-27, looks like a 2:1 split"
     assert split == Split("Close", pd.Timestamp("2014-03-27"), 0.4934, 2.0)
     assert PRICE_COLUMNS == ("Open", "High", "Low", "Close", "Adj Close")
+
+
+@pytest.mark.parametrize("word", ["now", "today"])
+def test_now_and_today_are_not_dates(tmp_path, word):
+    """pandas parses "now" and "today" in any format as the moment of parsing, so a file with such a
+    cell loaded with a different date on every run (found by the streamed-vs-whole-file fuzz)."""
+    path = write(tmp_path, f"Date,Open\n2020-01-01,1\n2020-01-02,2\n{word},3\n")
+    with pytest.raises(DataError, match=rf'row 4, column Date: "{word}" is not a date like the others'):
+        load_csv(path)
+    frame = pd.DataFrame({"Date": ["01/02/2020", word], "Open": [1.0, 2.0]})
+    with pytest.raises(DataError, match=rf'position 1, column Date: "{word}" is not a date'):
+        validate_frame(frame)

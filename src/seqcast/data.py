@@ -724,6 +724,8 @@ def _date_texts(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     local = np.array(
         [_UTC_OFFSET.sub(r"\1", text) if ":" in text else text for text in texts], dtype=object
     )
+    # pandas reads "now" and "today" in every format as the moment of parsing: no date a file means.
+    local[np.isin(local, ("now", "today"))] = "not a date"
     return texts, local
 
 
