@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 from datetime import date, timedelta
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,8 @@ from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
 
 TOTAL = int(os.environ.get("SEQCAST_FUZZ_EXAMPLES", "520"))
-_SHARES = {"loader": 0.42, "validate": 0.22, "args": 0.12, "verbs": 0.06, "predict": 0.09, "train": 0.06, "run": 0.03}
+_SHARES = {"loader": 0.37, "streamed": 0.05, "validate": 0.22, "args": 0.12, "verbs": 0.06, "predict": 0.09,
+           "train": 0.06, "run": 0.03}
 # A wall-clock limit per example: hypothesis's own deadline only reports slowness after the
 # example returns, while SIGALRM also interrupts a real hang.
 HANG_SECONDS = 60
@@ -326,6 +328,37 @@ def test_load_csv_returns_a_clean_frame_or_raises_data_error(workdir, data):
     for column in frame.columns:
         if frame[column].dtype == np.float64 and column in ("Open", "High", "Low", "Close", "Adj Close"):
             assert np.isfinite(frame[column]).all() and (frame[column] > 0).all()
+
+
+@_settings("streamed")
+@given(data=csv_bytes)
+def test_the_streamed_loader_reads_exactly_what_the_whole_file_loader_reads(workdir, data):
+    """A differential check of load_csv's streamed path, in blocks of 3 rows and scan pieces of 16
+    bytes so that even small files span several: the same frame (values, dtypes, dates, attrs) or
+    the same error message as with the streamed path turned off."""
+    import seqcast.data as loader
+
+    path = _write(workdir, data)
+
+    def outcome():
+        with time_limit():
+            try:
+                return load_csv(path)
+            except DataError as exc:
+                return str(exc)
+
+    with mock.patch.object(loader, "_BLOCK_ROWS", 3), mock.patch.object(loader, "_SCAN_BYTES", 16):
+        streamed = outcome()
+    with mock.patch.object(loader, "_read_plain_blocks", lambda source: None):
+        whole = outcome()
+    if isinstance(whole, str):
+        event("same error")
+        assert streamed == whole
+    else:
+        event("same frame")
+        assert isinstance(streamed, pd.DataFrame), streamed
+        pd.testing.assert_frame_equal(streamed, whole, check_exact=True)
+        assert streamed.attrs == whole.attrs
 
 
 @_settings("validate")
