@@ -123,3 +123,21 @@ def test_h_step_forecasts_of_each_baseline_by_hand():
         np.testing.assert_allclose(got["h1"].to_numpy(), fitted.predict(test).to_numpy(), rtol=1e-12)
     with pytest.raises(ConfigError, match="horizon"):
         LastValue("Open").fit(train).predict_horizons(test, 0)
+
+
+@pytest.mark.filterwarnings("ignore:An ill-conditioned matrix")
+def test_linear_ar_on_values_whose_squares_overflow_is_a_clear_data_error():
+    """Found by the long-format fuzz: one value of 1.4e154 made Ridge's products overflow and
+    scipy raise "array must not contain infs or NaNs" from inside a backtest."""
+    from seqcast.errors import DataError
+
+    index = pd.bdate_range("2020-01-01", periods=30)
+    values = 100 + np.random.default_rng(0).normal(size=30)
+    values[0] = 1.4e154
+    frame = pd.DataFrame({"Open": values}, index=index)
+    with pytest.raises(DataError, match=r"linear-ar\(3\) baseline cannot be fitted: Open reaches 1.4e\+154.*rescale"):
+        LinearAR("Open", lookback=3).fit(frame)
+    values[0] = 1.4e15  # large but fine: the same fit as sklearn's own
+    ours = LinearAR("Open", lookback=3).fit(pd.DataFrame({"Open": values}, index=index)).model_
+    X = np.lib.stride_tricks.sliding_window_view(values, 3)[:-1]
+    np.testing.assert_array_equal(ours.coef_, Ridge(alpha=1.0).fit(X, values[3:]).coef_)

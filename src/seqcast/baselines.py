@@ -194,7 +194,20 @@ class LinearAR(_HistoryBaseline):
 
     def _fit_series(self, series):
         X, y = supervised_windows(series[:, None], series, int(self.lookback))
-        self.model_ = Ridge(alpha=self.alpha).fit(X[:, :, 0], y[:, 0])
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.model_ = Ridge(alpha=self.alpha).fit(X[:, :, 0], y[:, 0])
+            fitted = np.isfinite(self.model_.coef_).all() and np.isfinite(self.model_.intercept_)
+        except ValueError as exc:  # sklearn/scipy refuse the overflowed products ("infs or NaNs")
+            if "inf" not in str(exc).lower():
+                raise
+            fitted = False
+        if not fitted:
+            raise DataError(
+                f"the linear-ar({self.lookback}) baseline cannot be fitted: {self.target} reaches "
+                f"{np.abs(series).max():.3g}, where its least squares overflow float64; rescale that column "
+                "(divide it by a power of ten) and run again"
+            )
 
     def _predict_windows(self, windows):
         return self.model_.predict(windows)

@@ -128,8 +128,13 @@ class Forecaster(RegressorMixin, BaseEstimator):
     def _check_params(self) -> None:
         for name in ("lookback", "horizon", "epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
+            # bool is an int to Python; True is no size (a grid's `horizon = [true]` crashed numpy).
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        for name in ("lr", "val_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
         # torch.manual_seed's range; numpy and Python's random take any integer.
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not -(2**63) <= self.seed < 2**64:
             raise ConfigError(f"seed must be a whole number between -2**63 and 2**64 - 1, got {self.seed!r}")

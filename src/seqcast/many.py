@@ -86,8 +86,12 @@ def is_many(spec, id_column: str | None = None) -> bool:
 
 
 def _header(path: str) -> list[str]:
-    with open(path, encoding="utf-8-sig") as fh:
-        first = fh.readline()
+    """The first line's column names; none for a file that is not UTF-8 text (load_csv then says so)."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return []
     delimiter = max((",", ";", "\t"), key=first.count)
     return [c.strip() for c in first.rstrip("\r\n").split(delimiter)]
 

@@ -237,7 +237,7 @@ def check_fit_settings(*, epochs, batch_size, threads, loss, clip_norm) -> None:
         _check_positive_int("threads", threads)
     if loss not in LOSSES:
         raise ConfigError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
-    if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+    if clip_norm is not None and (isinstance(clip_norm, bool) or not (isinstance(clip_norm, (int, float)) and clip_norm > 0)):
         raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
 
 
