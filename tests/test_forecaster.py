@@ -345,3 +345,24 @@ def test_forecast_dates_skip_the_exchange_holidays_the_training_rows_skipped(tmp
     f.save(tmp_path / "m")
     loaded = Forecaster.load(tmp_path / "m")
     assert loaded.exchange_holidays_ is True and list(loaded.forecast().index) == expected
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"horizon": True}, "horizon must be a whole number"),
+        ({"lookback": True}, "lookback must be a whole number"),
+        ({"epochs": False}, "epochs must be a whole number"),
+        ({"lr": "x"}, "lr must be a number"),
+        ({"val_fraction": "0.2"}, "val_fraction must be a number"),
+        ({"clip_norm": True}, "clip_norm must be a positive number"),
+    ],
+)
+def test_booleans_and_text_are_not_sizes_or_rates(params, message):
+    """A TOML grid can hold `true` or "x" where a number belongs (found by fuzzing `seqcast tune`):
+    bool passed as 1 and crashed numpy, text crashed float()."""
+    from seqcast.datasets import load_google
+
+    train, _ = load_google()
+    with pytest.raises(ConfigError, match=message):
+        Forecaster(**{"epochs": 1, "layers": 1, "units": 4, "lookback": 3, **params}).fit(train.iloc[:40])

@@ -133,3 +133,14 @@ def test_a_dask_scheduler_gives_the_local_results(files, tmp_path):
     columns = ["rmse", "best_baseline_rmse", "skill", "dm_p"]
     pd.testing.assert_frame_equal(remote.table[columns], local.table[columns])
     assert (tmp_path / "dask" / "walk1" / "backtest.csv").is_file()
+
+
+def test_a_file_that_is_not_utf8_is_refused_by_the_loader_not_by_the_id_column_check(tmp_path, capsys):
+    """Found by fuzzing long-format files: reading the header to look for an id column crashed on
+    UTF-16 text before load_csv could name the problem."""
+    path = tmp_path / "utf16.csv"
+    path.write_bytes("unique_id,ds,y\na,2020-01-01,1\n".encode("utf-16"))
+    assert not is_many(path)
+    assert main(["backtest", "--data", str(path), "--target", "y", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: error: ") and "utf16.csv is not UTF-8 text" in err and "Traceback" not in err
