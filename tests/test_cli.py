@@ -246,3 +246,11 @@ def test_backtest_start_with_an_offset_or_an_odd_year_is_a_clean_error_or_a_cut(
         assert (out / "backtest.csv").read_text() == (plain / "backtest.csv").read_text()
     else:
         assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_run_with_a_test_file_of_four_rows(tmp_path, capsys):
+    """Fewer test rows than the lag diagnosis's 5 lags: printed a traceback before."""
+    test = tmp_path / "jan4.csv"
+    test.write_text("\n".join(GOOGLE_TEST.read_text().splitlines()[:5]) + "\n")
+    assert main(["run", "--data", str(GOOGLE_TRAIN), "--test", str(test), "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert "4 rows 2017-01-03..2017-01-06" in capsys.readouterr().out

@@ -125,3 +125,35 @@ def test_evaluate_returns_every_metric():
     scores = metrics.evaluate(ACTUAL, PRED, train=[1.0, 2.0, 4.0, 7.0])
     assert set(scores) == {"rmse", "mae", "mape", "smape", "r2", "mase", "direction", "lag"}
     assert scores["mase"] == pytest.approx(mean_absolute_error(ACTUAL, PRED) / 2)
+
+
+def test_absurd_errors_give_inf_or_nan_without_numpy_warnings():
+    """Seen in fuzzed backtests: errors of 1e200 overflow their squares; the metrics answer inf or
+    nan and numpy prints nothing on the user's terminal."""
+    import warnings
+
+    from seqcast.metrics import diebold_mariano, evaluate, rmse
+
+    actual = np.array([1.0, 2.0, 3.0, 4.0])
+    wild = np.array([1e200, -1e200, 1e200, 3.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rmse(actual, wild) == np.inf
+        scores = evaluate(actual, wild, train=actual)
+        diebold_mariano(actual, wild, actual)
+    assert scores["rmse"] == np.inf
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 6])
+def test_lag_diagnosis_of_fewer_values_than_its_lags(n):
+    """With n <= max_lag, actual[: n - k] wrapped round for k > n and crashed with a shape error
+    (`seqcast run` with a 4-row test file printed a traceback). Shifts leaving fewer than 3 pairs
+    are NaN."""
+    from seqcast.metrics import lag_diagnosis
+
+    actual = np.arange(1.0, n + 1) ** 2
+    result = lag_diagnosis(actual, actual)
+    assert len(result.correlations) == 6
+    expected = [k for k in range(6) if n - k >= 3]
+    assert [k for k, c in enumerate(result.correlations) if np.isfinite(c)] == expected
+    assert result.lag == 0

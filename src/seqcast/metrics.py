@@ -6,10 +6,24 @@ predict the first rows of a period is scored on the rows it did predict.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+
+def _overflow_quietly(metric):
+    """A metric whose squares of absurd errors (1e200 and up) overflow to inf or nan without numpy
+    printing a RuntimeWarning on the user's terminal: the inf or nan is the answer, and the
+    leaderboard shows it."""
+
+    @functools.wraps(metric)
+    def wrapper(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return metric(*args, **kwargs)
+
+    return wrapper
 
 
 def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
@@ -21,16 +35,19 @@ def _pair(actual, predicted) -> tuple[np.ndarray, np.ndarray]:
     return a[keep], p[keep]
 
 
+@_overflow_quietly
 def rmse(actual, predicted) -> float:
     a, p = _pair(actual, predicted)
     return float(np.sqrt(np.mean((a - p) ** 2))) if a.size else float("nan")
 
 
+@_overflow_quietly
 def mae(actual, predicted) -> float:
     a, p = _pair(actual, predicted)
     return float(np.mean(np.abs(a - p))) if a.size else float("nan")
 
 
+@_overflow_quietly
 def mape(actual, predicted) -> float:
     """Mean absolute percentage error, in percent (rows whose actual value is 0 are skipped)."""
     a, p = _pair(actual, predicted)
@@ -38,6 +55,7 @@ def mape(actual, predicted) -> float:
     return float(100.0 * np.mean(np.abs((a - p) / a))) if a.size else float("nan")
 
 
+@_overflow_quietly
 def smape(actual, predicted) -> float:
     """Symmetric MAPE in percent, 0..200: mean of 2|a - p| / (|a| + |p|); pairs that are both 0 are skipped."""
     a, p = _pair(actual, predicted)
@@ -46,6 +64,7 @@ def smape(actual, predicted) -> float:
     return float(100.0 * np.mean(2.0 * np.abs(a - p) / denom)) if a.size else float("nan")
 
 
+@_overflow_quietly
 def mase(actual, predicted, train, *, period: int = 1) -> float:
     """Mean absolute scaled error: MAE divided by the in-sample MAE of the naive forecast on `train`.
 
@@ -62,6 +81,7 @@ def mase(actual, predicted, train, *, period: int = 1) -> float:
     return mae(actual, predicted) / float(scale)
 
 
+@_overflow_quietly
 def r2(actual, predicted) -> float:
     """Coefficient of determination 1 - SS_res / SS_tot (as sklearn.metrics.r2_score)."""
     a, p = _pair(actual, predicted)
@@ -73,6 +93,7 @@ def r2(actual, predicted) -> float:
     return float(1.0 - np.sum((a - p) ** 2) / ss_tot)
 
 
+@_overflow_quietly
 def directional_accuracy(actual, predicted, previous=None) -> float:
     """Percent of rows where the predicted change has the sign of the actual change.
 
@@ -111,6 +132,7 @@ class LagDiagnosis:
         return f"prediction ≈ actual shifted by {self.lag} {unit}"
 
 
+@_overflow_quietly
 def lag_diagnosis(actual, predicted, max_lag: int = 5) -> LagDiagnosis:
     """Find k in 0..max_lag maximizing corr(predicted[t], actual[t-k]).
 
@@ -121,7 +143,7 @@ def lag_diagnosis(actual, predicted, max_lag: int = 5) -> LagDiagnosis:
     p = np.asarray(predicted, dtype=np.float64).reshape(-1)
     correlations = []
     for k in range(max_lag + 1):
-        x, y = p[k:], a[: a.size - k]
+        x, y = p[k:], a[: max(a.size - k, 0)]  # a[:-k] would wrap round when k > a.size
         keep = np.isfinite(x) & np.isfinite(y)
         x, y = x[keep], y[keep]
         if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
@@ -145,6 +167,7 @@ class DMResult:
     loss: str
 
 
+@_overflow_quietly
 def diebold_mariano(actual, predicted_1, predicted_2, *, horizon: int = 1, loss: str = "squared") -> DMResult:
     """Diebold–Mariano test with the Harvey–Leybourne–Newbold (1997) small-sample correction.
 
@@ -191,6 +214,7 @@ def diebold_mariano(actual, predicted_1, predicted_2, *, horizon: int = 1, loss:
 METRICS = {"rmse": rmse, "mae": mae, "mape": mape, "smape": smape, "r2": r2}
 
 
+@_overflow_quietly
 def evaluate(actual, predicted, *, train=None, previous=None) -> dict[str, float]:
     """Every point metric of one forecast; `train` (the training target series) enables MASE and
     `previous` (the real value before each row) scores the first row's direction too."""

@@ -164,7 +164,8 @@ def _as_tensor(array: np.ndarray | torch.Tensor, device: torch.device, name: str
     if isinstance(array, torch.Tensor):
         return array.detach().to(device=device, dtype=torch.float32).contiguous()
     try:
-        converted = np.ascontiguousarray(array, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, which training then reports
+            converted = np.ascontiguousarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{name} cannot be converted to a float32 array: {exc}") from exc
     # torch.from_numpy warns on read-only arrays (e.g. a caller's float32 window view).
