@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -29,8 +30,8 @@ from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
 
 TOTAL = int(os.environ.get("SEQCAST_FUZZ_EXAMPLES", "520"))
-_SHARES = {"loader": 0.37, "streamed": 0.05, "validate": 0.22, "args": 0.12, "verbs": 0.06, "predict": 0.09,
-           "train": 0.06, "run": 0.03}
+_SHARES = {"loader": 0.37, "streamed": 0.05, "validate": 0.20, "args": 0.12, "verbs": 0.06, "predict": 0.08,
+           "train": 0.05, "run": 0.03, "long": 0.02, "tune": 0.02}
 # A wall-clock limit per example: hypothesis's own deadline only reports slowness after the
 # example returns, while SIGALRM also interrupts a real hang.
 HANG_SECONDS = 60
@@ -199,6 +200,78 @@ csv_bytes = st.one_of(
     generated_csv(),
     mutated_bundled(),
 )
+
+
+@st.composite
+def long_csv(draw) -> bytes:
+    """A long-format file (several series told apart by an id column) that starts clean and is
+    then damaged: ids blank or repeated with spaces, series of 0-30 rows, odd cells, shuffled rows."""
+    header = draw(st.sampled_from([["unique_id", "ds", "y"]] * 4 + [["Name", "date", "y"], ["symbol", "Date", "Open", "y"],
+                                   ["unique_id", "ds", "y", "unique_id"], ["id", "ds"], ["unique_id", "Name", "ds", "y"]]))
+    ids = draw(st.lists(st.sampled_from(["a", "b", "c", "", "a ", "ä", "../x", "."]), min_size=1, max_size=3, unique=True))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    rows = []
+    for name in ids:
+        start = date(2020, 1, 1) + timedelta(days=draw(st.integers(-3000, 3000)))
+        prices = 100 + np.cumsum(rng.normal(0, 1, 30))
+        for i in range(draw(st.one_of(st.just(30), st.integers(0, 30)))):
+            cells = {"unique_id": name, "name": name, "symbol": name, "id": name,
+                     "ds": (start + timedelta(days=i)).isoformat(), "date": (start + timedelta(days=i)).isoformat()}
+            rows.append([cells.get(column.lower(), f"{prices[i]:.3f}") for column in header])
+    for _ in range(draw(st.one_of(st.just(0), st.integers(0, 3)))):
+        if rows:
+            r, c = draw(st.integers(0, len(rows) - 1)), draw(st.integers(0, len(header) - 1))
+            rows[r][c] = draw(st.one_of(odd_cell, date_text))
+    if rows and draw(st.booleans()):
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+    text = "\n".join(",".join(row) for row in [header, *rows]) + "\n"
+    return draw(encode(text))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf") if value in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+# A grid key's (valid, odd) values: the keys that set the cost of a fit stay tiny.
+_odd = st.sampled_from(["x", "", 1.5, True, -1, 0])
+GRID_VALUES = {
+    "units": (st.integers(1, 4), _odd), "layers": (st.integers(1, 2), _odd), "lookback": (st.integers(1, 5), _odd),
+    "epochs": (st.integers(1, 2), _odd), "horizon": (st.integers(1, 3), _odd),
+    "batch_size": (st.integers(1, 64), st.one_of(_odd, st.just(10**6))),
+    "dropout": (st.sampled_from([0.0, 0.2, 0.5]), st.one_of(_odd, st.floats(allow_nan=True, allow_infinity=True))),
+    "lr": (st.sampled_from([1e-3, 0.01, 0.1]), st.one_of(_odd, st.floats(allow_nan=True, allow_infinity=True))),
+    "optimizer": (st.sampled_from(["adam", "rmsprop", "sgd"]), st.sampled_from(["lbfgs", "", 3])),
+    "cell": (st.sampled_from(["lstm", "gru", "rnn"]), st.sampled_from(["transformer", 1])),
+    "loss": (st.sampled_from(["mse", "mae", "huber"]), st.just("hinge")),
+    "target_transform": (st.sampled_from(["level", "diff", "logret"]), st.just("ret")),
+    "strategy": (st.sampled_from(["direct", "recursive"]), st.just("x")),
+    "features": (st.sampled_from(["Open,Close", "rsi14", "Open,body", "logret"]), st.sampled_from(["nope", "", "Open,Open"])),
+    "seed": (st.integers(0, 2**31), st.one_of(st.integers(-(2**70), 2**70), st.just("x"))),
+    "clip_norm": (st.sampled_from([0.5, 1.0]), st.one_of(_odd, st.floats(allow_nan=True, allow_infinity=True))),
+    "threads": (st.integers(1, 2), _odd),
+    "nope": (st.integers(0, 3), st.integers(0, 3)),
+}
+
+
+@st.composite
+def grid_toml(draw) -> str:
+    """A TOML grid of 1-3 keys with 0-2 values each, or (now and then) a value that is not a list,
+    or text that is not TOML at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(["", "units = ", "units = [1,", "[table]\nunits = [1]", "units = 4", "= [1]"]))
+    keys = draw(st.lists(st.sampled_from(sorted(GRID_VALUES)), min_size=1, max_size=3, unique=True))
+    lines = []
+    for key in keys:
+        valid, odd = GRID_VALUES[key]
+        values = draw(st.lists(st.one_of(valid, valid, valid, odd), max_size=2))
+        lines.append(f"{key} = [{', '.join(_toml_value(v) for v in values)}]")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- argument strategies
@@ -419,6 +492,46 @@ def test_cli_backtest_and_forecast_with_random_arguments_never_crash(workdir, tr
             argv += ["--data", str(short)]
     else:
         argv = ["backtest", "--data", str(short), "--out", str(out), *TINY, *[a for a in args if not a.startswith("--test-from")]]
+    try:
+        code, _, err = call_cli(argv)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert_clean_exit(code, err, argv)
+
+
+@_settings("long")
+@given(data=long_csv(), id_column=st.sampled_from([None, "unique_id", "Name", "nope"]))
+def test_cli_backtest_of_a_fuzzed_long_format_file_never_crashes(workdir, data, id_column):
+    """Many series from one long-format file: each series' problem is reported and the others run,
+    or the whole file is refused with one clean line."""
+    path = workdir / "long.csv"
+    path.write_bytes(data)
+    out = workdir / f"long-out-{next(_counter)}"
+    argv = ["backtest", "--data", str(path), "--target", "y", "--folds", "1", "--out", str(out), *TINY]
+    if id_column is not None:
+        argv += ["--id-column", id_column]
+    try:
+        code, _, err = call_cli(argv)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert_clean_exit(code, err, argv)
+
+
+@_settings("tune")
+@given(grid=grid_toml(), extra=st.lists(st.sampled_from(
+    ["--folds=1", "--folds=3", "--folds=0", "--folds=x", "--search=random", "--n-iter=2", "--n-iter=0",
+     "--scoring=mape", "--scoring=r2", "--test-size=5", "--test-size=0", "--test-size=9999"]), max_size=3, unique=True))
+def test_cli_tune_with_a_fuzzed_grid_never_crashes(workdir, grid, extra):
+    """`seqcast tune` on the bundled file cut to 80 rows with a random TOML grid."""
+    data = workdir / "short.csv"
+    if not data.exists():
+        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    grid_path = workdir / "grid.toml"
+    grid_path.write_text(grid)
+    out = workdir / f"tune-out-{next(_counter)}"
+    argv = ["tune", "--data", str(data), "--grid", str(grid_path), "--out", str(out), *TINY, *extra]
+    if not any(a.startswith("--folds") for a in extra):
+        argv.append("--folds=2")
     try:
         code, _, err = call_cli(argv)
     finally:
