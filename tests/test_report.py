@@ -202,3 +202,30 @@ def test_residual_plot_of_a_diverged_model_is_drawn_and_a_failed_plot_leaks_no_f
         plots.plot_residuals(predictions, tmp_path / "other.png", target="Open", baseline="no-such-column")
     assert set(plt.get_fignums()) == before
     assert not (tmp_path / "other.png").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("backtest.csv", "", "backtest.csv: cannot read it"),
+        ("backtest.csv", "fold,date\n", "backtest.csv: it has no column model, actual, predicted"),
+        ("backtest.csv", "fold,date,model,actual,predicted\n1,xx,seqcast,1,2\n", "backtest.csv: a date in it does not parse"),
+        ("backtest.csv", "fold,date,model,actual,predicted\n1,2020-01-01,seqcast,abc,2\n", "column actual holds something that is not a number"),
+        ("backtest.csv", "fold,date,model,actual,predicted\n1,2020-01-01,seqcast,1,2\n", "backtest.csv has no predictions of"),
+        ("leaderboard.json", '{"target": "Open"}', "leaderboard.json has no best_baseline"),
+        ("leaderboard.json", None, "its files are not laid out as seqcast writes them"),
+    ],
+)
+def test_report_on_a_damaged_backtest_folder_names_the_file(backtest_dir, tmp_path, capsys, name, content, message):
+    """Found by fuzzing `seqcast report`: a damaged CSV or JSON in the folder gave a pandas or
+    KeyError traceback from deep in a figure."""
+    folder = tmp_path / "bt"
+    shutil.copytree(backtest_dir, folder)
+    if content is None:  # valid JSON, another layout: the folds list replaced by a number
+        doc = json.loads((folder / name).read_text())
+        doc["folds"] = 3
+        content = json.dumps(doc)
+    (folder / name).write_text(content)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqcast: error: ") and message in err and "Traceback" not in err, err

@@ -18,7 +18,7 @@ import pandas as pd
 from . import __version__
 from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import MODEL, Holdout, plain_params, read_backtest_csv, wide_predictions
-from .errors import ArtifactError
+from .errors import ArtifactError, SeqcastError
 from .plots import (
     plot_backtest,
     plot_fold_losses,
@@ -165,16 +165,74 @@ def _read_json(path: Path) -> dict:
         raise ArtifactError(f"{path}: cannot read it ({exc}); rerun the command that wrote it") from exc
 
 
+def _read_table(path: Path, columns: list[str], numeric: list[str]) -> pd.DataFrame:
+    """A CSV that `run` or `backtest` wrote, with its ``date`` column parsed, checked before any
+    figure is drawn from it: the columns, at least one row, dates and numbers. A damaged file is an
+    ArtifactError naming it (it used to surface as a pandas traceback from deep in a plot)."""
+    try:
+        table = pd.read_csv(path, parse_dates=["date"])
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise ArtifactError(f"{path}: cannot read it ({exc}); rerun the command that wrote it") from None
+    missing = [c for c in columns if c not in table.columns]
+    bad = [c for c in numeric if c in table.columns and not pd.api.types.is_numeric_dtype(table[c])]
+    if missing:
+        problem = f"it has no column {', '.join(missing)}"
+    elif table.empty:
+        problem = "it has no rows"
+    elif not pd.api.types.is_datetime64_any_dtype(table["date"]) or table["date"].isna().any():
+        problem = "a date in it does not parse"
+    elif bad:
+        problem = f"column {bad[0]} holds something that is not a number"
+    else:
+        return table
+    raise ArtifactError(f"{path}: {problem}; rerun the command that wrote it")
+
+
+def _require(doc: dict, keys: tuple[str, ...], path: Path) -> None:
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise ArtifactError(f"{path} has no {', '.join(missing)}: rerun the command that wrote it")
+
+
+def _require_columns(table: pd.DataFrame, names: list[str], path: Path) -> None:
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise ArtifactError(f"{path} has no predictions of {', '.join(missing)}: rerun the command that wrote it")
+
+
 def write_report(run_dir) -> Path:
     """Rebuild the figures and report.html of a run folder (written by `run`) or backtest folder."""
     run_dir = Path(run_dir)
+    try:
+        return _write_report(run_dir)
+    except SeqcastError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # The folder's JSON and CSV files are seqcast's own; one damaged or edited into another
+        # layout (a list where a number was, a key removed) fails somewhere in the figures or the
+        # page. The CSVs are checked field by field above (_read_table); the JSON documents, nested
+        # and version-dependent, are not, so their failures are named here instead of a traceback.
+        raise ArtifactError(
+            f"{run_dir}: its files are not laid out as seqcast writes them ({type(exc).__name__}: {exc}); "
+            "rerun the command that wrote the folder"
+        ) from exc
+
+
+def _write_report(run_dir: Path) -> Path:
     if (run_dir / "leaderboard.json").is_file() and (run_dir / "backtest.csv").is_file():
         doc = _read_json(run_dir / "leaderboard.json")
-        predictions = wide_predictions(read_backtest_csv(run_dir / "backtest.csv"))
+        _require(doc, ("target", "best_baseline"), run_dir / "leaderboard.json")
+        long = _read_table(run_dir / "backtest.csv", ["fold", "date", "model", "actual", "predicted"], ["fold", "actual", "predicted"])
+        try:
+            predictions = wide_predictions(long)
+        except ValueError as exc:  # e.g. one model twice on one date
+            raise ArtifactError(f"{run_dir / 'backtest.csv'}: cannot read it ({exc}); rerun the command that wrote it") from None
+        _require_columns(predictions, [MODEL, doc["best_baseline"]], run_dir / "backtest.csv")
         board = doc
         band = None
         if (run_dir / "intervals.csv").is_file():
-            band = pd.read_csv(run_dir / "intervals.csv", parse_dates=["date"], index_col="date")[["lower", "upper"]]
+            band = _read_table(run_dir / "intervals.csv", ["date", "lower", "upper"], ["lower", "upper"])
+            band = band.set_index("date")[["lower", "upper"]]
         figures = _backtest_figures(
             run_dir, predictions, doc["target"], doc["best_baseline"], doc.get("folds", []),
             band=band, level=(doc.get("interval") or {}).get("level"),
@@ -188,7 +246,10 @@ def write_report(run_dir) -> Path:
             raise ArtifactError(
                 f"{run_dir / 'metrics.json'} has no leaderboard (written by an older seqcast): rerun seqcast run"
             )
-        predictions = pd.read_csv(run_dir / "predictions.csv", parse_dates=["date"], index_col="date")
+        _require(doc, ("target", "best_baseline"), run_dir / "metrics.json")
+        predictions = _read_table(run_dir / "predictions.csv", ["date", "actual", "predicted"], ["actual", "predicted"])
+        predictions = predictions.set_index("date")
+        _require_columns(predictions, [doc["best_baseline"]], run_dir / "predictions.csv")
         band = predictions[["lower", "upper"]] if {"lower", "upper"} <= set(predictions.columns) else None
         predictions = predictions.rename(columns={"predicted": MODEL}).drop(columns=["lower", "upper", "std"], errors="ignore")
         board = doc["leaderboard"]
