@@ -30,8 +30,8 @@ from seqcast.datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from seqcast.errors import DataError
 
 TOTAL = int(os.environ.get("SEQCAST_FUZZ_EXAMPLES", "520"))
-_SHARES = {"loader": 0.37, "streamed": 0.05, "validate": 0.20, "args": 0.12, "verbs": 0.06, "predict": 0.08,
-           "train": 0.05, "run": 0.03, "long": 0.02, "tune": 0.02}
+_SHARES = {"loader": 0.37, "streamed": 0.05, "validate": 0.19, "args": 0.12, "verbs": 0.06, "predict": 0.08,
+           "train": 0.04, "run": 0.03, "long": 0.02, "tune": 0.02, "report": 0.02}
 # A wall-clock limit per example: hypothesis's own deadline only reports slowness after the
 # example returns, while SIGALRM also interrupts a real hang.
 HANG_SECONDS = 60
@@ -537,6 +537,66 @@ def test_cli_tune_with_a_fuzzed_grid_never_crashes(workdir, grid, extra):
     finally:
         shutil.rmtree(out, ignore_errors=True)
     assert_clean_exit(code, err, argv)
+
+
+@pytest.fixture(scope="module")
+def written_folders(workdir):
+    """A run folder (with an ensemble's interval columns) and a backtest folder written by seqcast."""
+    data = workdir / "short.csv"
+    if not data.exists():
+        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    folders = {"run": workdir / "written-run", "backtest": workdir / "written-backtest"}
+    code, _, err = call_cli(["run", "--data", str(data), "--test-from=2012-04-02", "--out", str(folders["run"]),
+                             "--ensemble", "2", "--calibration-fraction", "0.5", *TINY])
+    assert code == 0, err
+    code, _, err = call_cli(["backtest", "--data", str(data), "--folds", "2", "--out", str(folders["backtest"]), *TINY])
+    assert code == 0, err
+    return folders
+
+
+_JSON_VALUES = st.sampled_from([None, "x", -1, 0, 1.5, True, [], {}, [1, "a"], {"a": 1}])
+
+
+@_settings("report")
+@given(kind=st.sampled_from(["run", "backtest"]), data=st.data())
+def test_cli_report_on_a_damaged_folder_never_crashes(workdir, written_folders, kind, data):
+    """`seqcast report` on a copy of a real run or backtest folder with one file damaged: cut short,
+    random bytes inserted, a CSV cell replaced, or a JSON value replaced or removed."""
+    folder = workdir / f"damaged-{next(_counter)}"
+    shutil.copytree(written_folders[kind], folder, ignore=shutil.ignore_patterns("model", "report.html", "*.png"))
+    try:
+        target = data.draw(st.sampled_from(sorted(p for p in folder.iterdir() if p.suffix in (".csv", ".json"))), label="file")
+        raw = target.read_bytes()
+        op = data.draw(st.sampled_from(["cut", "bytes", "cell", "json"]), label="damage")
+        if op == "cut":
+            raw = raw[: data.draw(st.integers(0, len(raw)))]
+        elif op == "bytes":
+            at = data.draw(st.integers(0, len(raw)))
+            raw = raw[:at] + data.draw(st.binary(min_size=1, max_size=8)) + raw[at:]
+        elif op == "cell" and target.suffix == ".csv":
+            lines = raw.decode().splitlines()
+            i = data.draw(st.integers(0, len(lines) - 1))
+            cells = lines[i].split(",")
+            cells[data.draw(st.integers(0, len(cells) - 1))] = data.draw(st.one_of(odd_cell, date_text)).replace(",", "")
+            lines[i] = ",".join(cells)
+            raw = ("\n".join(lines) + "\n").encode()
+        elif op == "json" and target.suffix == ".json":
+            doc = json.loads(raw)
+            parent = doc
+            keys = sorted(parent)
+            key = data.draw(st.sampled_from(keys))
+            if isinstance(parent[key], dict) and parent[key] and data.draw(st.booleans()):
+                parent, key = parent[key], data.draw(st.sampled_from(sorted(parent[key])))
+            if data.draw(st.booleans()):
+                del parent[key]
+            else:
+                parent[key] = data.draw(_JSON_VALUES)
+            raw = json.dumps(doc).encode()
+        target.write_bytes(raw)
+        code, _, err = call_cli(["report", str(folder)])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert_clean_exit(code, err, [kind, target.name])
 
 
 @pytest.fixture(scope="module")
