@@ -254,3 +254,28 @@ def test_run_with_a_test_file_of_four_rows(tmp_path, capsys):
     test.write_text("\n".join(GOOGLE_TEST.read_text().splitlines()[:5]) + "\n")
     assert main(["run", "--data", str(GOOGLE_TRAIN), "--test", str(test), "--out", str(tmp_path / "out"), *FAST]) == 0
     assert "4 rows 2017-01-03..2017-01-06" in capsys.readouterr().out
+
+
+def test_predicting_a_file_that_starts_long_after_training_warns_about_the_borrowed_history(tmp_path, capsys):
+    """The first rows of a file take their history from the model's remembered training rows. Right
+    after training (January 2017) that is the seed's own concatenation; three years later it is
+    history from another period, which predict now says."""
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(GOOGLE_TRAIN), "--out", str(model), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--data", str(GOOGLE_TEST), "--out", str(tmp_path / "jan.csv")]) == 0
+    assert "warning" not in capsys.readouterr().out
+    later = tmp_path / "later.csv"
+    frame = pd.read_csv(GOOGLE_TEST)
+    frame["Date"] = pd.bdate_range("2020-01-06", periods=len(frame)).strftime("%Y-%m-%d")
+    frame.to_csv(later, index=False)
+    assert main(["predict", "--model", str(model), "--data", str(later), "--out", str(tmp_path / "later-p.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: the first 20 rows take their history from the model's last training rows (up to 2016-12-30)" in printed
+    # A forecast reads only the last 20 rows (the lookback): from a 20-row file, all its own; from a
+    # 10-row file, half of them borrowed.
+    assert main(["forecast", "--model", str(model), "--data", str(later), "--out", str(tmp_path / "f.csv")]) == 0
+    assert "warning" not in capsys.readouterr().out
+    frame.iloc[:10].to_csv(later, index=False)
+    assert main(["forecast", "--model", str(model), "--data", str(later), "--out", str(tmp_path / "f10.csv")]) == 0
+    assert "warning: the first 10 rows take their history" in capsys.readouterr().out

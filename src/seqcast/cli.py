@@ -741,12 +741,33 @@ def _cmd_report(args, out: _Out) -> int:
     return 0
 
 
+def _stale_context(forecaster: Forecaster, frame) -> str | None:
+    """A warning when the model will take its remembered training rows as the history of the first
+    rows of ``frame`` although ``frame`` starts long after them (more than 10 of the series' usual
+    steps later): those first predictions then rest on rows from another period."""
+    context = forecaster.context_
+    if len(frame) == 0 or len(context) < 2 or frame.index[0] <= context.index[-1]:
+        return None
+    step = context.index.to_series().diff().median()
+    gap = frame.index[0] - context.index[-1]
+    if not gap > 10 * step:
+        return None
+    rows = min(forecaster.context_rows_, len(frame))
+    return (
+        f"warning: the first {rows} rows take their history from the model's last training rows "
+        f"(up to {context.index[-1].date()}), {gap.days} days before this file starts; give a file that "
+        f"starts {forecaster.context_rows_} rows earlier for predictions that rest on their own history"
+    )
+
+
 def _cmd_predict(args, out: _Out) -> int:
     _refuse_overwrite(args.out, args.force)
     model = load_model(args.model)
     forecaster = _single(model)
     frame = load_csv(args.data, required=forecaster.required_columns_, adjust_splits=args.adjust_splits)
     out.line(f"data   {_describe(frame)}")
+    if (stale := _stale_context(forecaster, frame)) is not None:
+        out.line(stale)
     predictions = model.predict(frame)
     table = frame[[]].copy()
     table.index.name = "date"
@@ -790,6 +811,8 @@ def _cmd_forecast(args, out: _Out) -> int:
         required = list(dict.fromkeys([*forecaster.required_columns_, target]))
         frame = history = load_csv(args.data, required=required, adjust_splits=args.adjust_splits)
         out.line(f"data   {_describe(frame)}")
+        if len(frame) < forecaster.context_rows_ and (stale := _stale_context(forecaster, frame)) is not None:
+            out.line(stale)
     table = model.forecast(args.horizon, frame=frame)
     calendar = ""
     if len(history) > 1:
