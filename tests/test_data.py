@@ -437,3 +437,11 @@ def test_now_and_today_are_not_dates(tmp_path, word):
     frame = pd.DataFrame({"Date": ["01/02/2020", word], "Open": [1.0, 2.0]})
     with pytest.raises(DataError, match=rf'position 1, column Date: "{word}" is not a date'):
         validate_frame(frame)
+
+
+def test_an_integer_beyond_64_bits_is_reported_not_crashed_on(tmp_path):
+    """Found by the streamed-loader fuzz: a column of whole numbers, one of 400 digits, came from
+    pandas's C parser as Python ints, and pd.to_numeric(errors="coerce") raised OverflowError."""
+    path = write(tmp_path, "Date,Open\n2020-01-01," + "9" * 400 + "\n2020-01-02,5\n")
+    with pytest.raises(DataError, match=r'row 2, column Open: "9{400}" is not a finite number'):
+        load_csv(path)

@@ -405,6 +405,7 @@ def test_load_csv_returns_a_clean_frame_or_raises_data_error(workdir, data):
 
 @_settings("streamed")
 @given(data=csv_bytes)
+@example(data=b"Date,Open\n2020-01-01," + b"9" * 400 + b"\n2020-01-02,5\n")  # a Python int to_numeric refused
 def test_the_streamed_loader_reads_exactly_what_the_whole_file_loader_reads(workdir, data):
     """A differential check of load_csv's streamed path, in blocks of 3 rows and scan pieces of 16
     bytes so that even small files span several: the same frame (values, dtypes, dates, attrs) or

@@ -682,7 +682,12 @@ def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         floats = values.to_numpy(dtype="float64", na_value=np.nan)
         return floats, np.isnan(floats), np.zeros(len(values), dtype=bool), values.to_numpy()
     cells = values.to_numpy(dtype=object)
-    floats = np.asarray(pd.to_numeric(cells, errors="coerce"), dtype="float64")
+    try:
+        floats = np.asarray(pd.to_numeric(cells, errors="coerce"), dtype="float64")
+    except OverflowError:
+        # The C parser keeps an integer beyond 64 bits as a Python int, which to_numeric refuses
+        # even with errors="coerce"; as text it becomes inf, reported as not a finite number.
+        floats = np.asarray(pd.to_numeric(np.array([_text(c) for c in cells], dtype=object), errors="coerce"), dtype="float64")
     missing = np.zeros(len(cells), dtype=bool)
     # Plain numbers parse in C above; only the rest (thousands separators, NA markers, junk)
     # pay for per-cell Python.
