@@ -366,3 +366,21 @@ def test_booleans_and_text_are_not_sizes_or_rates(params, message):
     train, _ = load_google()
     with pytest.raises(ConfigError, match=message):
         Forecaster(**{"epochs": 1, "layers": 1, "units": 4, "lookback": 3, **params}).fit(train.iloc[:40])
+
+
+def test_a_model_fitted_on_an_array_predicts_a_dated_file(tmp_path, capsys):
+    """Its remembered tail has no dates, so it cannot precede the file's rows: the file starts on its
+    own (its first lookback rows get no prediction) instead of crashing comparing a date with an int,
+    in the library and through `seqcast predict`."""
+    from seqcast.cli import main
+
+    X = 100 + np.cumsum(np.random.default_rng(0).normal(size=(200, 1)), axis=0)
+    model = Forecaster(lookback=5, epochs=1, layers=1, units=4).fit(X, X[:, 0])
+    dates = pd.bdate_range("2020-01-01", periods=20)
+    frame = pd.DataFrame({"x0": 100.0 + np.arange(20)}, index=pd.DatetimeIndex(dates, name="Date"))
+    predictions = model.predict(frame)
+    assert predictions.iloc[:5].isna().all() and predictions.iloc[5:].notna().all()
+    model.save(tmp_path / "m")
+    frame.to_csv(tmp_path / "x.csv")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "15 of 20 rows predicted" in capsys.readouterr().out
