@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 from joblib import effective_n_jobs
 from rich.console import Console
 from rich.table import Table
@@ -746,8 +747,9 @@ def _stale_context(forecaster: Forecaster, frame) -> str | None:
     rows of ``frame`` although ``frame`` starts long after them (more than 10 of the series' usual
     steps later): those first predictions then rest on rows from another period."""
     context = forecaster.context_
-    if len(frame) == 0 or len(context) < 2 or frame.index[0] <= context.index[-1]:
-        return None
+    dated = all(isinstance(index, pd.DatetimeIndex) for index in (frame.index, context.index))
+    if not dated or len(frame) == 0 or len(context) < 2 or frame.index[0] <= context.index[-1]:
+        return None  # (a model fitted on a plain array has no dates to compare)
     step = context.index.to_series().diff().median()
     gap = frame.index[0] - context.index[-1]
     if not gap > 10 * step:
