@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 from datetime import date, timedelta
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -368,6 +369,23 @@ def assert_clean_exit(code, err: str, argv) -> None:
         assert "seqcast: error: " in err, (argv, err)
 
 
+def _short_csv(workdir) -> Path:
+    """The bundled file cut to 80 rows (training on it is short), written once per module."""
+    path = workdir / "short.csv"
+    if not path.exists():
+        path.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    return path
+
+
+def _ends_cleanly(argv: list[str], out: Path) -> None:
+    """Run the CLI on ``argv``, remove its output ``out`` whatever happens, check the clean ending."""
+    try:
+        code, _, err = call_cli(argv)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert_clean_exit(code, err, argv)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
@@ -456,9 +474,7 @@ def test_cli_validate_never_crashes(workdir, data, json_flag, target):
 @example(verb="train", args=["--test-from=2020-01-01T00:00:00+05:00"])
 def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):
     """Random option values on the bundled file cut to 80 rows, so that training is short."""
-    data = workdir / "short.csv"
-    if not data.exists():
-        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    data = _short_csv(workdir)
     out = workdir / f"args-out-{next(_counter)}"
     if verb == "predict":
         argv = ["predict", "--model", str(trained_model), "--data", str(data), "--out", str(out / "p.csv"), "--quiet"]
@@ -469,11 +485,7 @@ def test_cli_random_arguments_never_crash(workdir, trained_model, verb, args):
         argv = [verb, "--data", str(data), "--out", str(out), *TINY, *args]
         if verb == "run" and not any(a.startswith("--test-from") for a in args):
             argv.append("--test-from=2012-04-02")
-    try:
-        code, _, err = call_cli(argv)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    assert_clean_exit(code, err, argv)
+    _ends_cleanly(argv, out)
 
 
 @_settings("verbs")
@@ -482,9 +494,7 @@ def test_cli_backtest_and_forecast_with_random_arguments_never_crash(workdir, tr
     """Random values of every model option and of the verb's own (folds, windows, refits, forecast
     horizons), on the bundled file cut to 80 rows."""
     args = data.draw(arguments(VERB_ARGUMENTS[verb]), label="args")
-    short = workdir / "short.csv"
-    if not short.exists():
-        short.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    short = _short_csv(workdir)
     out = workdir / f"verb-out-{next(_counter)}"
     if verb == "forecast":
         argv = ["forecast", "--model", str(trained_model), "--out", str(out / "f.csv"), "--quiet"]
@@ -493,11 +503,7 @@ def test_cli_backtest_and_forecast_with_random_arguments_never_crash(workdir, tr
             argv += ["--data", str(short)]
     else:
         argv = ["backtest", "--data", str(short), "--out", str(out), *TINY, *[a for a in args if not a.startswith("--test-from")]]
-    try:
-        code, _, err = call_cli(argv)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    assert_clean_exit(code, err, argv)
+    _ends_cleanly(argv, out)
 
 
 @_settings("long")
@@ -511,11 +517,7 @@ def test_cli_backtest_of_a_fuzzed_long_format_file_never_crashes(workdir, data, 
     argv = ["backtest", "--data", str(path), "--target", "y", "--folds", "1", "--out", str(out), *TINY]
     if id_column is not None:
         argv += ["--id-column", id_column]
-    try:
-        code, _, err = call_cli(argv)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    assert_clean_exit(code, err, argv)
+    _ends_cleanly(argv, out)
 
 
 @_settings("tune")
@@ -524,28 +526,20 @@ def test_cli_backtest_of_a_fuzzed_long_format_file_never_crashes(workdir, data, 
      "--scoring=mape", "--scoring=r2", "--test-size=5", "--test-size=0", "--test-size=9999"]), max_size=3, unique=True))
 def test_cli_tune_with_a_fuzzed_grid_never_crashes(workdir, grid, extra):
     """`seqcast tune` on the bundled file cut to 80 rows with a random TOML grid."""
-    data = workdir / "short.csv"
-    if not data.exists():
-        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    data = _short_csv(workdir)
     grid_path = workdir / "grid.toml"
     grid_path.write_text(grid)
     out = workdir / f"tune-out-{next(_counter)}"
     argv = ["tune", "--data", str(data), "--grid", str(grid_path), "--out", str(out), *TINY, *extra]
     if not any(a.startswith("--folds") for a in extra):
         argv.append("--folds=2")
-    try:
-        code, _, err = call_cli(argv)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    assert_clean_exit(code, err, argv)
+    _ends_cleanly(argv, out)
 
 
 @pytest.fixture(scope="module")
 def written_folders(workdir):
     """A run folder (with an ensemble's interval columns) and a backtest folder written by seqcast."""
-    data = workdir / "short.csv"
-    if not data.exists():
-        data.write_text("\n".join(BUNDLED_LINES[:81]) + "\n")
+    data = _short_csv(workdir)
     folders = {"run": workdir / "written-run", "backtest": workdir / "written-backtest"}
     code, _, err = call_cli(["run", "--data", str(data), "--test-from=2012-04-02", "--out", str(folders["run"]),
                              "--ensemble", "2", "--calibration-fraction", "0.5", *TINY])

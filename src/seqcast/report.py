@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .artifacts import atomic_write_json, atomic_write_text
-from .backtest import MODEL, Holdout, plain_params, read_backtest_csv, wide_predictions
+from .backtest import MODEL, Holdout, plain_params, wide_predictions
 from .errors import ArtifactError, SeqcastError
 from .plots import (
     plot_backtest,
