@@ -9,7 +9,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 from joblib import effective_n_jobs
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +29,7 @@ from .parallel import check_jobs
 from .report import horizon_scores, run_summary, write_report, write_run
 from .training import TrainingInterrupted
 from .tuning import SCHEDULER_ENV, SCORINGS, configs_at_once, load_grid, refit_best, tune
-from .windows import split_by_date
+from .windows import split_by_date, tail_precedes
 
 _MODEL_OPTIONS = (
     # (flag, Forecaster parameter, type, help)
@@ -747,9 +746,9 @@ def _stale_context(forecaster: Forecaster, frame) -> str | None:
     rows of ``frame`` although ``frame`` starts long after them (more than 10 of the series' usual
     steps later): those first predictions then rest on rows from another period."""
     context = forecaster.context_
-    dated = all(isinstance(index, pd.DatetimeIndex) for index in (frame.index, context.index))
-    if not dated or len(frame) == 0 or len(context) < 2 or frame.index[0] <= context.index[-1]:
-        return None  # (a model fitted on a plain array has no dates to compare)
+    # The CLI's frames are dated (load_csv), so a tail that precedes one is dated too.
+    if len(context) < 2 or not tail_precedes(context, frame):
+        return None
     step = context.index.to_series().diff().median()
     gap = frame.index[0] - context.index[-1]
     if not gap > 10 * step:

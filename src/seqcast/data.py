@@ -309,8 +309,7 @@ def _read_csv(source: str) -> tuple[pd.DataFrame, list[int] | np.ndarray]:
             f"{source} is empty; expected a header such as Date,Open,High,Low,Close,Volume"
         )
     first_line = text.lstrip().partition("\n")[0]
-    # Spreadsheets in decimal-comma locales export ';' or tab separated "CSV".
-    delimiter = max((",", ";", "\t"), key=first_line.count)
+    delimiter = sniff_delimiter(first_line)
     plain = _read_plain(source, text, first_line, delimiter)
     if plain is not None:
         return plain
@@ -377,11 +376,12 @@ def _read_plain(source: str, text: str, first_line: str, delimiter: str) -> tupl
     columns = _plain_columns(frame, header)
     if columns is None or not len(frame):
         return None
-    for name, values in columns.items():
-        # Cells that fail validation as a zero price are quoted as written, which only the careful path still has.
-        if values.dtype.kind == "f" and (values.to_numpy() == 0).any():
-            return None
     return pd.DataFrame(columns), np.arange(2, len(frame) + 2)
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """The header line's delimiter: spreadsheets in decimal-comma locales export ';' or tab separated "CSV"."""
+    return max((",", ";", "\t"), key=first_line.count)
 
 
 def _plain_header(first_line: str, delimiter: str) -> list[str] | None:
@@ -406,8 +406,8 @@ def _plain_options(delimiter: str) -> dict:
 
 def _plain_columns(frame: pd.DataFrame, header: list[str]) -> dict[str, pd.Series] | None:
     """The C parser's columns by header name (numbers as parsed, text as Python objects), or None
-    when a cell needs the careful path's message: a non-finite or negative number, a boolean column,
-    or columns that do not match the header."""
+    when a cell needs the careful path's message: a non-finite or negative number, a zero among
+    floats, a boolean column, or columns that do not match the header."""
     if [str(c).strip() for c in frame.columns] != header:
         return None
     columns = {}
@@ -417,9 +417,12 @@ def _plain_columns(frame: pd.DataFrame, header: list[str]) -> dict[str, pd.Serie
             return None
         if pd.api.types.is_numeric_dtype(values):
             floats = values.to_numpy(dtype="float64")
-            # Cells that fail validation ("nan", "inf", a negative price) are quoted as written in
-            # the message, which only the careful path still has.
+            # Cells that fail validation ("nan", "inf", a negative or zero price) are quoted as
+            # written in the message, which only the careful path still has. (An integer 0 reads
+            # the same either way; _read_plain_blocks tracks integer zeros across blocks.)
             if not np.isfinite(floats).all() or (floats < 0).any():
+                return None
+            if values.dtype.kind == "f" and (floats == 0).any():
                 return None
             columns[name] = values
         else:
@@ -481,7 +484,7 @@ def _read_plain_blocks(source: str) -> tuple[pd.DataFrame, np.ndarray] | None:
     if scanned is None:
         return None
     first_line, n_rows = scanned
-    delimiter = max((",", ";", "\t"), key=first_line.count)
+    delimiter = sniff_delimiter(first_line)
     header = _plain_header(first_line, delimiter)
     if header is None:
         return None
@@ -508,9 +511,7 @@ def _read_plain_blocks(source: str) -> tuple[pd.DataFrame, np.ndarray] | None:
                         columns[date_name], date_format = parsed
                     for name, values in columns.items():
                         values = np.asarray(values)
-                        if values.dtype.kind in "fiu" and (values == 0).any():
-                            if values.dtype.kind == "f":
-                                return None  # _read_plain's rule: a zero among floats is quoted as written
+                        if values.dtype.kind in "iu" and (values == 0).any():
                             zero_ints.add(name)  # an integer zero, a float if another block has floats
                         column = out.get(name)
                         if column is None:

@@ -23,7 +23,7 @@ from sklearn.base import clone
 
 from .artifacts import atomic_write_json, atomic_write_text
 from .backtest import ALPHA, MODEL, Leaderboard, walk_forward
-from .data import load_csv, load_long_csv
+from .data import load_csv, load_long_csv, sniff_delimiter
 from .errors import ConfigError, DataError, SeqcastError
 from .parallel import check_jobs
 from .tuning import parallel_unordered
@@ -92,7 +92,7 @@ def _header(path: str) -> list[str]:
             first = fh.readline()
     except (OSError, UnicodeDecodeError):
         return []
-    delimiter = max((",", ";", "\t"), key=first.count)
+    delimiter = sniff_delimiter(first)
     return [c.strip() for c in first.rstrip("\r\n").split(delimiter)]
 
 

@@ -101,16 +101,22 @@ def split_by_date(frame: pd.DataFrame, test_from) -> tuple[pd.DataFrame, pd.Data
     return train, test
 
 
+def tail_precedes(tail: pd.DataFrame | None, frame: pd.DataFrame) -> bool:
+    """Whether :func:`with_context` puts the remembered training ``tail`` before ``frame``: both have
+    rows and ``frame`` starts after the tail ends. A tail without dates (a model fitted on a plain
+    array) cannot be placed before dated rows, or the other way round: such a frame starts on its
+    own, as an array's always does."""
+    if tail is None or tail.empty or frame.empty:
+        return False
+    if isinstance(frame.index, pd.DatetimeIndex) != isinstance(tail.index, pd.DatetimeIndex):
+        return False
+    return bool(frame.index[0] > tail.index[-1])
+
+
 def with_context(frame: pd.DataFrame, tail: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
     """Prepend the remembered training tail when `frame` starts after it, as the seed concatenates
     train and test; returns the combined rows and how many of them came from the tail."""
-    if tail is None or tail.empty or frame.empty:
-        return frame, 0
-    # A tail without dates (a model fitted on a plain array) cannot be placed before dated rows, or
-    # the other way round: such a frame starts on its own, as an array's always does.
-    if isinstance(frame.index, pd.DatetimeIndex) != isinstance(tail.index, pd.DatetimeIndex):
-        return frame, 0
-    if frame.index[0] <= tail.index[-1]:
+    if not tail_precedes(tail, frame):
         return frame, 0
     return pd.concat([tail, frame[tail.columns]]), len(tail)
 
