@@ -234,6 +234,49 @@ def preset_windows(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(np.concatenate([last, last * 0.5, last - last.mean()], axis=2)), y
 
 
+def bench_malloc(threads: int, rounds: int = 3, epochs: int = 3) -> dict:
+    """The seed config in fresh processes, with seqcast's malloc settings (training.keep_freed_memory)
+    and with glibc's defaults (SEQCAST_MALLOC=default), in interleaved rounds: seconds per epoch
+    (median of `epochs` after one warm-up) and minor page faults per epoch. Fresh processes because
+    the in-process sections cannot show it: once a process has freed a large mapped block (the GEMM
+    section does), glibc raises its mmap threshold by itself."""
+    runs: dict[str, list[dict]] = {"keep_freed_memory": [], "glibc_defaults": []}
+    for _ in range(rounds):
+        for name in runs:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SEQCAST_MALLOC"}
+            if name == "glibc_defaults":
+                env["SEQCAST_MALLOC"] = "default"
+            out = subprocess.run(
+                [sys.executable, __file__, "--malloc-child", "--threads", str(threads), "--epochs", str(epochs)],
+                capture_output=True, text=True, check=True, env=env,
+            )
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {
+        name: {
+            "state": r[0]["state"],
+            "seconds_per_epoch": spread([x["seconds_per_epoch"] for x in r]),
+            "minor_faults_per_epoch": spread([x["minor_faults_per_epoch"] for x in r]),
+        }
+        for name, r in runs.items()
+    } | {"rounds": rounds}
+
+
+def malloc_child(epochs: int) -> None:
+    from seqcast.training import keep_freed_memory
+
+    X, y, _ = seed_windows()
+    model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    train_model(model, X, y, epochs=1, batch_size=64, seed=0)  # warm-up: oneDNN primitive creation
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    history = train_model(model, X, y, epochs=epochs, batch_size=64, seed=0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps({
+        "state": keep_freed_memory(),
+        "seconds_per_epoch": statistics.median(history.epoch_seconds),
+        "minor_faults_per_epoch": faults / epochs,
+    }))
+
+
 def peak_rss_of_fit(threads: int) -> dict:
     """Memory of a fresh process that imports seqcast and fits the seed config for 2 epochs: the
     process's peak RSS (ru_maxrss), its RSS just before the fit, and the fit's own peak (the
@@ -303,15 +346,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ensemble-epochs", type=int, default=2)
     parser.add_argument("--members-epochs", type=int, default=10, help="epochs per member in the 'members' section")
     parser.add_argument("--ab-rounds", type=int, default=5, help="interleaved rounds of the seed-config A/B")
-    parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "members", "rss"), action="append")
+    parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "members", "rss", "malloc"), action="append")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--malloc-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child()
         return
-    sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "members", "rss"))
+    if args.malloc_child:
+        malloc_child(args.epochs)
+        return
+    sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "members", "rss", "malloc"))
 
     X, y, january = seed_windows()
     results: dict = {
@@ -398,6 +445,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"peak RSS of a seed-config fit: {r['peak_fit_mib']:.0f} MiB ({r['rss_before_fit_mib']:.0f} MiB "
               f"just before it{added}); the process's peak {r['peak_process_mib']:.0f} MiB, "
               f"{r['after_imports_mib']:.0f} MiB after imports and data")
+    if "malloc" in sections:
+        results["malloc"] = r = bench_malloc(args.threads)
+        print(f"seed config in {r['rounds']} rounds of fresh processes: " + ", ".join(
+            f"{name} {r[name]['seconds_per_epoch']['median']:.3f} s/epoch "
+            f"({r[name]['seconds_per_epoch']['min']:.3f}-{r[name]['seconds_per_epoch']['max']:.3f}), "
+            f"{r[name]['minor_faults_per_epoch']['median']:.0f} minor faults/epoch"
+            for name in ("keep_freed_memory", "glibc_defaults")))
     results["machine"]["load_average_after"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -48,6 +48,7 @@ from seqcast.training import (
     epoch_progress,
     _prepare,
     intra_op_threads,
+    keep_freed_memory,
     make_optimizer,
     one_thread_pool,
     raise_if_cancelled,
@@ -117,6 +118,7 @@ def train_many(
     check_fit_settings(epochs=epochs, batch_size=batch_size, threads=threads, loss=loss, clip_norm=clip_norm)
 
     torch_device = resolve_device(device)
+    keep_freed_memory()
     X_t, y_t = _prepare(X, y, torch_device, models[0].horizon, ("X", "y"))
     fit = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, shuffle=shuffle,

@@ -9,11 +9,14 @@ batch-size-weighted mean of the batch losses.
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import hashlib
 import math
 import os
+import platform
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -236,6 +239,61 @@ def _mean_loss(
     return total.item() / len(X)
 
 
+# ---------------------------------------------------------------- the allocator
+# glibc's malloc serves every block of at least M_MMAP_THRESHOLD (128 KiB when a process starts)
+# with a fresh mmap and hands it back to the kernel on free, so each page of it is faulted in anew
+# on every use. oneDNN's RNN primitives allocate their workspace and outputs (hundreds of KiB to
+# tens of MiB) on every call: a seed-config epoch took 110,000-150,000 minor page faults and 0.1-0.3 s
+# of system time, and ran in 0.62-0.70 s against 0.46-0.49 s with the settings below (4 interleaved
+# fresh processes each, benchmarks/README.md, 2026-12-06). glibc raises the threshold by itself once
+# a process frees an mmapped block of up to 32 MiB (which is why the benchmark harness, whose GEMM
+# section runs first, never saw this), but a fresh `seqcast run` frees none before it trains.
+# jemalloc or tcmalloc would do as well, but only through LD_PRELOAD, which a library cannot set.
+MALLOC_MMAP_THRESHOLD = 32 << 20  # the largest value glibc's own adjustment reaches
+MALLOC_TRIM_THRESHOLD = 64 << 20  # twice it, as glibc's adjustment sets it
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+# Any of these set means the user chose malloc's behaviour; SEQCAST_MALLOC=default opts out alone.
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_allocator_lock = threading.Lock()
+_allocator_state: str | None = None
+
+
+def keep_freed_memory() -> str:
+    """Once per process, on Linux with glibc: ``mallopt`` the mmap threshold to 32 MiB and the trim
+    threshold to 64 MiB, so that the blocks oneDNN allocates and frees on every kernel call are
+    reused from malloc's heap instead of being mapped and faulted in again (see above). The cost is
+    that up to 64 MiB freed per malloc arena may stay with the process (+18-23 MiB peak RSS for a
+    seed-config fit). Left alone when the environment already sets malloc's thresholds
+    (``MALLOC_*_`` variables or ``glibc.malloc`` tunables), when ``SEQCAST_MALLOC=default``, or
+    off glibc. :func:`train_model`, ``ensemble.train_many`` and :func:`predict_batches` call it.
+    Returns what it did: ``"set"``, or why it did not."""
+    global _allocator_state
+    with _allocator_lock:
+        if _allocator_state is None:
+            _allocator_state = _tune_malloc()
+        return _allocator_state
+
+
+def _tune_malloc() -> str:
+    if os.environ.get("SEQCAST_MALLOC", "").strip().lower() == "default":
+        return "left alone: SEQCAST_MALLOC=default"
+    chosen = [name for name in _MALLOC_ENV if os.environ.get(name)]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        chosen.append("GLIBC_TUNABLES")
+    if chosen:
+        return f"left alone: {', '.join(chosen)} set"
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return "left alone: not glibc"
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "left alone: no mallopt"
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if not (mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)):
+        return "left alone: mallopt refused"
+    return "set"
+
+
 @contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)``, then restore the previous count."""
@@ -435,6 +493,7 @@ def train_model(
         raise ConfigError("checkpoint_every and resume need a checkpoint_dir")
 
     torch_device = resolve_device(device)
+    keep_freed_memory()
     model.to(torch_device)
     horizon = getattr(model, "horizon", None)
     X_t, y_t = _prepare(X, y, torch_device, horizon, ("X", "y"))
@@ -724,6 +783,7 @@ def predict_batches(
     if threads is not None:
         _check_positive_int("threads", threads)
     torch_device = resolve_device(device)
+    keep_freed_memory()
     model.to(torch_device)
     model.eval()
     if len(X) == 0:
