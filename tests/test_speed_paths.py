@@ -263,7 +263,8 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     split_steps = []
     real_step = _BatchSplitter.step
-    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(1) or real_step(self, *a))
+    # Each step is told the next batch's size (whose masks the pool thread then draws), None last.
+    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(a[3]) or real_step(self, *a))
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)
@@ -275,7 +276,7 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
         runs.append((model, train_model(model, X, y, threads=2, **fit)))
     (split, split_history), (again, again_history) = runs
     # Both split fits really went through the splitter: 3 epochs of 9 batches (130 windows, batch 16).
-    assert len(split_steps) == 2 * 3 * 9
+    assert split_steps == ([16] * 7 + [2, None]) * 3 * 2
     np.testing.assert_allclose(split_history.loss, whole_history.loss, rtol=1e-5)
     for (name, a), b in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -395,6 +395,7 @@ class _BatchSplitter:
         self.workers = workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = one_thread_pool(workers - 1)
+        self._next_masks: Future | None = None
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -405,15 +406,27 @@ class _BatchSplitter:
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator, next_batch: int | None = None
+    ) -> torch.Tensor:
         """Set ``.grad`` of every parameter for the batch ``(x, y)``, its dropout masks drawn from
-        ``dropper``; return its mean loss."""
+        ``dropper``; return its mean loss. ``next_batch``: the size of the batch the next call
+        trains (None: this is the epoch's last), whose masks a pool thread then draws once its
+        slice is done, while this thread finishes its own; each batch's masks are still drawn
+        from ``dropper`` after the previous batch's, so they are the same masks. Drawn here, on
+        the calling thread while the other cores waited, they took 3 ms of a 23 ms seed-config
+        batch (benchmarks/README.md, 2026-12-06)."""
         n = len(x)
-        masks = self.model.batch_masks(n, x.shape[1], x.device, dropper)
+        if self._next_masks is not None:
+            masks, self._next_masks = self._next_masks.result(), None
+        else:
+            masks = self.model.batch_masks(n, x.shape[1], x.device, dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
         futures = [self.pool.submit(self._slice, x, y, masks, *job) for job in jobs[1:]]
+        if next_batch and futures:
+            self._next_masks = self.pool.submit(self.model.batch_masks, next_batch, x.shape[1], x.device, dropper)
         results = [self._slice(x, y, masks, *jobs[0])] + [f.result() for f in futures]
         for index, param in enumerate(self.params):
             parts = [grads[index] for _, grads in results if grads[index] is not None]
@@ -571,7 +584,8 @@ def train_model(
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:
-                        batch_loss = splitter.step(X_t[index], y_t[index], dropper)
+                        following = min(batch_size, n_samples - start - batch_size)
+                        batch_loss = splitter.step(X_t[index], y_t[index], dropper, following if following > 0 else None)
                     else:
                         x = X_t[index]
                         out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
