@@ -61,6 +61,19 @@ def spread(values: list[float]) -> dict:
     }
 
 
+def cpu_model() -> str | None:
+    """The first "model name" of /proc/cpuinfo (None off Linux): the hosts differ between sessions
+    (AMD EPYC, Intel Xeon), and platform.processor() is empty on Linux."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
@@ -366,11 +379,13 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "load_average_before": os.getloadavg(),
         },
     }
+    print(f"{results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, torch {torch.__version__}")
     gemm = gemm_rate()
     results["gemm"] = gemm
     rate = gemm["gflops"]["median"]
