@@ -137,9 +137,12 @@ def test_members_fitted_in_worker_processes_equal_one_thread_sequential_fits(sma
         assert member.history_.loss == reference.history_.loss
         # The member keeps the template's settings (it predicts and saves as a sequential member).
         assert (member.seed, member.threads, member.verbose) == (7 + i, None, 1)
+    # The default ensemble trains these small LSTM members as one block-diagonal group
+    # (ensemble.train_many), equal to the one-by-one fits up to float rounding.
     sequential = EnsembleForecaster(clone(base).set_params(threads=1), n_members=3, calibration_fraction=0.25).fit(train)
-    np.testing.assert_array_equal(parallel.calibration_scores_, sequential.calibration_scores_)
-    pd.testing.assert_frame_equal(parallel.predict_interval(test), sequential.predict_interval(test))
+    assert sequential.trained_together_ and not parallel.trained_together_
+    np.testing.assert_allclose(parallel.calibration_scores_, sequential.calibration_scores_, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(parallel.predict_interval(test), sequential.predict_interval(test), rtol=1e-5)
     # n_jobs is how the members were fitted, not part of the model: not saved.
     parallel.save(tmp_path / "m")
     assert "n_jobs" not in json.loads((tmp_path / "m" / "ensemble.json").read_text())["params"]
@@ -228,3 +231,19 @@ def test_cli_ensemble_jobs_and_parallel_folds_or_series_are_not_combined(small_s
 def test_parallel_member_fit_errors_reach_the_caller(small_series):
     with pytest.raises(DataError):
         EnsembleForecaster(Forecaster(**{**TINY, "lookback": 400}), n_members=3, n_jobs=2).fit(small_series[0])
+
+
+@pytest.mark.parametrize("members,grouped", [(3, True), (2, False)])
+def test_cli_says_when_lstm_members_were_trained_in_groups(small_series, tmp_path, capsys, members, grouped):
+    # At 2 threads, 3 small LSTM members make groups of 2 and 1 (ensemble.lstm_group_size); 2 members
+    # make groups of one, which are fitted each by its own train_model instead.
+    train, test = small_series
+    train.to_csv(tmp_path / "train.csv")
+    test.to_csv(tmp_path / "test.csv")
+    tiny = ["--lookback", "10", "--layers", "1", "--units", "8", "--epochs", "2", "--dropout", "0", "--threads", "2"]
+    code = main(["run", "--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--out",
+                 str(tmp_path / "run"), "--ensemble", str(members), "--quiet", *tiny])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ("members trained together, in groups" in out) == grouped
+    assert out.count("train  2 epochs") == members

@@ -61,6 +61,52 @@ def test_fused_lstm_matches_torch_lstm_loss_and_gradients(dropout, layers, n_fea
     assert fused.rnn.bias_ih_l0.grad.data_ptr() != fused.rnn.bias_hh_l0.grad.data_ptr()
 
 
+@pytest.mark.parametrize("layers,n_features,k", [(1, 3, 4), (3, 2, 3)])
+def test_block_diagonal_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(layers, n_features, k):
+    # The reference: K independent torch.nn.LSTM stacks run one by one on their own inputs, with
+    # the same inverted-dropout masks applied between layers by hand.
+    generator = torch.Generator().manual_seed(layers * 7 + k)
+    steps, batch, units = 8, 5, 6
+    x = torch.randn(steps, k, batch, n_features, generator=generator)
+    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units) for l in range(layers)] for _ in range(k)]
+    for stack in stacks:
+        for layer in stack:
+            for p in layer.parameters():
+                with torch.no_grad():
+                    p.normal_(generator=generator)
+    masks = [torch.bernoulli(torch.full((steps, k, batch, units), 0.7), generator=generator) / 0.7
+             for _ in range(layers - 1)]
+    target = torch.randn(k, batch, units, generator=generator)
+
+    reference = []
+    for m, stack in enumerate(stacks):
+        out = x[:, m]
+        for l, layer in enumerate(stack):
+            out = layer(out)[0]
+            if l < layers - 1:
+                out = out * masks[l][:, m]
+        reference.append(out[-1])
+    reference = torch.stack(reference)
+    ref_grads = torch.autograd.grad(((reference - target) ** 2).sum(), [p for st in stacks for l in st for p in l.parameters()])
+
+    weights = [
+        tuple(torch.stack([getattr(stack[l], f"{name}_l0").detach() for stack in stacks]).requires_grad_()
+              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        for l in range(layers)
+    ]
+    out = models.block_diagonal_lstm(x, weights, masks=masks or None)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(((out - target) ** 2).sum(), [w for layer in weights for w in layer])
+    # Model m's gradient of layer l's weight `name` is block m of the stacked weight's gradient.
+    by_model = iter(ref_grads)
+    for m in range(k):
+        for l in range(layers):
+            for i in range(4):
+                expected = next(by_model)
+                got = grads[l * 4 + i][m]
+                assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item(), (m, l, i)
+
+
 def test_fused_model_uses_torch_lstm_for_inference():
     model = build_model(2, cell="lstm", layers=2, units=5, dropout=0.0, horizon=1, seed=0, fused=True)
     x = torch.randn(4, 7, 2)
@@ -337,10 +383,8 @@ def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeyp
     assert stacked == [3]
 
 
-@pytest.mark.parametrize("splits", [False, True])
-def test_train_many_fits_small_lstms_side_by_side_each_as_alone(monkeypatch, splits):
-    if splits:  # a model big enough to split its batches over both threads: one fit at a time
-        monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_as_alone(monkeypatch):
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # big enough to split over both threads
     fits = []
     real_fit = ensemble.train_model
 
@@ -349,18 +393,38 @@ def test_train_many_fits_small_lstms_side_by_side_each_as_alone(monkeypatch, spl
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(ensemble, "train_model", spy)
-    monkeypatch.setattr(ensemble, "_train_group", None)  # LSTMs on the CPU are never stacked
-    # Dropout: each fit draws its masks from its own generator, so fits in two threads still equal
-    # their separate fits (from one shared stream they would take each other's masks).
+    monkeypatch.setattr(ensemble, "_train_group", None)  # such LSTMs are never grouped
+    # Dropout: each fit draws its masks from its own generator.
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=2)
-    here = threading.get_ident()
-    if splits:
-        assert fits == [(here, 2)] * 3
-    else:
-        # Models 0 and 2 on the calling thread, model 1 beside them on another, each on one thread.
-        assert [ident == here for ident, _ in fits].count(True) == 2 and len({i for i, _ in fits}) == 2
-        assert [t for _, t in fits] == [1, 1, 1]
+    assert fits == [(threading.get_ident(), 2)] * 3
+
+
+@pytest.mark.parametrize("threads,units,sizes", [(2, 8, [2, 1]), (1, 8, [3]), (2, 64, [2, 1]), (2, 100, None)])
+def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(monkeypatch, threads, units, sizes):
+    groups = []
+    real_group = ensemble._train_group
+
+    def spy(models_, *args, **kwargs):
+        groups.append((threading.get_ident(), len(models_), kwargs["threads"], kwargs["offset"]))
+        return real_group(models_, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "_train_group", spy)
+    fits = []
+    real_fit = ensemble.train_model
+    monkeypatch.setattr(ensemble, "train_model", lambda *a, **kw: fits.append(1) or real_fit(*a, **kw))
+    shape = dict(cell="lstm", layers=2, units=units, dropout=0.25, horizon=1)
+    train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
+    if sizes is None:  # 100 units: no two fit under BLOCK_DIAGONAL_UNITS, so each is fitted alone
+        assert groups == [] and len(fits) == 3
+        return
+    assert fits == []
+    # Groups of models 0.., in as many threads as there are groups (up to `threads`), the first
+    # group on the calling thread; the threads start in either order.
+    assert sorted((offset, size) for _, size, _, offset in groups) == list(zip(np.cumsum([0] + sizes[:-1]), sizes))
+    assert {t for _, _, t, _ in groups} == {1}
+    assert [i for i, _, _, offset in groups if offset == 0] == [threading.get_ident()]
+    assert len({i for i, _, _, _ in groups}) == min(threads, len(sizes))
 
 
 @pytest.mark.parametrize("cell,nonlinearity,threads", [("gru", "tanh", 1), ("gru", "tanh", 2), ("rnn", "relu", 2)])

@@ -549,6 +549,10 @@ def _print_training(model, out: _Out) -> None:
         for number, member in enumerate(model.members_, start=1):
             out.line(f"member {number} (seed {member.seed})")
             _print_training(member, out)
+        if getattr(model, "trained_together_", False) and _single(model).cell not in HAND_WRITTEN_CELLS:
+            # GRU and RNN members say so on the model line; whether LSTM members were small enough
+            # to train in groups is known only after the fit.
+            out.line("train  members trained together, in groups (each time is the member's share of its group's)")
         return
     h = model.history_
     val = f"  val loss {h.val_loss[-1]:.5f}" if h.val_loss else ""

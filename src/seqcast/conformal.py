@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
@@ -27,9 +28,10 @@ from sklearn.utils.validation import check_is_fitted
 from . import __version__
 from .artifacts import read_bundle_dir, write_bundle_dir
 from .data import resolve_column
-from .ensemble import train_many
+from .ensemble import lstm_group_size, train_many
 from .errors import ArtifactError, ConfigError, DataError
 from .forecaster import Forecaster
+from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs, fit_all
 from .training import resolve_device
 
@@ -64,8 +66,9 @@ def _trains_together(template: Forecaster) -> bool:
     """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: on the
     CPU, without validation rows or early stopping, which train_many lacks. There GRU and vanilla
     RNN members train K at once in one group per thread (1.7-3.9× the throughput of one-by-one fits
-    at the indicators preset's shape), and LSTM members too small to split their batches fit side by
-    side, one per thread (benchmarks/README.md); larger LSTM members fit one after another."""
+    at the indicators preset's shape), and so do LSTM members too small to split their batches, as
+    block-diagonal oneDNN LSTMs (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after
+    another."""
     return (
         not template.val_fraction
         and template.early_stopping is None
@@ -73,23 +76,31 @@ def _trains_together(template: Forecaster) -> bool:
     )
 
 
-def _fit_together(members: list[Forecaster], rows: pd.DataFrame) -> list[Forecaster]:
+def _fit_together(members: list[Forecaster], rows: pd.DataFrame) -> tuple[list[Forecaster], bool]:
     """Fit ``members`` (one template, different seeds) on ``rows`` with their networks trained by
-    one train_many call; each member equals its own ``fit`` up to float rounding."""
+    one train_many call; each member equals its own ``fit`` up to float rounding. Also returns
+    whether train_many trained them in groups (GRU and RNN members, and LSTM members small enough
+    for :func:`seqcast.ensemble.lstm_group_size`) rather than each by its own train_model fit."""
     prepared = [member._prepare_fit(rows) for member in members]
     _, (X_train, y_train), _ = prepared[0]  # the same windows for every member: only the seed differs
+    settings = members[0]._training_settings()
+    model = members[0].model_
+    grouped = model.cell in HAND_WRITTEN_CELLS or lstm_group_size(
+        model, len(members), settings["threads"] or torch.get_num_threads(), settings["batch_size"],
+        X_train.shape[1], resolve_device(settings["device"]),
+    ) > 1
     _, histories = train_many(
         [member.model_ for member in members],
         X_train,
         y_train,
         seeds=[member.seed for member in members],
         verbose=members[0].verbose,
-        **members[0]._training_settings(),
+        **settings,
     )
     for member, (frame, _, _), history in zip(members, prepared, histories):
         member.history_ = history
         member._finish_fit(frame)
-    return members
+    return members, grouped
 
 
 class EnsembleForecaster(RegressorMixin, BaseEstimator):
@@ -102,8 +113,10 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
 
     On the CPU (without validation rows or early stopping) the members train in one
     :func:`seqcast.ensemble.train_many` call: GRU and vanilla RNN members several models per
-    batched GEMM and one group of members per thread; LSTM members each as its own fit, side by side
-    on the threads when they are too small to split their batches, else one after another.
+    batched GEMM and one group of members per thread; LSTM members too small to split their batches
+    in groups too (each group one block-diagonal oneDNN LSTM, ``models.block_diagonal_lstm``), larger
+    ones each as its own fit, one after another. ``trained_together_`` says whether the members
+    were trained in groups.
 
     `n_jobs` > 1 (or -1, one per core) fits the members on that many cores: this process and
     n_jobs - 1 joblib worker processes take members from one queue, each member on one torch thread
@@ -171,8 +184,10 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         n_cal = int(round(len(frame) * float(self.calibration_fraction)))
         fit_rows = frame.iloc[: len(frame) - n_cal]
         seeds = [int(template.seed) + i for i in range(self.n_members)]
+        self.trained_together_ = False
         if self.trains_members_together():
-            self.members_ = _fit_together([clone(template).set_params(seed=s) for s in seeds], fit_rows)
+            members = [clone(template).set_params(seed=s) for s in seeds]
+            self.members_, self.trained_together_ = _fit_together(members, fit_rows)
         elif self.n_jobs in (None, 1) or self.n_members == 1:
             self.members_ = [clone(template).set_params(seed=s).fit(fit_rows) for s in seeds]
         else:

@@ -14,13 +14,14 @@ GRU and vanilla RNN models are also split into one group per thread, each group 
 in its own Python thread with one intra-op thread: their hand-written time loops run as TorchScript,
 which releases the GIL, so the groups run in parallel.
 
-LSTM models on the CPU are not stacked: oneDNN's LSTM kernel, which ``train_model`` uses, beats
-the batched hand-written one (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
-stacked than one by one, at the seed config's 0.45-0.57×; benchmarks/README.md). Instead each is
-fitted by ``train_model`` itself, as many side by side (one Python thread each; oneDNN's kernels
-release the GIL) as the threads its own fit leaves idle: a model too small to split its batches
-(``training.batch_split_workers``) trains on one thread, so two cores fit two at once; the seed
-config's splits its batches over both cores already, so its fits run one after another.
+LSTM models on the CPU are not batched by the hand-written layers: oneDNN's LSTM kernel, which
+``train_model`` uses, beats them (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
+stacked than one by one, at the seed config's 0.45-0.57×; benchmarks/README.md). A model that
+splits its batches over the threads (``training.batch_split_workers``; the seed config's) already
+keeps every core busy, so such models are fitted by ``train_model`` one after another. Smaller
+ones are trained in groups, each group as one oneDNN LSTM whose weights hold the group's models in
+diagonal blocks (``models.block_diagonal_lstm``, at most ``models.BLOCK_DIAGONAL_UNITS`` units per
+group), the groups spread over the threads like the GRU groups (oneDNN releases the GIL).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import HAND_WRITTEN_CELLS, StackedRNN
+from seqcast.models import BLOCK_DIAGONAL_UNITS, HAND_WRITTEN_CELLS, StackedRNN, block_diagonal_lstm
 from seqcast.training import (
     LOSSES,
     FitCancelled,
@@ -103,12 +104,14 @@ def train_many(
     what they mean in ``train_model``; validation data and early stopping are not supported here
     (fit one by one when a model must stop on its own). ``threads`` (None: torch's intra-op count)
     is the number of CPU threads the call uses: one group of models per thread for GRU and RNN
-    models, LSTM models fitted side by side on them (module docstring). Returns the models, left in
-    eval mode, and one ``History`` per model. For GRU and RNN models ``epoch_seconds`` is the
-    model's share of its group's joint epoch (the epoch's time over the group's size), so the
-    histories add up to the groups' time, and ``verbose`` shows one progress bar on stderr: the
-    (first) group's epochs and its models' mean loss. For LSTM models on the CPU they are each fit's
-    own (``train_model``'s), and ``verbose`` shows the bars of the fits on the calling thread.
+    models, and for LSTM models too small to split their batches (in groups of at most
+    ``models.BLOCK_DIAGONAL_UNITS`` units); larger LSTM models are fitted one after another
+    (module docstring). Returns the models, left in eval mode, and one ``History`` per model. For
+    grouped models ``epoch_seconds`` is the model's share of its group's joint epoch (the epoch's
+    time over the group's size), so the histories add up to the groups' time, and ``verbose`` shows
+    one progress bar on stderr: the first group's epochs and its models' mean loss. For LSTM models
+    fitted one by one they are each fit's own (``train_model``'s), and ``verbose`` shows the bars
+    of the fits on the calling thread.
     """
     models = list(models)
     _check_same_shape(models)
@@ -126,7 +129,10 @@ def train_many(
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
     if torch_device.type == "cpu" and models[0].cell not in HAND_WRITTEN_CELLS:
-        return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
+        size = lstm_group_size(models[0], len(models), workers, batch_size, X_t.shape[1], torch_device)
+        if size == 1:
+            return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
+        return _fit_lstm_groups(models, seeds, X_t, y_t, size=size, workers=workers, verbose=verbose, **fit)
     groups = min(workers, len(models)) if torch_device.type == "cpu" else 1
     if groups == 1:
         label = f"(mean of {len(models)} models)" if len(models) > 1 else ""
@@ -175,6 +181,55 @@ def _in_lanes(lanes: list[Callable[[], object]]) -> list:
         return [first] + [future.result() for future in futures]
 
 
+def lstm_group_size(
+    model: StackedRNN, k: int, workers: int, batch_size: int, steps: int, device: torch.device
+) -> int:
+    """How many LSTM models train_many fits as one :func:`~seqcast.models.block_diagonal_lstm`
+    group on the CPU: 1 (no groups) for a model that splits its batches across the threads (its
+    fits already keep every core busy), else the models shared out over the threads, at most
+    :data:`~seqcast.models.BLOCK_DIAGONAL_UNITS` units per group."""
+    if batch_split_workers(model, device, workers, True, batch_size, steps) > 1:
+        return 1
+    return max(1, min(math.ceil(k / workers), BLOCK_DIAGONAL_UNITS // model.units))
+
+
+def _fit_lstm_groups(
+    models: list[StackedRNN],
+    seeds: list[int],
+    X_t: torch.Tensor,
+    y_t: torch.Tensor,
+    *,
+    size: int,
+    workers: int,
+    verbose: int,
+    **fit,
+) -> tuple[list[StackedRNN], list[History]]:
+    """train_many for small LSTM models on the CPU: groups of ``size`` models, each trained by
+    :func:`_train_group` as one block-diagonal oneDNN LSTM on one thread, the groups spread over
+    ``workers`` Python threads (oneDNN releases the GIL), each thread training its groups one after
+    another. 8 seeds of the indicators preset's shape: 2.42-3.01× the throughput of 8 sequential
+    fits against 1.55-1.74× fitted side by side one model per thread (5 interleaved rounds,
+    benchmarks/README.md, 2026-12-06)."""
+    edges = list(range(0, len(models), size)) + [len(models)]
+    groups = [(models[a:b], seeds[a:b], a) for a, b in zip(edges, edges[1:])]
+    lanes = min(workers, len(groups))
+    label = f"(mean of models 1-{len(groups[0][0])} of {len(models)}, in groups of {size})"
+
+    def run(lane: int) -> list[tuple[list[StackedRNN], list[History]]]:
+        return [
+            _train_group(m, s, X_t, y_t, offset=o, threads=1, verbose=verbose if o == 0 else 0,
+                         label=label if o == 0 else "", **fit)
+            for m, s, o in groups[lane::lanes]
+        ]
+
+    by_lane = _in_lanes([partial(run, lane) for lane in range(lanes)])
+    histories: list[History] = [History()] * len(models)
+    for lane, results in enumerate(by_lane):
+        for (_, group_histories), (_, _, offset) in zip(results, groups[lane::lanes]):
+            histories[offset : offset + len(group_histories)] = group_histories
+    return models, histories
+
+
 def _fit_side_by_side(
     models: list[StackedRNN],
     seeds: list[int],
@@ -186,9 +241,11 @@ def _fit_side_by_side(
     torch_device: torch.device,
     **fit,
 ) -> tuple[list[StackedRNN], list[History]]:
-    """train_many for LSTM models on the CPU: ``train_model`` per model, ``workers // w`` of them at
-    once where ``w`` is the threads one fit uses (module docstring). Only the calling thread's fits
-    show progress bars (rich draws one live display at a time)."""
+    """train_many for LSTM models on the CPU that are not grouped (:func:`lstm_group_size` is 1):
+    ``train_model`` per model, ``workers // w`` of them at once where ``w`` is the threads one fit
+    uses: one after another for a model that splits its batches, side by side for one too big to
+    group that does not. Only the calling thread's fits show progress bars (rich draws one live
+    display at a time)."""
     per_fit = batch_split_workers(models[0], torch_device, workers, True, fit["batch_size"], X_t.shape[1])
     lanes = max(1, min(workers // per_fit, len(models)))
 
@@ -228,7 +285,10 @@ def _train_group(
 ) -> tuple[list[StackedRNN], list[History]]:
     """train_many's joint fit of ``models`` (``models[i]`` is the caller's ``offset + i``)."""
     template = models[0]
-    stack = template.hand_written_stack()
+    # LSTMs on the CPU as one block-diagonal oneDNN LSTM (_fit_lstm_groups), anything else batched
+    # over the models by the hand-written layers (GRU and RNN on the CPU, every cell on CUDA).
+    lstm_on_cpu = template.cell == "lstm" and torch_device.type == "cpu"
+    stack = block_diagonal_lstm if lstm_on_cpu else template.hand_written_stack()
     n_samples, k = len(X_t), len(models)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.

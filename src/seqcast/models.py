@@ -663,6 +663,53 @@ def fused_rnn(
     return _run_stack(lambda out, *layer: _FusedRNNLayer.apply(out, *layer, relu), x, weights, masks)
 
 
+def block_diagonal_lstm(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    masks: list[Tensor] | None = None,
+) -> Tensor:
+    """:func:`fused_lstm`'s contract (K models' LSTM stacks on time-major ``x (T, K, B, F)``, the
+    last step ``(K, B, U)``), computed by oneDNN's LSTM kernel (``torch._VF.lstm``, as
+    :meth:`StackedRNN._layer_by_layer` calls it) as one LSTM of K·U units whose weights hold each
+    model's in diagonal blocks, every other entry zero: model k reads only its own inputs and its
+    own hidden state, so its outputs are its own up to float rounding (a zero weight adds an exact
+    zero), and the gradient reaching each model's weights is its own block (the ``einsum`` that
+    places the blocks extracts them in the backward pass).
+
+    Why: for LSTMs too small to split a batch across threads, K fits cost K times the per-call
+    overhead of oneDNN and of the Python loop around it; one call of K·U units costs K times the
+    FLOPs of one model (the zero blocks are multiplied too) but once the overhead. At 4 models of
+    the indicators preset's shape (U = 32) that trades even on one core and halves the Python work
+    per model (``ensemble.train_many``; benchmarks/README.md, 2026-12-06); for large U the wasted
+    FLOPs would dominate, so train_many keeps K·U at most :data:`BLOCK_DIAGONAL_UNITS`.
+    """
+    steps, k, batch, n_features = x.shape
+    out = x.permute(0, 2, 1, 3).reshape(steps, batch, k * n_features)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        units, n_in = w_hh.shape[2], w_ih.shape[2]
+
+        def blocks(w: Tensor, width: int) -> Tensor:
+            # (K, 4U, width) -> (4·K·U, K·width) in PyTorch's gate-major layout: gate, model, unit.
+            return torch.einsum("kguf,kl->gkulf", w.view(k, 4, units, width), eye).reshape(4 * k * units, k * width)
+
+        def gate_major(b: Tensor) -> Tensor:
+            return b.view(k, 4, units).transpose(0, 1).reshape(-1)
+
+        zeros = out.new_zeros(1, batch, k * units)
+        layer_weights = [blocks(w_ih, n_in), blocks(w_hh, units), gate_major(b_ih), gate_major(b_hh)]
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        out = _VF.lstm(out, (zeros, zeros), layer_weights, True, 1, 0.0, torch.is_grad_enabled(), False, False)[0]
+        if masks is not None and layer < len(weights) - 1:
+            out = out * masks[layer].permute(0, 2, 1, 3).reshape(steps, batch, k * units)
+    return out[-1].view(batch, k, -1).transpose(0, 1)
+
+
+# Largest K·U of one block_diagonal_lstm call that train_many makes (4 models of the preset's 32 units).
+BLOCK_DIAGONAL_UNITS = 128
+
+
 def draw_masks(
     shapes: list[tuple[int, ...]],
     keep: float,
