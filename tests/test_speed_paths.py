@@ -376,7 +376,12 @@ def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeyp
     monkeypatch.setattr(ensemble, "HAND_WRITTEN_CELLS", ("lstm",))
     stacked = []
     real_group = ensemble._train_group
-    monkeypatch.setattr(ensemble, "_train_group", lambda models, *a, **kw: stacked.append(len(models)) or real_group(models, *a, **kw))
+    def spy(models_, *a, **kw):
+        assert kw.get("stack") is None  # the hand-written fused_lstm, as on CUDA
+        stacked.append(len(models_))
+        return real_group(models_, *a, **kw)
+
+    monkeypatch.setattr(ensemble, "_train_group", spy)
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=2, batch_size=16, lr=3e-3, optimizer=optimizer, clip_norm=clip_norm)
     train_many_against_separate_fits(shape, fit, threads=1)
@@ -400,12 +405,18 @@ def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_a
     assert fits == [(threading.get_ident(), 2)] * 3
 
 
-@pytest.mark.parametrize("threads,units,sizes", [(2, 8, [2, 1]), (1, 8, [3]), (2, 64, [2, 1]), (2, 100, None)])
-def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(monkeypatch, threads, units, sizes):
+@pytest.mark.parametrize(
+    "threads,units,sizes,clip_norm,optimizer",
+    [(2, 8, [2, 1], None, "adam"), (1, 8, [3], 0.05, "adam"), (2, 64, [2, 1], None, "rmsprop"), (2, 100, None, None, "adam")],
+)
+def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(
+    monkeypatch, threads, units, sizes, clip_norm, optimizer
+):
     groups = []
     real_group = ensemble._train_group
 
     def spy(models_, *args, **kwargs):
+        assert kwargs["stack"] is models.block_diagonal_lstm
         groups.append((threading.get_ident(), len(models_), kwargs["threads"], kwargs["offset"]))
         return real_group(models_, *args, **kwargs)
 
@@ -414,7 +425,8 @@ def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(monk
     real_fit = ensemble.train_model
     monkeypatch.setattr(ensemble, "train_model", lambda *a, **kw: fits.append(1) or real_fit(*a, **kw))
     shape = dict(cell="lstm", layers=2, units=units, dropout=0.25, horizon=1)
-    train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
+    fit = dict(epochs=2, batch_size=16, lr=3e-3, clip_norm=clip_norm, optimizer=optimizer)
+    train_many_against_separate_fits(shape, fit, threads=threads)
     if sizes is None:  # 100 units: no two fit under BLOCK_DIAGONAL_UNITS, so each is fitted alone
         assert groups == [] and len(fits) == 3
         return

@@ -218,7 +218,7 @@ def _fit_lstm_groups(
     def run(lane: int) -> list[tuple[list[StackedRNN], list[History]]]:
         return [
             _train_group(m, s, X_t, y_t, offset=o, threads=1, verbose=verbose if o == 0 else 0,
-                         label=label if o == 0 else "", **fit)
+                         label=label if o == 0 else "", stack=block_diagonal_lstm, **fit)
             for m, s, o in groups[lane::lanes]
         ]
 
@@ -282,13 +282,14 @@ def _train_group(
     shuffle: bool,
     clip_norm: float | None,
     torch_device: torch.device,
+    stack: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[list[StackedRNN], list[History]]:
-    """train_many's joint fit of ``models`` (``models[i]`` is the caller's ``offset + i``)."""
+    """train_many's joint fit of ``models`` (``models[i]`` is the caller's ``offset + i``) through
+    ``stack`` (:func:`~seqcast.models.fused_lstm`'s contract; None: the cell's hand-written stack)."""
     template = models[0]
-    # LSTMs on the CPU as one block-diagonal oneDNN LSTM (_fit_lstm_groups), anything else batched
-    # over the models by the hand-written layers (GRU and RNN on the CPU, every cell on CUDA).
-    lstm_on_cpu = template.cell == "lstm" and torch_device.type == "cpu"
-    stack = block_diagonal_lstm if lstm_on_cpu else template.hand_written_stack()
+    # block_diagonal_lstm for small LSTMs on the CPU (_fit_lstm_groups); otherwise the models are
+    # batched by the hand-written layers (GRU and RNN on the CPU, every cell on CUDA).
+    stack = stack or template.hand_written_stack()
     n_samples, k = len(X_t), len(models)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.
