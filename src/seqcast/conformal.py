@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
@@ -28,10 +27,9 @@ from sklearn.utils.validation import check_is_fitted
 from . import __version__
 from .artifacts import read_bundle_dir, write_bundle_dir
 from .data import resolve_column
-from .ensemble import lstm_group_size, train_many
+from .ensemble import train_many, trains_in_groups
 from .errors import ArtifactError, ConfigError, DataError
 from .forecaster import Forecaster
-from .models import HAND_WRITTEN_CELLS
 from .parallel import check_jobs, fit_all
 from .training import resolve_device
 
@@ -80,15 +78,13 @@ def _fit_together(members: list[Forecaster], rows: pd.DataFrame) -> tuple[list[F
     """Fit ``members`` (one template, different seeds) on ``rows`` with their networks trained by
     one train_many call; each member equals its own ``fit`` up to float rounding. Also returns
     whether train_many trained them in groups (GRU and RNN members, and LSTM members small enough
-    for :func:`seqcast.ensemble.lstm_group_size`) rather than each by its own train_model fit."""
+    for it) rather than each by its own train_model fit (:func:`seqcast.ensemble.trains_in_groups`)."""
     prepared = [member._prepare_fit(rows) for member in members]
     _, (X_train, y_train), _ = prepared[0]  # the same windows for every member: only the seed differs
     settings = members[0]._training_settings()
-    model = members[0].model_
-    grouped = model.cell in HAND_WRITTEN_CELLS or lstm_group_size(
-        model, len(members), settings["threads"] or torch.get_num_threads(), settings["batch_size"],
-        X_train.shape[1], resolve_device(settings["device"]),
-    ) > 1
+    grouped = trains_in_groups(
+        members[0].model_, len(members), settings["threads"], settings["batch_size"], X_train.shape[1], settings["device"]
+    )
     _, histories = train_many(
         [member.model_ for member in members],
         X_train,

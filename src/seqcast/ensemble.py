@@ -193,6 +193,18 @@ def lstm_group_size(
     return max(1, min(math.ceil(k / workers), BLOCK_DIAGONAL_UNITS // model.units))
 
 
+def trains_in_groups(
+    model: StackedRNN, k: int, threads: int | None, batch_size: int, steps: int, device: str | torch.device
+) -> bool:
+    """Whether :func:`train_many` trains ``k`` models like ``model`` jointly (batched weights or
+    block-diagonal groups) rather than each by its own ``train_model`` fit."""
+    device = resolve_device(device)
+    if device.type == "cpu" and model.cell not in HAND_WRITTEN_CELLS:
+        workers = int(threads) if threads is not None else torch.get_num_threads()
+        return lstm_group_size(model, k, workers, batch_size, steps, device) > 1
+    return True
+
+
 def _fit_lstm_groups(
     models: list[StackedRNN],
     seeds: list[int],
