@@ -458,11 +458,15 @@ def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(mo
         assert [n for _, n in groups] == [3]
 
 
-@pytest.mark.parametrize("cell,failing", [("lstm", 11), ("gru", 11), ("lstm", 3), ("gru", 3)])
+@pytest.mark.parametrize(
+    "cell,failing", [("lstm", 11), ("gru", 11), ("lstm", 3), ("gru", 3), ("lstm-groups", 11), ("lstm-groups", 3)]
+)
 def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
     # One model fails at once (11: in the second thread; 3: in the calling thread). The other lane,
     # busy with its model for 300 epochs of 5 batches, must stop within a few batches (and the
-    # failure be raised), not finish its share while the caller waits or has gone.
+    # failure be raised), not finish its share while the caller waits or has gone. Two LSTMs of 4
+    # units are fitted side by side, each by train_model; four ("lstm-groups") in two
+    # block-diagonal groups of two, like the GRUs.
     X, y = noisy_sine_windows(n=40)
     batches = []
     real_check = training.raise_if_cancelled
@@ -486,16 +490,17 @@ def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
         real_group = ensemble._train_group
 
         def fit(models, seeds, *args, **kwargs):
-            if seeds == [failing]:
+            if failing in seeds:
                 raise TrainingDiverged("model 1 failed")
             return real_group(models, seeds, *args, **kwargs)
 
         monkeypatch.setattr(ensemble, "_train_group", fit)
-    shape = dict(cell=cell, layers=1, units=4, dropout=0.0, horizon=1)
-    models = [build_model(1, seed=s, **shape) for s in (3, 11)]
+    seeds = [3, 4, 11, 12] if cell == "lstm-groups" else [3, 11]
+    shape = dict(cell=cell.removesuffix("-groups"), layers=1, units=4, dropout=0.0, horizon=1)
+    models = [build_model(1, seed=s, **shape) for s in seeds]
     started = time.perf_counter()
     with pytest.raises(TrainingDiverged, match="model 1 failed"):
-        train_many(models, X, y, seeds=[3, 11], epochs=300, batch_size=8, threads=2)
+        train_many(models, X, y, seeds=seeds, epochs=300, batch_size=8, threads=2)
     assert len(batches) < 300 and len(set(batches)) <= 1  # (none when it failed before the other started)
     assert time.perf_counter() - started < 30
 
