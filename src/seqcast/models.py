@@ -680,9 +680,11 @@ def block_diagonal_lstm(
     Why: for LSTMs too small to split a batch across threads, K fits cost K times the per-call
     overhead of oneDNN and of the Python loop around it; one call of K·U units costs K times the
     FLOPs of one model (the zero blocks are multiplied too) but once the overhead. At 4 models of
-    the indicators preset's shape (U = 32) that trades even on one core and halves the Python work
-    per model (``ensemble.train_many``; benchmarks/README.md, 2026-12-06); for large U the wasted
-    FLOPs would dominate, so train_many keeps K·U at most :data:`BLOCK_DIAGONAL_UNITS`.
+    the indicators preset's shape (U = 32) the kernel takes about as long per model as 4 separate
+    calls do, and the Python and optimizer work is paid once per group (``ensemble.train_many``:
+    8 such models 2.4-3.0× faster than 8 fits, against 1.6-1.7× side by side; benchmarks/README.md,
+    2026-12-06); for large U the wasted FLOPs would dominate, so train_many keeps K·U at most
+    :data:`BLOCK_DIAGONAL_UNITS`.
     """
     steps, k, batch, n_features = x.shape
     out = x.permute(0, 2, 1, 3).reshape(steps, batch, k * n_features)

@@ -262,8 +262,8 @@ def keep_freed_memory() -> str:
     """Once per process, on Linux with glibc: ``mallopt`` the mmap threshold to 32 MiB and the trim
     threshold to 64 MiB, so that the blocks oneDNN allocates and frees on every kernel call are
     reused from malloc's heap instead of being mapped and faulted in again (see above). The cost is
-    that up to 64 MiB freed per malloc arena may stay with the process (+18-23 MiB peak RSS for a
-    seed-config fit). Left alone when the environment already sets malloc's thresholds
+    that up to 64 MiB freed per malloc arena may stay with the process (a seed-config fit's peak
+    RSS grew by ~20 MiB). Left alone when the environment already sets malloc's thresholds
     (``MALLOC_*_`` variables or ``glibc.malloc`` tunables), when ``SEQCAST_MALLOC=default``, or
     off glibc. :func:`train_model`, ``ensemble.train_many`` and :func:`predict_batches` call it.
     Returns what it did: ``"set"``, or why it did not."""
