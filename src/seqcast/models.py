@@ -674,8 +674,8 @@ def block_diagonal_lstm(
     :meth:`StackedRNN._layer_by_layer` calls it) as one LSTM of K·U units whose weights hold each
     model's in diagonal blocks, every other entry zero: model k reads only its own inputs and its
     own hidden state, so its outputs are its own up to float rounding (a zero weight adds an exact
-    zero), and the gradient reaching each model's weights is its own block (the ``einsum`` that
-    places the blocks extracts them in the backward pass).
+    zero), and the gradient reaching each model's weights is its own block (``diag_embed``, which
+    places the blocks, extracts them in the backward pass).
 
     Why: for LSTMs too small to split a batch across threads, K fits cost K times the per-call
     overhead of oneDNN and of the Python loop around it; one call of K·U units costs K times the
@@ -688,13 +688,16 @@ def block_diagonal_lstm(
     """
     steps, k, batch, n_features = x.shape
     out = x.permute(0, 2, 1, 3).reshape(steps, batch, k * n_features)
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         units, n_in = w_hh.shape[2], w_ih.shape[2]
 
         def blocks(w: Tensor, width: int) -> Tensor:
             # (K, 4U, width) -> (4·K·U, K·width) in PyTorch's gate-major layout: gate, model, unit.
-            return torch.einsum("kguf,kl->gkulf", w.view(k, 4, units, width), eye).reshape(4 * k * units, k * width)
+            # diag_embed puts the model axis on the diagonal of dims 1 and 3 (zeros elsewhere); its
+            # backward takes the diagonal back out. 3.4x cheaper forward and backward than an
+            # einsum with the identity at the preset's size (60 against 205 us, 2026-12-06).
+            by_model_last = w.view(k, 4, units, width).permute(1, 2, 3, 0)
+            return torch.diag_embed(by_model_last, dim1=1, dim2=3).reshape(4 * k * units, k * width)
 
         def gate_major(b: Tensor) -> Tensor:
             return b.view(k, 4, units).transpose(0, 1).reshape(-1)
