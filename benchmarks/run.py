@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from seqcast.datasets import load_google  # noqa: E402
 from seqcast.models import build_model  # noqa: E402
-from seqcast.training import predict_batches, train_model  # noqa: E402
+from seqcast.training import keep_freed_memory, predict_batches, train_model  # noqa: E402
 from seqcast.windows import context_windows, fit_scaler, supervised_windows  # noqa: E402
 
 LOOKBACK = 60
@@ -275,8 +275,6 @@ def bench_malloc(threads: int, rounds: int = 3, epochs: int = 3) -> dict:
 
 
 def malloc_child(epochs: int) -> None:
-    from seqcast.training import keep_freed_memory
-
     X, y, _ = seed_windows()
     model = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
     train_model(model, X, y, epochs=1, batch_size=64, seed=0)  # warm-up: oneDNN primitive creation

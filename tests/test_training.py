@@ -1,6 +1,10 @@
 """The fit loop: learning, determinism, Keras batch/loss semantics, early stopping, failures."""
 
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -303,10 +307,6 @@ print(keep_freed_memory(), "|", resource.getrusage(resource.RUSAGE_SELF).ru_minf
 
 
 def _fit_faults(**env: str) -> tuple[str, int]:
-    import os
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "SEQCAST_MALLOC"}
     done = subprocess.run(
         [sys.executable, "-c", _FAULTS_SCRIPT], env={**clean, **env}, capture_output=True, text=True, timeout=300
@@ -316,7 +316,7 @@ def _fit_faults(**env: str) -> tuple[str, int]:
     return state.strip(), int(faults)
 
 
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_training_reuses_freed_memory_instead_of_faulting_it_in_again():
     # The reference is the same fit at glibc's default mmap threshold (128 KiB) held fixed, which
     # keep_freed_memory leaves alone because the environment sets it: there oneDNN's per-call

@@ -425,7 +425,7 @@ class _BatchSplitter:
         edges = [n * i // k for i in range(k + 1)]
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
         futures = [self.pool.submit(self._slice, x, y, masks, *job) for job in jobs[1:]]
-        if next_batch and futures:
+        if next_batch and futures and masks is not None:  # no dropout: no masks to draw ahead
             self._next_masks = self.pool.submit(self.model.batch_masks, next_batch, x.shape[1], x.device, dropper)
         results = [self._slice(x, y, masks, *jobs[0])] + [f.result() for f in futures]
         for index, param in enumerate(self.params):
