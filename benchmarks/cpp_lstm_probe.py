@@ -3,14 +3,17 @@
     PYTHONPATH=src python benchmarks/cpp_lstm_probe.py [--rounds 6]
 
 seqcast does not use this code. It compiles (``torch.utils.cpp_extension.load_inline``: needs a
-C++ compiler and ninja, ~25 s the first time, cached under ``TORCH_EXTENSIONS_DIR`` or
+C++ compiler and ninja, 25-35 s the first time, cached under ``TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/torch_extensions``) one LSTM layer written the plain way: the input projection of all
-timesteps as one GEMM, then per step one small GEMM (``addmm_`` into the step's gate rows) and a
-loop over the gates; the backward is the same loop reversed, then the weight and input gradients
-as large GEMMs over all steps. It checks that layer against a float64 ``torch.nn.LSTM`` (outputs
-and every gradient) and then times the forward and backward of LSTM stacks, one thread, against
-what seqcast's training calls (``torch._VF.lstm`` per layer, oneDNN's kernel), in interleaved
-rounds. Results and what they mean: benchmarks/README.md (2026-12-06, 09:20-).
+timesteps as one GEMM, then per step one small GEMM into the step's gate rows and a loop over the
+gates; the backward is the same loop reversed, then the weight and input gradients as large GEMMs
+over all steps. The GEMMs call MKL's Fortran ``sgemm_``, which the CPU wheel's libtorch_cpu.so
+exports, directly on raw pointers: the first version called ``at::addmm_`` on per-step tensor
+slices, and the slices and the dispatcher cost about a third of the layer's time. It checks the
+layer against a float64 ``torch.nn.LSTM`` (outputs and every gradient) and then times the forward
+and backward of LSTM stacks, one thread, against what seqcast's training calls
+(``torch._VF.lstm`` per layer, oneDNN's kernel), in interleaved rounds. Results and what they
+mean: benchmarks/README.md (2026-12-06, 09:20-).
 """
 
 from __future__ import annotations
@@ -26,87 +29,85 @@ SOURCE = r"""
 #include <torch/extension.h>
 #include <cmath>
 using at::Tensor;
-
+extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+// Row-major C (M x N) = alpha * op(A) * op(B) + beta * C via column-major sgemm on the transposes.
+static inline void gemm_rm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                           float beta, float* C, int ldc) {
+  const float one = 1.f;
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  sgemm_(&cb, &ca, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
 static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
 
-// x (T, B, I) contiguous; w_ih (4U, I), w_hh (4U, U), b (4U) = bias_ih + bias_hh; gates i, f, g, o.
 std::vector<Tensor> forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b) {
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), U = G / 4;
-  Tensor acts = at::addmm(b, x.view({T * B, I}), w_ih.t()).view({T, B, G});
-  Tensor h_all = at::empty({T, B, U}, x.options());
-  Tensor c_all = at::empty({T, B, U}, x.options());
-  Tensor tc_all = at::empty({T, B, U}, x.options());
-  Tensor w_hh_t = w_hh.t().contiguous();
-  Tensor zeros = at::zeros({B, U}, x.options());
-  for (int64_t t = 0; t < T; ++t) {
-    Tensor a = acts[t];
-    a.addmm_(t ? h_all[t - 1] : zeros, w_hh_t);
-    float* ap = a.data_ptr<float>();
-    const float* cp = t ? c_all[t - 1].data_ptr<float>() : zeros.data_ptr<float>();
-    float* cn = c_all[t].data_ptr<float>();
-    float* hn = h_all[t].data_ptr<float>();
-    float* tcn = tc_all[t].data_ptr<float>();
-    for (int64_t r = 0; r < B; ++r) {
-      float* ar = ap + r * G;
+  const int T = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), U = G / 4;
+  Tensor acts = at::empty({T, B, G}, x.options());
+  float* ap0 = acts.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  for (int64_t r = 0; r < (int64_t)T * B; ++r) std::copy(bp, bp + G, ap0 + r * G);
+  gemm_rm(false, true, T * B, G, I, x.data_ptr<float>(), I, w_ih.data_ptr<float>(), I, 1.f, ap0, G);
+  Tensor h_all = at::empty({T, B, U}, x.options()), c_all = at::empty({T, B, U}, x.options()), tc_all = at::empty({T, B, U}, x.options());
+  std::vector<float> zeros((size_t)B * U, 0.f);
+  const float* wh = w_hh.data_ptr<float>();
+  float *h0 = h_all.data_ptr<float>(), *c0 = c_all.data_ptr<float>(), *tc0 = tc_all.data_ptr<float>();
+  for (int t = 0; t < T; ++t) {
+    float* ap = ap0 + (int64_t)t * B * G;
+    const float* hp = t ? h0 + (int64_t)(t - 1) * B * U : zeros.data();
+    gemm_rm(false, true, B, G, U, hp, U, wh, U, 1.f, ap, G);  // a += h_prev · w_hhᵀ
+    const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
+    float *cn = c0 + (int64_t)t * B * U, *hn = h0 + (int64_t)t * B * U, *tcn = tc0 + (int64_t)t * B * U;
+    for (int r = 0; r < B; ++r) {
+      float* ar = ap + (int64_t)r * G;
       #pragma omp simd
-      for (int64_t j = 0; j < G; ++j) {
-        const float v = ar[j];
-        ar[j] = (j >= 2 * U && j < 3 * U) ? 2.f * sigm(2.f * v) - 1.f : sigm(v);  // tanh for g
-      }
+      for (int j = 0; j < G; ++j) { const float v = ar[j]; ar[j] = (j >= 2 * U && j < 3 * U) ? 2.f * sigm(2.f * v) - 1.f : sigm(v); }
       #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        const int64_t q = r * U + j;
+      for (int j = 0; j < U; ++j) {
+        const int64_t q = (int64_t)r * U + j;
         const float c = ar[U + j] * cp[q] + ar[j] * ar[2 * U + j];
         const float tc = 2.f * sigm(2.f * c) - 1.f;
-        cn[q] = c;
-        tcn[q] = tc;
-        hn[q] = ar[3 * U + j] * tc;
+        cn[q] = c; tcn[q] = tc; hn[q] = ar[3 * U + j] * tc;
       }
     }
   }
   return {h_all, c_all, tc_all, acts};
 }
 
-// grad_h (T, B, U): the loss's gradient for every output. Returns grad_x, grad_w_ih, grad_w_hh, grad_b.
-std::vector<Tensor> backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all,
-                             Tensor c_all, Tensor tc_all, Tensor acts) {
-  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), U = G / 4;
+std::vector<Tensor> backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor c_all, Tensor tc_all, Tensor acts) {
+  const int T = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), U = G / 4;
   Tensor d_pre = at::empty({T, B, G}, x.options());
-  Tensor dh_next = at::zeros({B, U}, x.options());
-  Tensor dc_next = at::zeros({B, U}, x.options());
-  Tensor zeros = at::zeros({B, U}, x.options());
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const float* gh = grad_h[t].data_ptr<float>();
-    const float* ap = acts[t].data_ptr<float>();
-    const float* tc = tc_all[t].data_ptr<float>();
-    const float* cp = t ? c_all[t - 1].data_ptr<float>() : zeros.data_ptr<float>();
-    float* dp = d_pre[t].data_ptr<float>();
-    float* dhn = dh_next.data_ptr<float>();
-    float* dcn = dc_next.data_ptr<float>();
-    for (int64_t r = 0; r < B; ++r) {
-      const float* ar = ap + r * G;
-      float* dr = dp + r * G;
+  std::vector<float> dh_next((size_t)B * U, 0.f), dc_next((size_t)B * U, 0.f), zeros((size_t)B * U, 0.f);
+  const float *gh0 = grad_h.data_ptr<float>(), *ap0 = acts.data_ptr<float>(), *tc0 = tc_all.data_ptr<float>(), *c0 = c_all.data_ptr<float>();
+  float* dp0 = d_pre.data_ptr<float>();
+  const float* wh = w_hh.data_ptr<float>();
+  for (int t = T - 1; t >= 0; --t) {
+    const int64_t o = (int64_t)t * B * U;
+    const float *gh = gh0 + o, *tc = tc0 + o, *ap = ap0 + (int64_t)t * B * G;
+    const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
+    float* dp = dp0 + (int64_t)t * B * G;
+    float *dhn = dh_next.data(), *dcn = dc_next.data();
+    for (int r = 0; r < B; ++r) {
+      const float* ar = ap + (int64_t)r * G; float* dr = dp + (int64_t)r * G;
       #pragma omp simd
-      for (int64_t j = 0; j < U; ++j) {
-        const int64_t q = r * U + j;
-        const float i = ar[j], f = ar[U + j], g = ar[2 * U + j], o = ar[3 * U + j], tcv = tc[q];
+      for (int j = 0; j < U; ++j) {
+        const int64_t q = (int64_t)r * U + j;
+        const float i = ar[j], f = ar[U + j], g = ar[2 * U + j], oo = ar[3 * U + j], tcv = tc[q];
         const float dh = gh[q] + dhn[q];
-        const float dc = dcn[q] + dh * o * (1.f - tcv * tcv);
+        const float dc = dcn[q] + dh * oo * (1.f - tcv * tcv);
         dr[j] = dc * g * i * (1.f - i);
         dr[U + j] = dc * cp[q] * f * (1.f - f);
         dr[2 * U + j] = dc * i * (1.f - g * g);
-        dr[3 * U + j] = dh * tcv * o * (1.f - o);
+        dr[3 * U + j] = dh * tcv * oo * (1.f - oo);
         dcn[q] = dc * f;
       }
     }
-    if (t) at::mm_out(dh_next, d_pre[t], w_hh);
+    if (t) gemm_rm(false, false, B, U, G, dp, G, wh, U, 0.f, dhn, U);  // dh_next = d_pre[t] · w_hh
   }
-  Tensor d_flat = d_pre.view({T * B, G});
-  Tensor grad_w_hh = at::mm(d_pre.slice(0, 1).reshape({(T - 1) * B, G}).t(),
-                            h_all.slice(0, 0, T - 1).reshape({(T - 1) * B, U}));
-  Tensor grad_w_ih = at::mm(d_flat.t(), x.view({T * B, I}));
-  Tensor grad_b = d_flat.sum(0);
-  Tensor grad_x = at::mm(d_flat, w_ih).view({T, B, I});
+  Tensor grad_w_hh = at::zeros({G, U}, x.options()), grad_w_ih = at::empty({G, I}, x.options()), grad_x = at::empty({T, B, I}, x.options());
+  if (T > 1) gemm_rm(true, false, G, U, (T - 1) * B, dp0 + (int64_t)B * G, G, h_all.data_ptr<float>(), U, 0.f, grad_w_hh.data_ptr<float>(), U);
+  gemm_rm(true, false, G, I, T * B, dp0, G, x.data_ptr<float>(), I, 0.f, grad_w_ih.data_ptr<float>(), I);
+  gemm_rm(false, false, T * B, I, G, dp0, G, w_ih.data_ptr<float>(), I, 0.f, grad_x.data_ptr<float>(), I);
+  Tensor grad_b = d_pre.view({(int64_t)T * B, G}).sum(0);
   return {grad_x, grad_w_ih, grad_w_hh, grad_b};
 }
 """
