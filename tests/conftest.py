@@ -34,3 +34,29 @@ def small_series():
 
 
 TINY = dict(lookback=10, layers=1, units=8, epochs=2, batch_size=16, dropout=0.0, device="cpu")
+
+
+@pytest.fixture
+def onednn_lstm(monkeypatch):
+    """LSTMs train with PyTorch's oneDNN kernel, as where seqcast.native did not compile: for the
+    tests of that path (block-diagonal groups, fits side by side)."""
+    from seqcast import native
+
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failure", "disabled by the onednn_lstm fixture")
+
+
+def separate_lstm_stacks(x, stacks, masks):
+    """The reference for K models trained together: K independent ``torch.nn.LSTM`` stacks
+    (``stacks[m]``, one module per layer) run one by one on their own inputs ``x[:, m]`` (time-major
+    ``(T, K, B, F)``), with ``masks[l][:, m]`` applied by hand after every layer but the last; the
+    last steps ``(K, B, U)``."""
+    last = []
+    for m, stack in enumerate(stacks):
+        out = x[:, m]
+        for l, layer in enumerate(stack):
+            out = layer(out)[0]
+            if l < len(stack) - 1:
+                out = out * masks[l][:, m]
+        last.append(out[-1])
+    return torch.stack(last)

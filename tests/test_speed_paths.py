@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from seqcast.ensemble import train_many
 from seqcast.errors import ConfigError
 from seqcast.models import build_model, draw_masks
-from seqcast import ensemble, models, training
+from seqcast import native, ensemble, models, training
 from seqcast.training import (
     LOSSES,
     TrainingDiverged,
@@ -25,6 +25,8 @@ from seqcast.training import (
     predict_batches,
     train_model,
 )
+
+from .conftest import separate_lstm_stacks
 
 
 def loss_and_grads(model, x, y, dropout_seed):
@@ -78,15 +80,7 @@ def test_block_diagonal_lstm_equals_separate_torch_lstms_in_output_and_every_gra
              for _ in range(layers - 1)]
     target = torch.randn(k, batch, units, generator=generator)
 
-    reference = []
-    for m, stack in enumerate(stacks):
-        out = x[:, m]
-        for l, layer in enumerate(stack):
-            out = layer(out)[0]
-            if l < layers - 1:
-                out = out * masks[l][:, m]
-        reference.append(out[-1])
-    reference = torch.stack(reference)
+    reference = separate_lstm_stacks(x, stacks, masks)
     ref_grads = torch.autograd.grad(((reference - target) ** 2).sum(), [p for st in stacks for l in st for p in l.parameters()])
 
     weights = [
@@ -175,9 +169,9 @@ def test_layer_by_layer_training_stack_matches_single_torch_layers(cell):
 
 
 def torch_single_layers(model, x, masks):
-    """The model's stack rebuilt from independent single-layer ``torch.nn.GRU/RNN`` modules with
+    """The model's stack rebuilt from independent single-layer ``torch.nn.LSTM/GRU/RNN`` modules with
     copies of its weights (masks applied by hand); returns the output and the modules."""
-    make = {"gru": torch.nn.GRU, "rnn": partial(torch.nn.RNN, nonlinearity=model.nonlinearity)}[model.cell]
+    make = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": partial(torch.nn.RNN, nonlinearity=model.nonlinearity)}[model.cell]
     singles, out = [], x
     for layer in range(model.layers):
         single = make(out.shape[-1], model.units, batch_first=True)
@@ -191,14 +185,16 @@ def torch_single_layers(model, x, masks):
     return model.head(out[:, -1] * masks[-1]), singles
 
 
-@pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
+@pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh")])
 @pytest.mark.parametrize(
     "layers,units,steps,batch,features,dropout",
     [(3, 7, 9, 6, 3, 0.3), (1, 5, 1, 1, 2, 0.0), (2, 4, 5, 3, 1, 0.0), (2, 16, 12, 4, 2, 0.2)],
 )
-def test_hand_written_gru_and_rnn_match_torch_in_loss_and_every_gradient(
+def test_hand_written_gru_rnn_and_native_lstm_match_torch_in_loss_and_every_gradient(
     cell, nonlinearity, layers, units, steps, batch, features, dropout
 ):
+    if cell == "lstm" and not native.available():
+        pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     generator = torch.Generator().manual_seed(units * steps)
     model = build_model(
         features, cell=cell, nonlinearity=nonlinearity, layers=layers, units=units, dropout=dropout, horizon=2, seed=3
@@ -218,10 +214,11 @@ def test_hand_written_gru_and_rnn_match_torch_in_loss_and_every_gradient(
     names = ["x"] + [name for name, _ in model.rnn.named_parameters()]
     for name, a, b in zip(names, got, want):
         assert (a - b).abs().max().item() <= 1e-5 * max(b.abs().max().item(), 1e-6), name
-    # Inference keeps torch's own modules; an LSTM keeps oneDNN's.
+    # Inference keeps torch's own modules; an LSTM too large to gain keeps oneDNN's in training.
     with torch.no_grad():
         assert not model.trains_by_hand(x)
-    assert not build_model(features, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1).trains_by_hand(x)
+    big = build_model(features, cell="lstm", layers=1, units=128, dropout=0.0, horizon=1)
+    assert not big.trains_by_hand(torch.randn(64, 60, features))
 
 
 LOOPS = (models._gru_forward_steps, models._gru_backward_steps, models._rnn_forward_steps, models._rnn_backward_steps)
@@ -371,9 +368,11 @@ def train_many_against_separate_fits(shape, fit, threads=None):
 
 
 @pytest.mark.parametrize("clip_norm,optimizer", [(None, "adam"), (0.05, "adam"), (None, "rmsprop")])
-def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeypatch, clip_norm, optimizer):
-    # LSTMs are stacked (K models per batched GEMM) off the CPU; here that path runs on the CPU.
-    monkeypatch.setattr(ensemble, "HAND_WRITTEN_CELLS", ("lstm",))
+def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeypatch, onednn_lstm, clip_norm, optimizer):
+    # LSTMs are stacked by the hand-written fused_lstm off the CPU; here that path runs on the CPU,
+    # against separate fits by oneDNN's kernel.
+    monkeypatch.setattr(models.StackedRNN, "trains_by_hand_at", lambda self, batch, steps: True)
+    monkeypatch.setattr(models.StackedRNN, "trains_by_hand", lambda self, x: False)
     stacked = []
     real_group = ensemble._train_group
     def spy(models_, *a, **kw):
@@ -388,7 +387,7 @@ def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeyp
     assert stacked == [3]
 
 
-def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_as_alone(monkeypatch):
+def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_as_alone(monkeypatch, onednn_lstm):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # big enough to split over both threads
     fits = []
     real_fit = ensemble.train_model
@@ -410,7 +409,7 @@ def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_a
     [(2, 8, [2, 1], None, "adam"), (1, 8, [3], 0.05, "adam"), (2, 64, [2, 1], None, "rmsprop"), (2, 100, None, None, "adam")],
 )
 def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(
-    monkeypatch, threads, units, sizes, clip_norm, optimizer
+    monkeypatch, onednn_lstm, threads, units, sizes, clip_norm, optimizer
 ):
     groups = []
     real_group = ensemble._train_group
@@ -439,13 +438,22 @@ def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(
     assert len({i for i, _, _, _ in groups}) == min(threads, len(sizes))
 
 
-@pytest.mark.parametrize("cell,nonlinearity,threads", [("gru", "tanh", 1), ("gru", "tanh", 2), ("rnn", "relu", 2)])
-def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(monkeypatch, cell, nonlinearity, threads):
+@pytest.mark.parametrize(
+    "cell,nonlinearity,threads", [("gru", "tanh", 1), ("gru", "tanh", 2), ("rnn", "relu", 2), ("lstm", "tanh", 2)]
+)
+def test_train_many_of_gru_rnn_and_small_lstms_equals_separate_fits_also_in_thread_groups(
+    monkeypatch, cell, nonlinearity, threads
+):
+    # Small LSTMs train by seqcast.native's compiled layer, K models per call, as GRUs do by theirs.
+    if cell == "lstm" and not native.available():
+        pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     groups = []
     real_group = ensemble._train_group
 
     def spy(models, *args, **kwargs):
         groups.append((threading.get_ident(), len(models)))
+        if cell == "lstm":
+            assert kwargs.get("stack") is None  # the cell's hand-written stack: native_lstm
         return real_group(models, *args, **kwargs)
 
     monkeypatch.setattr(ensemble, "_train_group", spy)
@@ -461,7 +469,7 @@ def test_train_many_of_gru_and_rnn_equals_separate_fits_also_in_thread_groups(mo
 @pytest.mark.parametrize(
     "cell,failing", [("lstm", 11), ("gru", 11), ("lstm", 3), ("gru", 3), ("lstm-groups", 11), ("lstm-groups", 3)]
 )
-def test_a_failing_lane_stops_train_many_at_once(monkeypatch, cell, failing):
+def test_a_failing_lane_stops_train_many_at_once(monkeypatch, onednn_lstm, cell, failing):
     # One model fails at once (11: in the second thread; 3: in the calling thread). The other lane,
     # busy with its model for 300 epochs of 5 batches, must stop within a few batches (and the
     # failure be raised), not finish its share while the caller waits or has gone. Two LSTMs of 4

@@ -14,8 +14,13 @@ GRU and vanilla RNN models are also split into one group per thread, each group 
 in its own Python thread with one intra-op thread: their hand-written time loops run as TorchScript,
 which releases the GIL, so the groups run in parallel.
 
-LSTM models on the CPU are not batched by the hand-written layers: oneDNN's LSTM kernel, which
-``train_model`` uses, beats them (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
+Small LSTM models (``StackedRNN.trains_by_hand_at``: layers of at most
+``native.MAX_LAYER_FLOPS``) train like the GRUs where ``seqcast.native``'s compiled layer built:
+K models per call of ``native.native_lstm``, which releases the GIL, one group per thread. The rest
+of this paragraph is about the other LSTMs, and about every LSTM where it did not build.
+
+Such LSTM models on the CPU are not batched by the hand-written Python layers: oneDNN's LSTM
+kernel, which ``train_model`` uses, beats them (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
 stacked than one by one, at the seed config's 0.45-0.57×; benchmarks/README.md). A model that
 splits its batches over the threads (``training.batch_split_workers``; the seed config's) already
 keeps every core busy, so such models are fitted by ``train_model`` one after another. Smaller
@@ -37,7 +42,7 @@ import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import BLOCK_DIAGONAL_UNITS, HAND_WRITTEN_CELLS, StackedRNN, block_diagonal_lstm
+from seqcast.models import BLOCK_DIAGONAL_UNITS, StackedRNN, block_diagonal_lstm
 from seqcast.training import (
     LOSSES,
     FitCancelled,
@@ -128,7 +133,7 @@ def train_many(
         clip_norm=clip_norm, torch_device=torch_device,
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
-    if torch_device.type == "cpu" and models[0].cell not in HAND_WRITTEN_CELLS:
+    if torch_device.type == "cpu" and not models[0].trains_by_hand_at(batch_size, X_t.shape[1]):
         size = lstm_group_size(models[0], len(models), workers, batch_size, X_t.shape[1], torch_device)
         if size == 1:
             return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
@@ -196,10 +201,11 @@ def lstm_group_size(
 def trains_in_groups(
     model: StackedRNN, k: int, threads: int | None, batch_size: int, steps: int, device: str | torch.device
 ) -> bool:
-    """Whether :func:`train_many` trains ``k`` models like ``model`` jointly (batched weights or
-    block-diagonal groups) rather than each by its own ``train_model`` fit."""
+    """Whether :func:`train_many` trains ``k`` models like ``model`` jointly (batched weights, as
+    for GRUs, RNNs and small LSTMs with seqcast.native, or block-diagonal groups) rather than each
+    by its own ``train_model`` fit."""
     device = resolve_device(device)
-    if device.type == "cpu" and model.cell not in HAND_WRITTEN_CELLS:
+    if device.type == "cpu" and not model.trains_by_hand_at(batch_size, steps):
         workers = int(threads) if threads is not None else torch.get_num_threads()
         return lstm_group_size(model, k, workers, batch_size, steps, device) > 1
     return True
@@ -299,9 +305,10 @@ def _train_group(
     """train_many's joint fit of ``models`` (``models[i]`` is the caller's ``offset + i``) through
     ``stack`` (:func:`~seqcast.models.fused_lstm`'s contract; None: the cell's hand-written stack)."""
     template = models[0]
-    # block_diagonal_lstm for small LSTMs on the CPU (_fit_lstm_groups); otherwise the models are
-    # batched by the hand-written layers (GRU and RNN on the CPU, every cell on CUDA).
-    stack = stack or template.hand_written_stack()
+    # block_diagonal_lstm for small LSTMs on the CPU without seqcast.native (_fit_lstm_groups);
+    # otherwise the models are batched by the hand-written layers (GRU, RNN and native small LSTMs
+    # on the CPU, every cell on CUDA).
+    stack = stack or template.hand_written_stack(torch_device)
     n_samples, k = len(X_t), len(models)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor, _VF, nn
 
+from seqcast import native
 from seqcast.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
 # Cells that train on the CPU with hand-written layers whose time loops run as TorchScript (GIL
 # released): StackedRNN.trains_by_hand, train_many's thread groups, ensembles trained together.
+# Small LSTMs join them where seqcast.native's compiled layer is available (StackedRNN.trains_by_hand_at).
 HAND_WRITTEN_CELLS = ("gru", "rnn")
 
 _RECURRENT_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -38,7 +40,8 @@ class StackedRNN(nn.Module):
     training with dropout the layers run one kernel call each, with inverted-dropout masks applied
     to each layer's output sequence (Keras's ``Dropout`` between layers) and to the last layer's
     final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. GRU and vanilla RNN
-    stacks train on the CPU with the hand-written :func:`fused_gru` and :func:`fused_rnn` instead
+    stacks train on the CPU with the hand-written :func:`fused_gru` and :func:`fused_rnn` instead,
+    and small LSTM stacks with the compiled :func:`seqcast.native.native_lstm` where it built
     (:meth:`trains_by_hand`).
 
     Input ``x`` is ``(batch, time, features)`` float32; output is ``(batch, horizon)``.
@@ -89,7 +92,7 @@ class StackedRNN(nn.Module):
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
-            last = self.hand_written_stack()(
+            last = (fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device))(
                 x.transpose(0, 1).unsqueeze(1),
                 self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
@@ -173,17 +176,34 @@ class StackedRNN(nn.Module):
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
 
-    def hand_written_stack(self) -> Callable[..., Tensor]:
-        """:func:`fused_lstm`, :func:`fused_gru` or :func:`fused_rnn` (with this model's
-        nonlinearity): the hand-written stack of this model's cell, K models at a time."""
-        stacks = {"lstm": fused_lstm, "gru": fused_gru, "rnn": partial(fused_rnn, nonlinearity=self.nonlinearity)}
-        return stacks[self.cell]
+    def hand_written_stack(self, device: torch.device | None = None) -> Callable[..., Tensor]:
+        """The hand-written stack of this model's cell, K models at a time, on ``device`` (None: the
+        CPU): :func:`fused_gru`, :func:`fused_rnn` (with this model's nonlinearity), or for an LSTM
+        :func:`seqcast.native.native_lstm` on the CPU where it compiled, else :func:`fused_lstm`."""
+        if self.cell == "lstm":
+            on_cpu = device is None or torch.device(device).type == "cpu"
+            return native.native_lstm if on_cpu and native.available() else fused_lstm
+        return fused_gru if self.cell == "gru" else partial(fused_rnn, nonlinearity=self.nonlinearity)
 
     def trains_by_hand(self, x: Tensor) -> bool:
         """GRU and vanilla RNN stacks train on the CPU with :func:`fused_gru` / :func:`fused_rnn`:
         PyTorch's own CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md).
-        Inference and CUDA keep ``nn.GRU`` / ``nn.RNN``; an LSTM keeps oneDNN's."""
-        return self.cell in HAND_WRITTEN_CELLS and x.device.type == "cpu" and torch.is_grad_enabled()
+        Small LSTM stacks (:meth:`trains_by_hand_at`) train with
+        :func:`seqcast.native.native_lstm` where it compiled, larger ones with oneDNN's kernel.
+        Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
+        return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_by_hand_at(x.shape[0], x.shape[1])
+
+    def trains_by_hand_at(self, batch: int, steps: int) -> bool:
+        """Whether this stack trains on the CPU with a hand-written layer at this batch size and
+        lookback: GRU and RNN always; an LSTM with :func:`seqcast.native.native_lstm` where it
+        compiled and its layers are small enough to gain (:func:`seqcast.native.suits`)."""
+        if self.cell in HAND_WRITTEN_CELLS:
+            return True
+        return (
+            self.cell == "lstm"
+            and native.suits(steps, batch, max(self.n_features, self.units), self.units)
+            and native.available()
+        )
 
     def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""

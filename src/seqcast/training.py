@@ -510,6 +510,9 @@ def train_model(
     model.to(torch_device)
     horizon = getattr(model, "horizon", None)
     X_t, y_t = _prepare(X, y, torch_device, horizon, ("X", "y"))
+    if torch_device.type == "cpu" and hasattr(model, "trains_by_hand_at"):
+        # Builds or loads seqcast.native now if this model will use it, not under the progress bar.
+        model.trains_by_hand_at(min(batch_size, len(X_t)), X_t.shape[1])
     validation = None
     if X_val is not None:
         validation = _prepare(X_val, y_val, torch_device, horizon, ("X_val", "y_val"))

@@ -1,0 +1,315 @@
+"""A compiled LSTM layer for CPU training: :func:`native_lstm`, K models at a time.
+
+Why hand-written: PyTorch trains an LSTM on the CPU through oneDNN's RNN primitive, and at the
+sizes seqcast trains (32-64 windows, 32-128 units) most of that call is not arithmetic. At the
+indicators preset's shape oneDNN's primitives run for about a third of the call; the rest is
+PyTorch's glue around them (descriptors, memory objects, allocations). At the seed config's shape
+the primitive itself is slow for its FLOPs. This layer does the plain thing in C++ with no
+per-step allocation: the input projection of all timesteps as one GEMM, then per step one small
+GEMM (MKL's ``sgemm_``, which PyTorch's CPU build carries, on raw pointers) and one pass over the
+gates; the backward is the same loop reversed, with the weight and input gradients as large GEMMs
+over all steps. It trains the indicators preset's layer 1.7x faster than oneDNN (a whole preset
+fit 1.44-1.49x) and gains less as layers grow, so only layers up to :data:`MAX_LAYER_FLOPS` use it
+(benchmarks/README.md, 2026-12-06). Its calls release the GIL, so train_many's thread groups run
+in parallel.
+
+It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
+ninja; about 30 s once per machine, then loaded from torch's extension cache, which
+``TORCH_EXTENSIONS_DIR`` moves) for this CPU (``-march=native``; the CPU's flags are part of the
+cache key). Where that fails (no compiler, no MKL ``sgemm_``) :func:`available` is False, a
+warning says why once, and LSTMs train with PyTorch's own kernel as before.
+``SEQCAST_NATIVE=0`` skips the attempt. Checked against ``torch.nn.LSTM`` in output and every
+gradient (tests/test_native.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import warnings
+
+import torch
+from torch import Tensor
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+using at::Tensor;
+
+// MKL's Fortran GEMM, exported by PyTorch's CPU build (libtorch_cpu).
+extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc);
+
+// Row-major C (M x N) = op(A) op(B) + beta C, through column-major sgemm on the transposes.
+static inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                        float beta, float* C, int ldc) {
+  const float one = 1.f;
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  sgemm_(&cb, &ca, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+static void check(const Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.dim() == dim && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+              name, " must be a contiguous float32 CPU tensor of ", dim, " dimensions");
+}
+
+// x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o.
+// Returns h_all (K, T, B, U) and, for the backward pass, c_all, tanh(c_all) and the gates' activations.
+std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh) {
+  check(x, 4, "x"); check(w_ih, 3, "w_ih"); check(w_hh, 3, "w_hh"); check(b_ih, 2, "b_ih"); check(b_hh, 2, "b_hh");
+  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
+  TORCH_CHECK(w_ih.size(0) == K && w_ih.size(1) == G && w_ih.size(2) == I && w_hh.size(2) == U && G == 4 * U,
+              "weights do not match x");
+  Tensor acts = at::empty({K, T, B, G}, x.options());
+  Tensor h_all = at::empty({K, T, B, U}, x.options());
+  Tensor c_all = at::empty({K, T, B, U}, x.options());
+  Tensor tc_all = at::empty({K, T, B, U}, x.options());
+  std::vector<float> zeros((size_t)B * U, 0.f);
+  for (int k = 0; k < K; ++k) {
+    float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
+    const float* bi = b_ih.data_ptr<float>() + (int64_t)k * G;
+    const float* bh = b_hh.data_ptr<float>() + (int64_t)k * G;
+    for (int64_t r = 0; r < (int64_t)T * B; ++r)
+      for (int j = 0; j < G; ++j) a0[r * G + j] = bi[j] + bh[j];
+    gemm(false, true, T * B, G, I, x.data_ptr<float>() + (int64_t)k * T * B * I, I,
+         w_ih.data_ptr<float>() + (int64_t)k * G * I, I, 1.f, a0, G);
+    const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    float* c0 = c_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    for (int t = 0; t < T; ++t) {
+      float* ap = a0 + (int64_t)t * B * G;
+      const float* hp = t ? h0 + (int64_t)(t - 1) * B * U : zeros.data();
+      const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
+      gemm(false, true, B, G, U, hp, U, wh, U, 1.f, ap, G);  // gates += h_prev w_hh^T
+      float* cn = c0 + (int64_t)t * B * U;
+      float* hn = h0 + (int64_t)t * B * U;
+      float* tcn = tc0 + (int64_t)t * B * U;
+      for (int r = 0; r < B; ++r) {
+        float* ar = ap + (int64_t)r * G;
+        // tanh(z) = 2 sigmoid(2z) - 1 for the g gate and the cell.
+        #pragma omp simd
+        for (int j = 0; j < G; ++j) {
+          const float v = ar[j];
+          ar[j] = (j >= 2 * U && j < 3 * U) ? 2.f * sigm(2.f * v) - 1.f : sigm(v);
+        }
+        #pragma omp simd
+        for (int j = 0; j < U; ++j) {
+          const int64_t q = (int64_t)r * U + j;
+          const float c = ar[U + j] * cp[q] + ar[j] * ar[2 * U + j];
+          const float tc = 2.f * sigm(2.f * c) - 1.f;
+          cn[q] = c;
+          tcn[q] = tc;
+          hn[q] = ar[3 * U + j] * tc;
+        }
+      }
+    }
+  }
+  return {h_all, c_all, tc_all, acts};
+}
+
+// grad_h (K, T, B, U): the loss's gradient for every output. Returns grad_x (undefined unless
+// needs_x), grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (two tensors, equal).
+std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor c_all,
+                                  Tensor tc_all, Tensor acts, bool needs_x) {
+  check(grad_h, 4, "grad_h");
+  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
+  Tensor d_pre = at::empty({K, T, B, G}, x.options());
+  Tensor grad_w_ih = at::empty({K, G, I}, x.options());
+  Tensor grad_w_hh = at::zeros({K, G, U}, x.options());
+  Tensor grad_b = at::zeros({K, G}, x.options());
+  Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
+  std::vector<float> dh_next((size_t)B * U), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
+  for (int k = 0; k < K; ++k) {
+    const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
+    const float* gh0 = grad_h.data_ptr<float>() + hk;
+    const float* tc0 = tc_all.data_ptr<float>() + hk;
+    const float* c0 = c_all.data_ptr<float>() + hk;
+    const float* a0 = acts.data_ptr<float>() + gk;
+    float* dp0 = d_pre.data_ptr<float>() + gk;
+    const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    std::fill(dh_next.begin(), dh_next.end(), 0.f);
+    std::fill(dc_next.begin(), dc_next.end(), 0.f);
+    float* dhn = dh_next.data();
+    float* dcn = dc_next.data();
+    for (int t = T - 1; t >= 0; --t) {
+      const int64_t o = (int64_t)t * B * U;
+      const float* gh = gh0 + o;
+      const float* tc = tc0 + o;
+      const float* ap = a0 + (int64_t)t * B * G;
+      const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
+      float* dp = dp0 + (int64_t)t * B * G;
+      for (int r = 0; r < B; ++r) {
+        const float* ar = ap + (int64_t)r * G;
+        float* dr = dp + (int64_t)r * G;
+        #pragma omp simd
+        for (int j = 0; j < U; ++j) {
+          const int64_t q = (int64_t)r * U + j;
+          const float i = ar[j], f = ar[U + j], g = ar[2 * U + j], oo = ar[3 * U + j], tcv = tc[q];
+          const float dh = gh[q] + dhn[q];
+          const float dc = dcn[q] + dh * oo * (1.f - tcv * tcv);
+          dr[j] = dc * g * i * (1.f - i);
+          dr[U + j] = dc * cp[q] * f * (1.f - f);
+          dr[2 * U + j] = dc * i * (1.f - g * g);
+          dr[3 * U + j] = dh * tcv * oo * (1.f - oo);
+          dcn[q] = dc * f;
+        }
+      }
+      if (t) gemm(false, false, B, U, G, dp, G, wh, U, 0.f, dhn, U);  // dh_prev = d_pre[t] w_hh
+    }
+    if (T > 1)
+      gemm(true, false, G, U, (T - 1) * B, dp0 + (int64_t)B * G, G, h_all.data_ptr<float>() + hk, U, 0.f,
+           grad_w_hh.data_ptr<float>() + (int64_t)k * G * U, U);
+    gemm(true, false, G, I, T * B, dp0, G, x.data_ptr<float>() + (int64_t)k * T * B * I, I, 0.f,
+         grad_w_ih.data_ptr<float>() + (int64_t)k * G * I, I);
+    if (needs_x)
+      gemm(false, false, T * B, I, G, dp0, G, w_ih.data_ptr<float>() + (int64_t)k * G * I, I, 0.f,
+           grad_x.data_ptr<float>() + (int64_t)k * T * B * I, I);
+    float* gb = grad_b.data_ptr<float>() + (int64_t)k * G;
+    for (int64_t r = 0; r < (int64_t)T * B; ++r) {
+      const float* dr = dp0 + r * G;
+      #pragma omp simd
+      for (int j = 0; j < G; ++j) gb[j] += dr[j];
+    }
+  }
+  return {grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone()};
+}
+
+// The calls release the GIL: train_many runs its groups in Python threads.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward, py::call_guard<py::gil_scoped_release>());
+  m.def("lstm_backward", &lstm_backward, py::call_guard<py::gil_scoped_release>());
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+_lock = threading.Lock()
+_module = None
+_failure: str | None = None
+
+
+def _cpu_key() -> str:
+    """What the compiled code depends on besides its source: the CPU's instruction-set flags
+    (``-march=native``), torch and Python."""
+    flags = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), flags)
+    except OSError:
+        pass
+    return "|".join([flags, torch.__version__, sys.version.split()[0], platform.machine()])
+
+
+def _load():
+    """The compiled module, built or loaded on the first call of the process; None if it cannot
+    be (then a RuntimeWarning, once, says why)."""
+    global _module, _failure
+    if _module is not None or _failure is not None:
+        return _module
+    with _lock:
+        if _module is not None or _failure is not None:
+            return _module
+        if os.environ.get("SEQCAST_NATIVE", "1") == "0":
+            _failure = "SEQCAST_NATIVE=0"
+            return None
+        started = time.perf_counter()
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            if shutil.which("ninja") is None:
+                try:  # the ninja wheel, when installed, keeps its binary next to its module
+                    import ninja
+
+                    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+                except ImportError:
+                    pass
+            digest = hashlib.sha256((SOURCE + " ".join(_FLAGS) + _cpu_key()).encode()).hexdigest()[:16]
+            _module = load_inline(f"seqcast_lstm_{digest}", cpp_sources=SOURCE, extra_cflags=_FLAGS, verbose=False)
+        except Exception as error:  # any failure means: train with PyTorch's kernel
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            _failure = f"{type(error).__name__}: {first}"
+            warnings.warn(
+                f"seqcast could not compile its LSTM kernel ({_failure[:300]}); LSTMs train with PyTorch's "
+                "oneDNN kernel instead, which is slower. Install a C++ compiler and ninja to get it, or set "
+                "SEQCAST_NATIVE=0 to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        seconds = time.perf_counter() - started
+        if seconds > 5:
+            print(f"seqcast: compiled its LSTM kernel for this CPU in {seconds:.0f} s (once per machine)", file=sys.stderr)
+        return _module
+
+
+# Largest forward GEMM work of one layer call, 8·steps·batch·(max(inputs, units) + units)·units
+# FLOPs, that trains with native_lstm rather than oneDNN. Measured on the 2-core Intel host with
+# training.keep_freed_memory's malloc settings (benchmarks/README.md, 2026-12-06), oneDNN time over
+# native time. Forward+backward of one stack, one thread (benchmarks/native_lstm.py): the preset's
+# layer (10.5 MFLOP) 1.70, 1xLSTM(64) at lookback 20 (41.9) 1.35, 2xLSTM(32) at lookback 60 (31.5)
+# 1.32, a seed-config slice (76.8) 1.10, a whole seed batch (153.6) 1.02, 2xLSTM(128) (503) 0.98.
+# Whole fits: 1.44-1.49, 1.13-1.72, 1.23-1.28 for the first three; the seed config unsplit at two
+# threads 0.88-0.94 (oneDNN's kernel uses both threads, this layer's gate loops one).
+MAX_LAYER_FLOPS = 48e6
+
+
+def suits(steps: int, batch: int, n_in: int, units: int) -> bool:
+    """Whether an LSTM layer of this size gains from :func:`native_lstm` (:data:`MAX_LAYER_FLOPS`)."""
+    return 8.0 * steps * batch * (n_in + units) * units <= MAX_LAYER_FLOPS
+
+
+def available() -> bool:
+    """Whether :func:`native_lstm` can run here (compiles it on the first call of the process)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (None while it has not been asked, or when it is True)."""
+    return _failure
+
+
+class _NativeLSTMLayer(torch.autograd.Function):
+    """One LSTM layer of K models: x (K, T, B, I), PyTorch-layout K-leading weights; h (K, T, B, U)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        x = x.contiguous()
+        weights = [w.contiguous() for w in (w_ih, w_hh, b_ih, b_hh)]
+        h_all, c_all, tc_all, acts = _module.lstm_forward(x, *weights)
+        ctx.save_for_backward(x, weights[0], weights[1], h_all, c_all, tc_all, acts)
+        return h_all
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        grad_x, *grads = _module.lstm_backward(grad_h.contiguous(), *ctx.saved_tensors, ctx.needs_input_grad[0])
+        return (grad_x if ctx.needs_input_grad[0] else None, *grads)
+
+
+def native_lstm(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    masks: list[Tensor] | None = None,
+) -> Tensor:
+    """:func:`~seqcast.models.fused_lstm`'s contract on the compiled layer: K models' LSTM stacks
+    on time-major ``x (T, K, B, F)`` with K-leading PyTorch-layout weights per layer, ``masks``
+    ``(T, K, B, U)`` applied to each layer's output but the last; returns the last step
+    ``(K, B, U)``. Call only when :func:`available` is True."""
+    if _load() is None:
+        raise RuntimeError(f"seqcast's compiled LSTM is not available ({_failure})")
+    out = x.transpose(0, 1)  # the layer reads (K, T, B, F)
+    for layer, layer_weights in enumerate(weights):
+        out = _NativeLSTMLayer.apply(out, *layer_weights)
+        if masks is not None and layer < len(weights) - 1:
+            out = out * masks[layer].transpose(0, 1)
+    return out[:, -1]

@@ -1,0 +1,92 @@
+"""seqcast.native: the compiled LSTM layer against torch.nn.LSTM, and the fallback when it cannot be built."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from seqcast import native
+
+from .conftest import separate_lstm_stacks
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler to build seqcast.native"
+)
+
+
+@needs_compiler
+def test_the_layer_compiles_where_a_compiler_exists():
+    assert native.available(), native.unavailable_reason()
+
+
+@needs_compiler
+@pytest.mark.parametrize("layers,n_features,k,steps", [(1, 3, 1, 9), (3, 2, 3, 8), (2, 1, 2, 1)])
+def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(layers, n_features, k, steps):
+    # The reference: K independent float64 torch.nn.LSTM stacks run one by one on their own
+    # inputs, with the same inverted-dropout masks applied between layers by hand.
+    generator = torch.Generator().manual_seed(layers * 7 + k)
+    batch, units = 5, 6
+    x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=torch.float64)
+    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units).double() for l in range(layers)] for _ in range(k)]
+    for stack in stacks:
+        for layer in stack:
+            for p in layer.parameters():
+                with torch.no_grad():
+                    p.normal_(generator=generator)
+    masks = [torch.bernoulli(torch.full((steps, k, batch, units), 0.7, dtype=torch.float64), generator=generator) / 0.7
+             for _ in range(layers - 1)]
+    target = torch.randn(k, batch, units, generator=generator, dtype=torch.float64)
+
+    x_ref = x.clone().requires_grad_()
+    reference = separate_lstm_stacks(x_ref, stacks, masks)
+    ((reference - target) ** 2).sum().backward()
+
+    weights = [
+        tuple(torch.stack([getattr(stack[l], f"{name}_l0").detach() for stack in stacks]).float().requires_grad_()
+              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        for l in range(layers)
+    ]
+    x_native = x.float().requires_grad_()
+    out = native.native_lstm(x_native, weights, masks=[m.float() for m in masks] or None)
+    torch.testing.assert_close(out.double(), reference.detach(), rtol=1e-5, atol=1e-5)
+    ((out.double() - target) ** 2).sum().backward()
+
+    def close(got, expected, what):
+        scale = expected.abs().max().item()
+        assert (got.double() - expected).abs().max().item() <= 1e-5 * max(scale, 1e-12), what
+
+    close(x_native.grad, x_ref.grad, "x")
+    for m, stack in enumerate(stacks):
+        for l, layer in enumerate(stack):
+            for i, name in enumerate(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
+                close(weights[l][i].grad[m], getattr(layer, f"{name}_l0").grad, (m, l, name))
+    # Separate gradient tensors for the two biases (in-place clipping would otherwise scale one twice).
+    assert weights[0][2].grad.data_ptr() != weights[0][3].grad.data_ptr()
+
+
+def test_a_failed_build_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setenv("SEQCAST_NATIVE", "1")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error building extension 'seqcast_lstm'\nlong compiler output")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load_inline", broken)
+    with pytest.warns(RuntimeWarning, match="could not compile its LSTM kernel .*Error building extension"):
+        assert not native.available()
+    assert native.unavailable_reason().startswith("RuntimeError: Error building extension")
+    assert not native.available()  # asked again: no second attempt, no second warning
+    with pytest.raises(RuntimeError, match="not available"):
+        native.native_lstm(torch.zeros(2, 1, 1, 1), [])
+
+
+def test_seqcast_native_0_skips_the_build(monkeypatch):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setenv("SEQCAST_NATIVE", "0")
+    monkeypatch.setattr("torch.utils.cpp_extension.load_inline", lambda *a, **k: pytest.fail("built anyway"))
+    assert not native.available()
+    assert native.unavailable_reason() == "SEQCAST_NATIVE=0"
