@@ -197,7 +197,7 @@ def bench_ensemble(X, y, *, k: int, epochs: int, shape: dict, batch_size: int, t
 def bench_members(*, k: int, epochs: int, preset: str | None, jobs: int, rounds: int = 2) -> dict:
     """K members with seeds 0..K-1 on the bundled training rows, fitted: one after another by
     Forecaster.fit (at the default threads and at threads=1); by EnsembleForecaster's default
-    (n_jobs=None: one train_many call, which fits small LSTMs side by side on the threads); and in
+    (n_jobs=None: one train_many call, which trains small LSTMs together, one group per thread); and in
     `jobs` processes (this one plus jobs - 1 loky workers, one torch thread each). After a warm-up
     fit, the first parallel fit starts the workers ("cold"); then `rounds` interleaved rounds of
     the four, reusing them."""
