@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"seqcast.native is not available here: {native.unavailable_reason()}")
     for name, shape in SHAPES.items():
         steps, batch, n_features, units, layers = shape
-        flops = 8.0 * steps * batch * (max(n_features, units) + units) * units
+        flops = native.layer_flops(steps, batch, max(n_features, units), units)  # as StackedRNN.trains_by_hand_at
         runs = {which: stack_step(*shape, which) for which in ("oneDNN", "native")}
         for run in runs.values():
             for _ in range(3):

@@ -252,8 +252,8 @@ def _load():
         return _module
 
 
-# Largest forward GEMM work of one layer call, 8·steps·batch·(max(inputs, units) + units)·units
-# FLOPs, that trains with native_lstm rather than oneDNN. Measured on the 2-core Intel host with
+# Largest forward GEMM work of one layer call (layer_flops, with n_in = max(inputs, units): the
+# largest layer of a stack) that trains with native_lstm rather than oneDNN. Measured on the 2-core Intel host with
 # training.keep_freed_memory's malloc settings (benchmarks/README.md, 2026-12-06), oneDNN time over
 # native time. Forward+backward of one stack, one thread (benchmarks/native_lstm.py): the preset's
 # layer (10.5 MFLOP) 1.70, 1xLSTM(64) at lookback 20 (41.9) 1.35, 2xLSTM(32) at lookback 60 (31.5)
@@ -263,9 +263,15 @@ def _load():
 MAX_LAYER_FLOPS = 48e6
 
 
+def layer_flops(steps: int, batch: int, n_in: int, units: int) -> float:
+    """Forward FLOPs of the gate GEMMs of one LSTM layer call (the per-window, per-layer count of
+    ``StackedRNN.forward_flops`` times the batch): 2·steps·batch·(n_in + units)·4·units."""
+    return 8.0 * steps * batch * (n_in + units) * units
+
+
 def suits(steps: int, batch: int, n_in: int, units: int) -> bool:
     """Whether an LSTM layer of this size gains from :func:`native_lstm` (:data:`MAX_LAYER_FLOPS`)."""
-    return 8.0 * steps * batch * (n_in + units) * units <= MAX_LAYER_FLOPS
+    return layer_flops(steps, batch, n_in, units) <= MAX_LAYER_FLOPS
 
 
 def available() -> bool:
