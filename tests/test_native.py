@@ -22,12 +22,15 @@ def test_the_layer_compiles_where_a_compiler_exists():
 
 
 @needs_compiler
-@pytest.mark.parametrize("layers,n_features,k,steps", [(1, 3, 1, 9), (3, 2, 3, 8), (2, 1, 2, 1)])
-def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(layers, n_features, k, steps):
+@pytest.mark.parametrize(
+    # units 6: a gate row shorter than one 16-float vector; 50 (the seed config's): 3 vectors and 2 lanes
+    "layers,n_features,k,steps,units", [(1, 3, 1, 9, 6), (3, 2, 3, 8, 6), (2, 1, 2, 1, 6), (2, 1, 2, 5, 50)]
+)
+def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(layers, n_features, k, steps, units):
     # The reference: K independent float64 torch.nn.LSTM stacks run one by one on their own
     # inputs, with the same inverted-dropout masks applied between layers by hand.
     generator = torch.Generator().manual_seed(layers * 7 + k)
-    batch, units = 5, 6
+    batch = 5
     x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=torch.float64)
     stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units).double() for l in range(layers)] for _ in range(k)]
     for stack in stacks:
@@ -90,3 +93,23 @@ def test_seqcast_native_0_skips_the_build(monkeypatch):
     monkeypatch.setattr("torch.utils.cpp_extension.load_inline", lambda *a, **k: pytest.fail("built anyway"))
     assert not native.available()
     assert native.unavailable_reason() == "SEQCAST_NATIVE=0"
+
+
+@needs_compiler
+def test_native_lstm_saturates_like_torch_and_passes_nan_through():
+    # Saturated gates (inputs of +-1e30) give what torch.nn.LSTM gives, and a NaN weight or input
+    # makes the output NaN: training must then stop as diverged, not go on with clamped values.
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(2, 20)
+    x = torch.randn(5, 3, 2)
+    x[2, 1, 0], x[3, 2, 1] = 1e30, -1e30
+    weights = [tuple(getattr(lstm, f"{name}_l0").detach().unsqueeze(0) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))]
+    with torch.no_grad():
+        torch.testing.assert_close(native.native_lstm(x.unsqueeze(1), weights)[0], lstm(x)[0][-1], rtol=1e-5, atol=1e-6)
+    nan_input = x.clone()
+    nan_input[1, 0, 0] = float("nan")
+    out = native.native_lstm(nan_input.unsqueeze(1), weights)[0]
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1:]).all()
+    nan_weight = [tuple(w.clone() for w in weights[0])]
+    nan_weight[0][1][0, 3, 4] = float("nan")
+    assert torch.isnan(native.native_lstm(x.unsqueeze(1), nan_weight)[0]).all()

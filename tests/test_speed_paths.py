@@ -221,6 +221,31 @@ def test_hand_written_gru_rnn_and_native_lstm_match_torch_in_loss_and_every_grad
     assert not big.trains_by_hand(torch.randn(64, 60, features))
 
 
+def test_lstm_layers_train_natively_up_to_the_measured_bounds():
+    if not native.available():
+        pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
+    # Forward FLOPs of one layer call, by hand: 2 * steps * batch * (inputs + units) * 4 * units.
+    assert native.layer_flops(60, 32, 50, 50) == 2 * 60 * 32 * 100 * 200 == 76.8e6
+    seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    # A slice of a split seed-config batch (32 windows, one thread) trains natively; a whole batch
+    # of 64 on one thread too; on two threads the batch keeps oneDNN, whose kernel uses both.
+    assert seed_config.trains_by_hand_at(32, 60, threads=1)
+    assert seed_config.trains_by_hand_at(32, 60, threads=2)
+    assert seed_config.trains_by_hand_at(64, 60, threads=1)
+    assert not seed_config.trains_by_hand_at(64, 60, threads=2)
+    # None: the calling thread's intra-op count, as in a forward pass.
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert seed_config.trains_by_hand_at(64, 60)
+        torch.set_num_threads(2)
+        assert not seed_config.trains_by_hand_at(64, 60)
+    finally:
+        torch.set_num_threads(previous)
+    big = build_model(1, cell="lstm", layers=2, units=128, dropout=0.0, horizon=1)
+    assert not big.trains_by_hand_at(32, 60, threads=1)  # 503 MFLOP per layer call: oneDNN
+
+
 LOOPS = (models._gru_forward_steps, models._gru_backward_steps, models._rnn_forward_steps, models._rnn_backward_steps)
 
 
@@ -371,7 +396,7 @@ def train_many_against_separate_fits(shape, fit, threads=None):
 def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeypatch, onednn_lstm, clip_norm, optimizer):
     # LSTMs are stacked by the hand-written fused_lstm off the CPU; here that path runs on the CPU,
     # against separate fits by oneDNN's kernel.
-    monkeypatch.setattr(models.StackedRNN, "trains_by_hand_at", lambda self, batch, steps: True)
+    monkeypatch.setattr(models.StackedRNN, "trains_by_hand_at", lambda self, batch, steps, threads=None: True)
     monkeypatch.setattr(models.StackedRNN, "trains_by_hand", lambda self, x: False)
     stacked = []
     real_group = ensemble._train_group

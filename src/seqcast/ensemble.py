@@ -15,7 +15,7 @@ in its own Python thread with one intra-op thread: their hand-written time loops
 which releases the GIL, so the groups run in parallel.
 
 Small LSTM models (``StackedRNN.trains_by_hand_at``: layers of at most
-``native.MAX_LAYER_FLOPS``) train like the GRUs where ``seqcast.native``'s compiled layer built:
+``native.MAX_LAYER_FLOPS``, or ``native.MAX_LAYER_FLOPS_ONE_THREAD`` with ``threads=1``) train like the GRUs where ``seqcast.native``'s compiled layer built:
 K models per call of ``native.native_lstm``, which releases the GIL, one group per thread. The rest
 of this paragraph is about the other LSTMs, and about every LSTM where it did not build.
 
@@ -133,7 +133,7 @@ def train_many(
         clip_norm=clip_norm, torch_device=torch_device,
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
-    if torch_device.type == "cpu" and not models[0].trains_by_hand_at(batch_size, X_t.shape[1]):
+    if torch_device.type == "cpu" and not models[0].trains_by_hand_at(batch_size, X_t.shape[1], workers):
         size = lstm_group_size(models[0], len(models), workers, batch_size, X_t.shape[1], torch_device)
         if size == 1:
             return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
@@ -205,8 +205,8 @@ def trains_in_groups(
     for GRUs, RNNs and small LSTMs with seqcast.native, or block-diagonal groups) rather than each
     by its own ``train_model`` fit."""
     device = resolve_device(device)
-    if device.type == "cpu" and not model.trains_by_hand_at(batch_size, steps):
-        workers = int(threads) if threads is not None else torch.get_num_threads()
+    workers = int(threads) if threads is not None else torch.get_num_threads()
+    if device.type == "cpu" and not model.trains_by_hand_at(batch_size, steps, workers):
         return lstm_group_size(model, k, workers, batch_size, steps, device) > 1
     return True
 

@@ -193,15 +193,16 @@ class StackedRNN(nn.Module):
         Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
         return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_by_hand_at(x.shape[0], x.shape[1])
 
-    def trains_by_hand_at(self, batch: int, steps: int) -> bool:
+    def trains_by_hand_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
         """Whether this stack trains on the CPU with a hand-written layer at this batch size and
-        lookback: GRU and RNN always; an LSTM with :func:`seqcast.native.native_lstm` where it
-        compiled and its layers are small enough to gain (:func:`seqcast.native.suits`)."""
+        lookback on ``threads`` intra-op threads (None: torch's count now): GRU and RNN always; an
+        LSTM with :func:`seqcast.native.native_lstm` where it compiled and its layers are small
+        enough to gain (:func:`seqcast.native.suits`)."""
         if self.cell in HAND_WRITTEN_CELLS:
             return True
         return (
             self.cell == "lstm"
-            and native.suits(steps, batch, max(self.n_features, self.units), self.units)
+            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads)
             and native.available()
         )
 

@@ -1,17 +1,19 @@
 """A compiled LSTM layer for CPU training: :func:`native_lstm`, K models at a time.
 
 Why hand-written: PyTorch trains an LSTM on the CPU through oneDNN's RNN primitive, and at the
-sizes seqcast trains (32-64 windows, 32-128 units) most of that call is not arithmetic. At the
+sizes seqcast trains (32-64 windows, 32-128 units) much of that call is not arithmetic. At the
 indicators preset's shape oneDNN's primitives run for about a third of the call; the rest is
 PyTorch's glue around them (descriptors, memory objects, allocations). At the seed config's shape
 the primitive itself is slow for its FLOPs. This layer does the plain thing in C++ with no
-per-step allocation: the input projection of all timesteps as one GEMM, then per step one small
-GEMM (MKL's ``sgemm_``, which PyTorch's CPU build carries, on raw pointers) and one pass over the
-gates; the backward is the same loop reversed, with the weight and input gradients as large GEMMs
-over all steps. It trains the indicators preset's layer 1.7x faster than oneDNN (a whole preset
-fit 1.44-1.49x) and gains less as layers grow, so only layers up to :data:`MAX_LAYER_FLOPS` use it
-(benchmarks/README.md, 2026-12-06). Its calls release the GIL, so train_many's thread groups run
-in parallel.
+per-step allocation: per step the input and recurrent products as two small GEMMs through oneDNN's
+batch-reduce GEMM micro-kernel (``at::native::cpublas::brgemm``, JIT-generated for the exact sizes)
+and one pass over the gates (AVX-512 where the CPU has it); the backward is the same loop reversed,
+with the weight and input gradients as large GEMMs over all steps (MKL's ``sgemm_``, which
+PyTorch's CPU build carries, on raw pointers). Forward and backward of one stack run 1.93x faster
+than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config batch and 0.99x for
+2xLSTM(128) on one thread, so only layers up to :data:`MAX_LAYER_FLOPS` (one thread:
+:data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). Its calls release
+the GIL, so a split batch's slices and train_many's thread groups run in parallel.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
@@ -38,6 +40,7 @@ from torch import Tensor
 
 SOURCE = r"""
 #include <torch/extension.h>
+#include <ATen/native/CPUBlas.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -56,7 +59,49 @@ static inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, i
   sgemm_(&cb, &ca, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
 }
 
+// Each step's small GEMM goes through oneDNN's batch-reduce GEMM micro-kernel (PyTorch's
+// at::native::cpublas::brgemm: JIT-generated for the exact sizes once per thread, then a direct call),
+// which ran these 1.15-1.8x (32x50 . 50x200) and 1.4-2.2x (32x200 . 200x50) faster than MKL's
+// sgemm_, one thread. It reads B as a row-major K x N matrix; where oneDNN cannot (no AVX2, or
+// torch.backends.mkldnn disabled) PyTorch falls back to its own GEMM. (MKL's packed GEMM was as
+// fast per call, but packing a weight took ~370 us whatever its size, more than a layer call
+// saves; benchmarks/README.md, 2026-12-06.)
+static inline void step_gemm(int M, int N, int K, const float* A, int lda, const float* Bkn, int ldb, bool add_C,
+                             float* C, int ldc) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_C, A, Bkn, C, false);
+}
+
 static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+// The forward's gate math on 16 floats at a time, a row's last partial vector masked. Written out
+// because GCC's vectorised loops end a 50-unit row with scalar expf calls, which cost about as much
+// as the vector part. exp16 is Cephes' expf (range reduction by ln 2 in two parts, a degree-6
+// polynomial, 2^n by scalef), accurate to about 1 ulp on the clamped range.
+static inline __m512 exp16(__m512 x) {
+  // vmaxps/vminps return their second operand when one is NaN: x second, so NaN passes through
+  // (a NaN weight must still make the loss NaN, and training stop as diverged).
+  x = _mm512_min_ps(_mm512_set1_ps(88.3763f), _mm512_max_ps(_mm512_set1_ps(-87.3365f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+static inline __m512 sigm16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+#endif
 
 static void check(const Tensor& t, int64_t dim, const char* name) {
   TORCH_CHECK(t.dim() == dim && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
@@ -79,30 +124,57 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
     float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
     const float* bi = b_ih.data_ptr<float>() + (int64_t)k * G;
     const float* bh = b_hh.data_ptr<float>() + (int64_t)k * G;
-    for (int64_t r = 0; r < (int64_t)T * B; ++r)
-      for (int j = 0; j < G; ++j) a0[r * G + j] = bi[j] + bh[j];
-    gemm(false, true, T * B, G, I, x.data_ptr<float>() + (int64_t)k * T * B * I, I,
-         w_ih.data_ptr<float>() + (int64_t)k * G * I, I, 1.f, a0, G);
+    // Per gate column: its bias, and sigmoid (scale 1, offset 0) or tanh(z) = 2 sigmoid(2z) - 1 (g).
+    std::vector<float> bias(G), scale(G, 1.f), offset(G, 0.f);
+    for (int j = 0; j < G; ++j) bias[j] = bi[j] + bh[j];
+    std::fill(scale.begin() + 2 * U, scale.begin() + 3 * U, 2.f);
+    std::fill(offset.begin() + 2 * U, offset.begin() + 3 * U, 1.f);
+    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
+    const float* wi = w_ih.data_ptr<float>() + (int64_t)k * G * I;
+    std::vector<float> wi_t((size_t)I * G);  // w_ih^T, I x G
+    for (int g = 0; g < G; ++g)
+      for (int i = 0; i < I; ++i) wi_t[(size_t)i * G + g] = wi[(size_t)g * I + i];
     const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
     float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* c0 = c_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    std::vector<float> wh_t((size_t)U * G);  // w_hh^T, U x G, as the micro-kernel reads it
+    for (int g = 0; g < G; ++g)
+      for (int u = 0; u < U; ++u) wh_t[(size_t)u * G + g] = wh[(size_t)g * U + u];
     for (int t = 0; t < T; ++t) {
       float* ap = a0 + (int64_t)t * B * G;
-      const float* hp = t ? h0 + (int64_t)(t - 1) * B * U : zeros.data();
       const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
-      gemm(false, true, B, G, U, hp, U, wh, U, 1.f, ap, G);  // gates += h_prev w_hh^T
+      step_gemm(B, G, I, xk + (int64_t)t * B * I, I, wi_t.data(), G, false, ap, G);  // gates = x_t w_ih^T
+      if (t) step_gemm(B, G, U, h0 + (int64_t)(t - 1) * B * U, U, wh_t.data(), G, true, ap, G);  // gates += h_prev w_hh^T
       float* cn = c0 + (int64_t)t * B * U;
       float* hn = h0 + (int64_t)t * B * U;
       float* tcn = tc0 + (int64_t)t * B * U;
       for (int r = 0; r < B; ++r) {
         float* ar = ap + (int64_t)r * G;
-        // tanh(z) = 2 sigmoid(2z) - 1 for the g gate and the cell.
-        #pragma omp simd
-        for (int j = 0; j < G; ++j) {
-          const float v = ar[j];
-          ar[j] = (j >= 2 * U && j < 3 * U) ? 2.f * sigm(2.f * v) - 1.f : sigm(v);
+#if defined(__AVX512F__)
+        for (int j = 0; j < G; j += 16) {
+          const __mmask16 m = lanes(G - j);
+          const __m512 sc = _mm512_maskz_loadu_ps(m, scale.data() + j);
+          const __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(m, ar + j), _mm512_maskz_loadu_ps(m, bias.data() + j));
+          _mm512_mask_storeu_ps(ar + j, m, _mm512_fmsub_ps(sc, sigm16(_mm512_mul_ps(sc, z)),
+                                                         _mm512_maskz_loadu_ps(m, offset.data() + j)));
         }
+        const int64_t q0 = (int64_t)r * U;
+        for (int j = 0; j < U; j += 16) {
+          const __mmask16 m = lanes(U - j);
+          const __m512 c = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ar + U + j), _mm512_maskz_loadu_ps(m, cp + q0 + j),
+                                           _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ar + j), _mm512_maskz_loadu_ps(m, ar + 2 * U + j)));
+          const __m512 two = _mm512_set1_ps(2.f);
+          const __m512 tc = _mm512_fmsub_ps(two, sigm16(_mm512_mul_ps(two, c)), _mm512_set1_ps(1.f));
+          _mm512_mask_storeu_ps(cn + q0 + j, m, c);
+          _mm512_mask_storeu_ps(tcn + q0 + j, m, tc);
+          _mm512_mask_storeu_ps(hn + q0 + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ar + 3 * U + j), tc));
+        }
+#else
+        // One pass over the row, one exp per gate (a branch per gate made the vector code evaluate
+        // both sides); the biases are added here rather than in a pass of their own.
+        #pragma omp simd
+        for (int j = 0; j < G; ++j) ar[j] = scale[j] * sigm(scale[j] * (ar[j] + bias[j])) - offset[j];
         #pragma omp simd
         for (int j = 0; j < U; ++j) {
           const int64_t q = (int64_t)r * U + j;
@@ -112,6 +184,7 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
           tcn[q] = tc;
           hn[q] = ar[3 * U + j] * tc;
         }
+#endif
       }
     }
   }
@@ -165,7 +238,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
           dcn[q] = dc * f;
         }
       }
-      if (t) gemm(false, false, B, U, G, dp, G, wh, U, 0.f, dhn, U);  // dh_prev = d_pre[t] w_hh
+      if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
     if (T > 1)
       gemm(true, false, G, U, (T - 1) * B, dp0 + (int64_t)B * G, G, h_all.data_ptr<float>() + hk, U, 0.f,
@@ -253,14 +326,18 @@ def _load():
 
 
 # Largest forward GEMM work of one layer call (layer_flops, with n_in = max(inputs, units): the
-# largest layer of a stack) that trains with native_lstm rather than oneDNN. Measured on the 2-core Intel host with
+# largest layer of a stack) that trains with native_lstm rather than oneDNN, when the call runs on
+# one thread (MAX_LAYER_FLOPS_ONE_THREAD: a slice of a split batch, a train_many group, threads=1)
+# and when torch may use more (MAX_LAYER_FLOPS: an unsplit batch, where oneDNN's kernel uses every
+# thread and this layer's gate loops one). Measured on the 2-core Intel host with
 # training.keep_freed_memory's malloc settings (benchmarks/README.md, 2026-12-06), oneDNN time over
 # native time. Forward+backward of one stack, one thread (benchmarks/native_lstm.py): the preset's
-# layer (10.5 MFLOP) 1.70, 1xLSTM(64) at lookback 20 (41.9) 1.35, 2xLSTM(32) at lookback 60 (31.5)
-# 1.32, a seed-config slice (76.8) 1.10, a whole seed batch (153.6) 1.02, 2xLSTM(128) (503) 0.98.
-# Whole fits: 1.44-1.49, 1.13-1.72, 1.23-1.28 for the first three; the seed config unsplit at two
-# threads 0.88-0.94 (oneDNN's kernel uses both threads, this layer's gate loops one).
-MAX_LAYER_FLOPS = 48e6
+# layer (10.5 MFLOP) 1.93, 1xLSTM(64) at lookback 20 (41.9) 1.45, 2xLSTM(32) at lookback 60 (31.5)
+# 1.59, a seed-config slice (76.8) 1.26, a whole seed batch (153.6) 1.18, 2xLSTM(128) (503) 0.99.
+# Whole seed-config fits, ABBA rounds: split (slices of 76.8) 1.10-1.17; one thread (batches of
+# 153.6) 1.04-1.32, median 1.14; unsplit at two threads 0.90-1.17, median 1.02, so oneDNN there.
+MAX_LAYER_FLOPS = 100e6
+MAX_LAYER_FLOPS_ONE_THREAD = 160e6
 
 
 def layer_flops(steps: int, batch: int, n_in: int, units: int) -> float:
@@ -269,9 +346,13 @@ def layer_flops(steps: int, batch: int, n_in: int, units: int) -> float:
     return 8.0 * steps * batch * (n_in + units) * units
 
 
-def suits(steps: int, batch: int, n_in: int, units: int) -> bool:
-    """Whether an LSTM layer of this size gains from :func:`native_lstm` (:data:`MAX_LAYER_FLOPS`)."""
-    return layer_flops(steps, batch, n_in, units) <= MAX_LAYER_FLOPS
+def suits(steps: int, batch: int, n_in: int, units: int, threads: int | None = None) -> bool:
+    """Whether an LSTM layer of this size gains from :func:`native_lstm` on ``threads`` intra-op
+    threads (None: torch's count on the calling thread): :data:`MAX_LAYER_FLOPS_ONE_THREAD` on one,
+    :data:`MAX_LAYER_FLOPS` on more."""
+    threads = torch.get_num_threads() if threads is None else threads
+    bound = MAX_LAYER_FLOPS_ONE_THREAD if threads <= 1 else MAX_LAYER_FLOPS
+    return layer_flops(steps, batch, n_in, units) <= bound
 
 
 def available() -> bool:

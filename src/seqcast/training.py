@@ -334,6 +334,12 @@ def _check_positive_int(name: str, value: object) -> None:
 # 1×GRU(32) at 12.2 1.09× faster, 2×LSTM(32) at 11.9 1.07× faster, 1×RNN(32) at 4.1 no gain.
 MIN_SLICE_FLOPS = 1e7
 
+# Training work (FLOPs) that costs as much as drawing one dropout-mask element (NumPy's PCG64, then
+# the threshold and scale passes): a seed-config batch's 576,000 mask elements took 2.27 ms, one
+# window of a slice (25 MFLOP forward and backward) 0.51 ms, on the 2-core Intel host (2026-12-06).
+# _BatchSplitter moves that much work away from the thread that draws the next batch's masks.
+MASK_ELEMENT_FLOPS = 190.0
+
 # Smallest forward cost of one slice of a :func:`predict_batches` batch worth a thread of its own.
 # Measured on 2 cores (benchmarks/README.md, 2026-12-02 18:20 UTC, medians of 120 calls, ms, one
 # thread / two slices / two intra-op threads): the seed config's 20 January windows (168 MFLOP)
@@ -400,6 +406,17 @@ class _BatchSplitter:
     def close(self) -> None:
         self.pool.shutdown()
 
+    def _mask_windows(self, batch: int, steps: int) -> int:
+        """How many windows' training costs about half of drawing ``batch`` windows' dropout masks:
+        moved from the pool thread that draws them to this one, the two finish together. Computed
+        from the model's shape (:data:`MASK_ELEMENT_FLOPS`), not timed, so the slices, and with them
+        the float rounding of the summed gradient, are the same in every run. Two windows for the
+        seed config: 1.04-1.10x faster per epoch than even halves, ABBA rounds (benchmarks/README.md)."""
+        model = self.model
+        elements = (model.layers - 1) * steps * model.units + model.units  # per window
+        per_window = 3 * model.forward_flops(steps)  # forward and backward
+        return round(batch * elements * MASK_ELEMENT_FLOPS / per_window / 2)
+
     def _slice(self, x, y, masks, start, stop, weight):
         part = self.model.slice_masks(masks, start, stop)
         loss = self.loss_fn(self.model(x[start:stop], part), y[start:stop])
@@ -423,9 +440,14 @@ class _BatchSplitter:
             masks = self.model.batch_masks(n, x.shape[1], x.device, dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
+        draw_ahead = bool(next_batch) and k > 1 and masks is not None  # no dropout: no masks to draw
+        if draw_ahead:
+            # The pool thread that draws them is the first to finish its slice (the second one, made
+            # this much smaller), and this thread takes the difference.
+            edges[1] += min(self._mask_windows(next_batch, x.shape[1]), edges[2] - edges[1] - 1)
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
         futures = [self.pool.submit(self._slice, x, y, masks, *job) for job in jobs[1:]]
-        if next_batch and futures and masks is not None:  # no dropout: no masks to draw ahead
+        if draw_ahead:
             self._next_masks = self.pool.submit(self.model.batch_masks, next_batch, x.shape[1], x.device, dropper)
         results = [self._slice(x, y, masks, *jobs[0])] + [f.result() for f in futures]
         for index, param in enumerate(self.params):
@@ -510,9 +532,6 @@ def train_model(
     model.to(torch_device)
     horizon = getattr(model, "horizon", None)
     X_t, y_t = _prepare(X, y, torch_device, horizon, ("X", "y"))
-    if torch_device.type == "cpu" and hasattr(model, "trains_by_hand_at"):
-        # Builds or loads seqcast.native now if this model will use it, not under the progress bar.
-        model.trains_by_hand_at(min(batch_size, len(X_t)), X_t.shape[1])
     validation = None
     if X_val is not None:
         validation = _prepare(X_val, y_val, torch_device, horizon, ("X_val", "y_val"))
@@ -571,6 +590,11 @@ def train_model(
 
     progress = epoch_progress(verbose)
     workers = batch_split_workers(model, torch_device, threads, split_batches, batch_size, X_t.shape[1])
+    if torch_device.type == "cpu" and hasattr(model, "trains_by_hand_at"):
+        # Builds or loads seqcast.native now if this model will use it (on slices of one thread
+        # each when split), not under the progress bar.
+        rows = -(-min(batch_size, n_samples) // workers)
+        model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     try:
         with progress, intra_op_threads(1 if splitter else threads):
