@@ -24,9 +24,13 @@ def test_the_layer_compiles_where_a_compiler_exists():
 @needs_compiler
 @pytest.mark.parametrize(
     # units 6: a gate row shorter than one 16-float vector; 50 (the seed config's): 3 vectors and 2 lanes
-    "layers,n_features,k,steps,units", [(1, 3, 1, 9, 6), (3, 2, 3, 8, 6), (2, 1, 2, 1, 6), (2, 1, 2, 5, 50)]
+    # mkldnn off: PyTorch's brgemm falls back to its own GEMM for the per-step products
+    "layers,n_features,k,steps,units,mkldnn",
+    [(1, 3, 1, 9, 6, True), (3, 2, 3, 8, 6, True), (2, 1, 2, 1, 6, True), (2, 1, 2, 5, 50, True), (2, 1, 2, 5, 50, False)],
 )
-def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(layers, n_features, k, steps, units):
+def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(
+    layers, n_features, k, steps, units, mkldnn
+):
     # The reference: K independent float64 torch.nn.LSTM stacks run one by one on their own
     # inputs, with the same inverted-dropout masks applied between layers by hand.
     generator = torch.Generator().manual_seed(layers * 7 + k)
@@ -52,9 +56,13 @@ def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(la
         for l in range(layers)
     ]
     x_native = x.float().requires_grad_()
-    out = native.native_lstm(x_native, weights, masks=[m.float() for m in masks] or None)
-    torch.testing.assert_close(out.double(), reference.detach(), rtol=1e-5, atol=1e-5)
-    ((out.double() - target) ** 2).sum().backward()
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, mkldnn
+    try:
+        out = native.native_lstm(x_native, weights, masks=[m.float() for m in masks] or None)
+        torch.testing.assert_close(out.double(), reference.detach(), rtol=1e-5, atol=1e-5)
+        ((out.double() - target) ** 2).sum().backward()
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
     def close(got, expected, what):
         scale = expected.abs().max().item()
