@@ -327,6 +327,30 @@ def test_batches_are_split_only_where_each_slice_has_enough_work():
     assert batch_split_workers(preset, cpu, 2, True, 128, 20) == 2
 
 
+def test_the_thread_that_draws_the_next_masks_gets_a_smaller_slice(monkeypatch):
+    seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    splitter = _BatchSplitter(seed_config, LOSSES["mse"], 2)
+    try:
+        # By hand: 3 * 60 * 50 + 50 mask elements per window at MASK_ELEMENT_FLOPS each, against
+        # 3x the forward FLOPs of a window; half of that for 64 windows is 2.18 windows.
+        per_window = 3 * (2 * 60 * 51 * 200 + 3 * 2 * 60 * 100 * 200)
+        assert round(64 * 9050 * training.MASK_ELEMENT_FLOPS / per_window / 2) == 2
+        assert splitter._mask_windows(64, 60) == 2
+        sizes = []
+        real_slice = _BatchSplitter._slice
+        monkeypatch.setattr(_BatchSplitter, "_slice", lambda self, x, y, m, a, b, w: sizes.append(b - a) or real_slice(self, x, y, m, a, b, w))
+        seed_config.train()
+        x, y = torch.randn(64, 60, 1), torch.randn(64, 1)
+        generator = torch.Generator().manual_seed(0)
+        splitter.step(x, y, generator, 64)  # draws the next batch's masks: 34 here, 30 there
+        assert sorted(sizes) == [30, 34]
+        sizes.clear()
+        splitter.step(x, y, generator, None)  # the epoch's last batch: nothing drawn ahead
+        assert sizes == [32, 32]
+    finally:
+        splitter.close()
+
+
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     split_steps = []
