@@ -411,7 +411,8 @@ class _BatchSplitter:
         moved from the pool thread that draws them to this one, the two finish together. Computed
         from the model's shape (:data:`MASK_ELEMENT_FLOPS`), not timed, so the slices, and with them
         the float rounding of the summed gradient, are the same in every run. Two windows for the
-        seed config: 1.04-1.10x faster per epoch than even halves, ABBA rounds (benchmarks/README.md)."""
+        seed config: per epoch 1.01, 1.04 and 1.08x as fast as even halves (medians of three ABBA
+        runs of 12-16 rounds, benchmarks/README.md)."""
         model = self.model
         elements = (model.layers - 1) * steps * model.units + model.units  # per window
         per_window = 3 * model.forward_flops(steps)  # forward and backward
