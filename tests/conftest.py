@@ -46,6 +46,29 @@ def onednn_lstm(monkeypatch):
     monkeypatch.setattr(native, "_failure", "disabled by the onednn_lstm fixture")
 
 
+def random_lstm_stacks(generator, *, layers, n_features, k, steps, batch, units, dtype=torch.float32):
+    """K independent random ``torch.nn.LSTM`` stacks (one module per layer), inputs ``x (T, K, B, F)``,
+    inverted-dropout masks (keep 0.7) for every layer but the last, a regression target for the
+    last steps, and the stacks' weights as K-leading tensors per layer (what ``fused_lstm``'s
+    contract takes), which require grad: the setup of the K-models-at-once equality tests."""
+    x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=dtype)
+    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units).to(dtype) for l in range(layers)] for _ in range(k)]
+    for stack in stacks:
+        for layer in stack:
+            for p in layer.parameters():
+                with torch.no_grad():
+                    p.normal_(generator=generator)
+    masks = [torch.bernoulli(torch.full((steps, k, batch, units), 0.7, dtype=dtype), generator=generator) / 0.7
+             for _ in range(layers - 1)]
+    target = torch.randn(k, batch, units, generator=generator, dtype=dtype)
+    weights = [
+        tuple(torch.stack([getattr(stack[l], f"{name}_l0").detach() for stack in stacks]).float().requires_grad_()
+              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        for l in range(layers)
+    ]
+    return x, stacks, masks, target, weights
+
+
 def separate_lstm_stacks(x, stacks, masks):
     """The reference for K models trained together: K independent ``torch.nn.LSTM`` stacks
     (``stacks[m]``, one module per layer) run one by one on their own inputs ``x[:, m]`` (time-major

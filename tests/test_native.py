@@ -9,7 +9,7 @@ import torch
 
 from seqcast import native
 
-from .conftest import separate_lstm_stacks
+from .conftest import random_lstm_stacks, separate_lstm_stacks
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler to build seqcast.native"
@@ -34,27 +34,13 @@ def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(
     # The reference: K independent float64 torch.nn.LSTM stacks run one by one on their own
     # inputs, with the same inverted-dropout masks applied between layers by hand.
     generator = torch.Generator().manual_seed(layers * 7 + k)
-    batch = 5
-    x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=torch.float64)
-    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units).double() for l in range(layers)] for _ in range(k)]
-    for stack in stacks:
-        for layer in stack:
-            for p in layer.parameters():
-                with torch.no_grad():
-                    p.normal_(generator=generator)
-    masks = [torch.bernoulli(torch.full((steps, k, batch, units), 0.7, dtype=torch.float64), generator=generator) / 0.7
-             for _ in range(layers - 1)]
-    target = torch.randn(k, batch, units, generator=generator, dtype=torch.float64)
-
+    x, stacks, masks, target, weights = random_lstm_stacks(
+        generator, layers=layers, n_features=n_features, k=k, steps=steps, batch=5, units=units, dtype=torch.float64
+    )
     x_ref = x.clone().requires_grad_()
     reference = separate_lstm_stacks(x_ref, stacks, masks)
     ((reference - target) ** 2).sum().backward()
 
-    weights = [
-        tuple(torch.stack([getattr(stack[l], f"{name}_l0").detach() for stack in stacks]).float().requires_grad_()
-              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        for l in range(layers)
-    ]
     x_native = x.float().requires_grad_()
     enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, mkldnn
     try:

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from seqcast.ensemble import train_many
 from seqcast.errors import ConfigError
 from seqcast.models import build_model, draw_masks
-from seqcast import native, ensemble, models, training
+from seqcast import ensemble, models, native, training
 from seqcast.training import (
     LOSSES,
     TrainingDiverged,
@@ -26,7 +26,7 @@ from seqcast.training import (
     train_model,
 )
 
-from .conftest import separate_lstm_stacks
+from .conftest import random_lstm_stacks, separate_lstm_stacks
 
 
 def loss_and_grads(model, x, y, dropout_seed):
@@ -68,26 +68,11 @@ def test_block_diagonal_lstm_equals_separate_torch_lstms_in_output_and_every_gra
     # The reference: K independent torch.nn.LSTM stacks run one by one on their own inputs, with
     # the same inverted-dropout masks applied between layers by hand.
     generator = torch.Generator().manual_seed(layers * 7 + k)
-    steps, batch, units = 8, 5, 6
-    x = torch.randn(steps, k, batch, n_features, generator=generator)
-    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units) for l in range(layers)] for _ in range(k)]
-    for stack in stacks:
-        for layer in stack:
-            for p in layer.parameters():
-                with torch.no_grad():
-                    p.normal_(generator=generator)
-    masks = [torch.bernoulli(torch.full((steps, k, batch, units), 0.7), generator=generator) / 0.7
-             for _ in range(layers - 1)]
-    target = torch.randn(k, batch, units, generator=generator)
-
+    x, stacks, masks, target, weights = random_lstm_stacks(
+        generator, layers=layers, n_features=n_features, k=k, steps=8, batch=5, units=6
+    )
     reference = separate_lstm_stacks(x, stacks, masks)
     ref_grads = torch.autograd.grad(((reference - target) ** 2).sum(), [p for st in stacks for l in st for p in l.parameters()])
-
-    weights = [
-        tuple(torch.stack([getattr(stack[l], f"{name}_l0").detach() for stack in stacks]).requires_grad_()
-              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-        for l in range(layers)
-    ]
     out = models.block_diagonal_lstm(x, weights, masks=masks or None)
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
     grads = torch.autograd.grad(((out - target) ** 2).sum(), [w for layer in weights for w in layer])

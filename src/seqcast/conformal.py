@@ -64,9 +64,9 @@ def _trains_together(template: Forecaster) -> bool:
     """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: on the
     CPU, without validation rows or early stopping, which train_many lacks. There GRU and vanilla
     RNN members train K at once in one group per thread (1.7-3.9× the throughput of one-by-one fits
-    at the indicators preset's shape), and so do LSTM members too small to split their batches, as
-    block-diagonal oneDNN LSTMs (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after
-    another."""
+    at the indicators preset's shape), and so do LSTM members too small to split their batches:
+    K per call of seqcast.native's compiled layer where it built (3.5-3.8×), else as block-diagonal
+    oneDNN LSTMs (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after another."""
     return (
         not template.val_fraction
         and template.early_stopping is None
@@ -110,8 +110,9 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
     On the CPU (without validation rows or early stopping) the members train in one
     :func:`seqcast.ensemble.train_many` call: GRU and vanilla RNN members several models per
     batched GEMM and one group of members per thread; LSTM members too small to split their batches
-    in groups too (each group one block-diagonal oneDNN LSTM, ``models.block_diagonal_lstm``), larger
-    ones each as its own fit, one after another. ``trained_together_`` says whether the members
+    in groups too (K members per call of ``seqcast.native``'s compiled layer where it built, else
+    each group one block-diagonal oneDNN LSTM, ``models.block_diagonal_lstm``), larger ones each as
+    its own fit, one after another. ``trained_together_`` says whether the members
     were trained in groups.
 
     `n_jobs` > 1 (or -1, one per core) fits the members on that many cores: this process and

@@ -103,6 +103,14 @@ static inline __m512 sigm16(__m512 x) {
 static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 #endif
 
+// rows x cols row-major -> cols x rows: the micro-kernel reads B as K x N.
+static std::vector<float> transposed(const float* w, int rows, int cols) {
+  std::vector<float> out((size_t)rows * cols);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) out[(size_t)c * rows + r] = w[(size_t)r * cols + c];
+  return out;
+}
+
 static void check(const Tensor& t, int64_t dim, const char* name) {
   TORCH_CHECK(t.dim() == dim && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
               name, " must be a contiguous float32 CPU tensor of ", dim, " dimensions");
@@ -130,17 +138,11 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
     std::fill(scale.begin() + 2 * U, scale.begin() + 3 * U, 2.f);
     std::fill(offset.begin() + 2 * U, offset.begin() + 3 * U, 1.f);
     const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
-    const float* wi = w_ih.data_ptr<float>() + (int64_t)k * G * I;
-    std::vector<float> wi_t((size_t)I * G);  // w_ih^T, I x G
-    for (int g = 0; g < G; ++g)
-      for (int i = 0; i < I; ++i) wi_t[(size_t)i * G + g] = wi[(size_t)g * I + i];
-    const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    const std::vector<float> wi_t = transposed(w_ih.data_ptr<float>() + (int64_t)k * G * I, G, I);  // I x G
+    const std::vector<float> wh_t = transposed(w_hh.data_ptr<float>() + (int64_t)k * G * U, G, U);  // U x G
     float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* c0 = c_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * T * B * U;
-    std::vector<float> wh_t((size_t)U * G);  // w_hh^T, U x G, as the micro-kernel reads it
-    for (int g = 0; g < G; ++g)
-      for (int u = 0; u < U; ++u) wh_t[(size_t)u * G + g] = wh[(size_t)g * U + u];
     for (int t = 0; t < T; ++t) {
       float* ap = a0 + (int64_t)t * B * G;
       const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
