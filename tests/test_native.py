@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seqcast import native
+from seqcast.models import draw_masks
 
 from .conftest import random_lstm_stacks, separate_lstm_stacks
 
@@ -107,3 +108,48 @@ def test_native_lstm_saturates_like_torch_and_passes_nan_through():
     nan_weight = [tuple(w.clone() for w in weights[0])]
     nan_weight[0][1][0, 3, 4] = float("nan")
     assert torch.isnan(native.native_lstm(x.unsqueeze(1), nan_weight)[0]).all()
+
+
+# SplitMix64's first five outputs from state 1234567, as published with its reference C code
+# (Vigna, prng.di.unimi.it/splitmix64.c).
+SPLITMIX64_1234567 = [6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431,
+                      16408922859458223821]
+
+
+def test_reference_masks_follow_splitmix64_bit_by_bit():
+    keep = 0.8
+    threshold = round(keep * 2**32)
+    halves = [part for z in SPLITMIX64_1234567 for part in (z & 0xFFFFFFFF, z >> 32)]
+    expected = torch.tensor([1 / keep if bits < threshold else 0.0 for bits in halves], dtype=torch.float32)
+    assert torch.equal(native.masks_reference(1234567, keep, 1, 10), expected[None])
+    assert torch.equal(native.masks_reference(1234567, keep, 1, 9)[0], expected[:9])  # ends on a low half
+    # Rows of 3 starting at values 1, 5 and 9: odd starts, half-way through an output.
+    assert torch.equal(native.masks_reference(1234567, keep, 2, 3, 1, 4), torch.stack([expected[1:4], expected[5:8]]))
+    assert torch.equal(native.masks_reference(1234567, keep, 3, 2, 0, 3), torch.stack([expected[0:2], expected[3:5], expected[6:8]]))
+    assert torch.equal(native.masks_reference(1234567, 1.0, 1, 10), torch.ones(1, 10))
+    with pytest.raises(ValueError, match="keep"):
+        native.masks_reference(1, 0.0, 1, 4)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "rows,length,base,stride",
+    [(1, 0, 0, 0), (1, 1, 0, 0), (1, 31, 0, 0), (1, 579201, 0, 0), (3, 5, 1, 7), (60, 1600, 96000, 3200), (4, 2, 9, 0)],
+)
+@pytest.mark.parametrize("keep", [0.8, 0.35, 1.0])
+def test_compiled_masks_equal_the_numpy_reference(rows, length, base, stride, keep):
+    seed = 2**63 - 2  # counters wrap around 2**64
+    assert native.available(), native.unavailable_reason()
+    got = native.dropout_masks(seed, keep, rows, length, base, stride)
+    assert got.shape == (rows, length)
+    assert torch.equal(got, native.masks_reference(seed, keep, rows, length, base, stride))
+
+
+@needs_compiler
+def test_a_fit_draws_the_same_masks_without_the_compiled_module(monkeypatch):
+    shapes = [(60, 64, 50), (60, 64, 50), (64, 50)]
+    first = draw_masks(shapes, 0.8, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failure", "off")
+    again = draw_masks(shapes, 0.8, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))

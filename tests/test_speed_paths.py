@@ -312,36 +312,31 @@ def test_batches_are_split_only_where_each_slice_has_enough_work():
     assert batch_split_workers(preset, cpu, 2, True, 128, 20) == 2
 
 
-def test_the_thread_that_draws_the_next_masks_gets_a_smaller_slice(monkeypatch):
-    seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
-    splitter = _BatchSplitter(seed_config, LOSSES["mse"], 2)
-    try:
-        # By hand: 3 * 60 * 50 + 50 mask elements per window at MASK_ELEMENT_FLOPS each, against
-        # 3x the forward FLOPs of a window; half of that for 64 windows is 2.18 windows.
-        per_window = 3 * (2 * 60 * 51 * 200 + 3 * 2 * 60 * 100 * 200)
-        assert round(64 * 9050 * training.MASK_ELEMENT_FLOPS / per_window / 2) == 2
-        assert splitter._mask_windows(64, 60) == 2
-        sizes = []
-        real_slice = _BatchSplitter._slice
-        monkeypatch.setattr(_BatchSplitter, "_slice", lambda self, x, y, m, a, b, w: sizes.append(b - a) or real_slice(self, x, y, m, a, b, w))
-        seed_config.train()
-        x, y = torch.randn(64, 60, 1), torch.randn(64, 1)
-        generator = torch.Generator().manual_seed(0)
-        splitter.step(x, y, generator, 64)  # draws the next batch's masks: 34 here, 30 there
-        assert sorted(sizes) == [30, 34]
-        sizes.clear()
-        splitter.step(x, y, generator, None)  # the epoch's last batch: nothing drawn ahead
-        assert sizes == [32, 32]
-    finally:
-        splitter.close()
+@pytest.mark.parametrize("units,batch,cuts", [(5, 7, [0, 3, 7]), (50, 64, [0, 32, 64]), (3, 9, [0, 1, 4, 9])])
+def test_each_slice_draws_its_part_of_the_whole_batch_masks(units, batch, cuts):
+    # Odd units: slices start at odd positions of the counter sequence, half-way through an output.
+    model = build_model(1, cell="lstm", layers=3, units=units, dropout=0.3, horizon=1, seed=0)
+    model.train()
+    steps = 4
+    shapes = [(steps, batch, units)] * 2 + [(batch, units)]
+    whole = draw_masks(shapes, 0.7, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(model.draw_dropout_masks(batch, steps, generator=torch.Generator().manual_seed(5)), whole))
+    seed = model.batch_mask_seed(torch.Generator().manual_seed(5))
+    for start, stop in zip(cuts, cuts[1:]):
+        part = model.dropout_masks(seed, batch, steps, start, stop)
+        assert [tuple(m.shape) for m in part] == [(steps, stop - start, units)] * 2 + [(stop - start, units)]
+        for got, want in zip(part[:-1], whole[:-1]):
+            assert torch.equal(got, want[:, start:stop])
+        assert torch.equal(part[-1], whole[-1][start:stop])
+    model.eval()
+    assert model.batch_mask_seed(torch.Generator()) is None
 
 
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     split_steps = []
     real_step = _BatchSplitter.step
-    # Each step is told the next batch's size (whose masks the pool thread then draws), None last.
-    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(a[3]) or real_step(self, *a))
+    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(len(a[0])) or real_step(self, *a))
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)
@@ -353,7 +348,7 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
         runs.append((model, train_model(model, X, y, threads=2, **fit)))
     (split, split_history), (again, again_history) = runs
     # Both split fits really went through the splitter: 3 epochs of 9 batches (130 windows, batch 16).
-    assert split_steps == ([16] * 7 + [2, None]) * 3 * 2
+    assert split_steps == ([16] * 8 + [2]) * 3 * 2
     np.testing.assert_allclose(split_history.loss, whole_history.loss, rtol=1e-5)
     for (name, a), b in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

@@ -110,12 +110,28 @@ class StackedRNN(nn.Module):
     def draw_dropout_masks(
         self, batch: int, steps: int, device: torch.device | None = None, generator: torch.Generator | None = None
     ) -> list[Tensor]:
-        """One training batch's inverted-dropout masks (:func:`draw_masks`, from ``generator`` or
+        """One training batch's inverted-dropout masks, their seed drawn from ``generator`` (None:
         torch's global one): after each recurrent layer but the last a time-major
         ``(steps, batch, units)`` mask, then a ``(batch, units)`` mask for the last layer's final
-        step (Keras's Dropout after it)."""
-        shapes = [(steps, batch, self.units)] * (self.layers - 1) + [(batch, self.units)]
-        return draw_masks(shapes, 1.0 - self.dropout_rate, generator, device)
+        step (Keras's Dropout after it). The same as :func:`draw_masks` of those shapes."""
+        return self.dropout_masks(draw_mask_seed(generator), batch, steps, device=device)
+
+    def dropout_masks(
+        self, seed: int, batch: int, steps: int, start: int = 0, stop: int | None = None, device: torch.device | None = None
+    ) -> list[Tensor]:
+        """Windows ``start:stop`` of the masks :meth:`draw_dropout_masks` gives a batch of ``batch``
+        windows when it draws ``seed``, drawn by themselves: a slice of a split batch draws its
+        own part on its own thread (training._BatchSplitter)."""
+        stop = batch if stop is None else stop
+        keep, units, width = 1.0 - self.dropout_rate, self.units, (stop - start) * self.units
+        layer_size = steps * batch * units  # the masks laid end to end, as draw_masks lays them
+        masks = [
+            native.dropout_masks(seed, keep, steps, width, layer * layer_size + start * units, batch * units)
+            .view(steps, stop - start, units)
+            for layer in range(self.layers - 1)
+        ]
+        last = native.dropout_masks(seed, keep, 1, width, (self.layers - 1) * layer_size + start * units)
+        return [mask.to(device) for mask in masks + [last.view(stop - start, units)]]
 
     def batch_masks(
         self, batch: int, steps: int, device: torch.device | None = None, generator: torch.Generator | None = None
@@ -124,16 +140,13 @@ class StackedRNN(nn.Module):
         ``generator``, or torch's global one) in training with dropout, else None."""
         return self.draw_dropout_masks(batch, steps, device, generator) if self._dropping() else None
 
+    def batch_mask_seed(self, generator: torch.Generator | None = None) -> int | None:
+        """What :meth:`batch_masks` draws from ``generator``: the seed of this batch's masks for
+        :meth:`dropout_masks`, or None (and nothing drawn) when the forward pass needs none."""
+        return draw_mask_seed(generator) if self._dropping() else None
+
     def _dropping(self) -> bool:
         return self.training and self.dropout_rate > 0
-
-    @staticmethod
-    def slice_masks(masks: list[Tensor] | None, start: int, stop: int) -> list[Tensor] | None:
-        """The masks of windows ``start:stop`` of a batch (time-major between layers, batch-first
-        after the last, as :meth:`draw_dropout_masks` lays them out)."""
-        if masks is None:
-            return None
-        return [m[:, start:stop] for m in masks[:-1]] + [masks[-1][start:stop]]
 
     def _layer_by_layer(self, x: Tensor, between: list[Tensor]) -> Tensor:
         """The stack run one layer per kernel call with ``between[layer]`` applied to each layer's
@@ -736,6 +749,12 @@ def block_diagonal_lstm(
 BLOCK_DIAGONAL_UNITS = 128
 
 
+def draw_mask_seed(generator: torch.Generator | None = None) -> int:
+    """One 63-bit seed for :func:`seqcast.native.dropout_masks`, drawn from the torch ``generator``
+    (None: the global one, so ``torch.manual_seed`` and saved RNG states cover the masks)."""
+    return int(torch.randint(2**63 - 1, (1,), generator=generator).item())
+
+
 def draw_masks(
     shapes: list[tuple[int, ...]],
     keep: float,
@@ -744,16 +763,14 @@ def draw_masks(
 ) -> list[Tensor]:
     """Inverted-dropout masks of the given shapes: 1/keep with probability ``keep``, else 0.
 
-    One 63-bit seed is drawn from the torch ``generator`` (None: the global one, so
-    ``torch.manual_seed`` and saved RNG states cover the masks), and the uniforms come from NumPy's
-    PCG64 seeded with it. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and
-    ``nn.LSTM`` use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per
-    64×60×50 mask against 0.6 ms for NumPy, and in a seed-config epoch the masks are drawn on one
-    thread while the other waits (benchmarks/README.md). Same distribution: independent elements,
-    kept with probability ``keep``.
+    One seed is drawn (:func:`draw_mask_seed`), and the masks, laid end to end, are
+    :func:`seqcast.native.dropout_masks` of that seed: a counter-based generator that seqcast's
+    compiled module runs in ~0.26 ms for a seed-config batch and NumPy reproduces exactly where it
+    did not build. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and ``nn.LSTM``
+    use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per 64×60×50 mask, and
+    in a seed-config epoch the masks take a core's time from training (benchmarks/README.md).
+    Same distribution: independent elements, kept with probability ``keep``.
     """
-    seed = int(torch.randint(2**63 - 1, (1,), generator=generator).item())
-    rng = np.random.Generator(np.random.PCG64(seed))
-    return [
-        torch.from_numpy(rng.random(shape, dtype=np.float32)).lt_(keep).div_(keep).to(device) for shape in shapes
-    ]
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = native.dropout_masks(draw_mask_seed(generator), keep, 1, sum(sizes))[0]
+    return [part.view(shape).to(device) for part, shape in zip(flat.split(sizes), shapes)]

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -334,12 +334,6 @@ def _check_positive_int(name: str, value: object) -> None:
 # 1×GRU(32) at 12.2 1.09× faster, 2×LSTM(32) at 11.9 1.07× faster, 1×RNN(32) at 4.1 no gain.
 MIN_SLICE_FLOPS = 1e7
 
-# Training work (FLOPs) that costs as much as drawing one dropout-mask element (NumPy's PCG64, then
-# the threshold and scale passes): a seed-config batch's 576,000 mask elements took 2.27 ms, one
-# window of a slice (25 MFLOP forward and backward) 0.51 ms, on the 2-core Intel host (2026-12-06).
-# _BatchSplitter moves that much work away from the thread that draws the next batch's masks.
-MASK_ELEMENT_FLOPS = 190.0
-
 # Smallest forward cost of one slice of a :func:`predict_batches` batch worth a thread of its own.
 # Measured on 2 cores (benchmarks/README.md, 2026-12-02 18:20 UTC, medians of 120 calls, ms, one
 # thread / two slices / two intra-op threads): the seed config's 20 January windows (168 MFLOP)
@@ -391,8 +385,9 @@ class _BatchSplitter:
 
     The result is the batch's own: the slice losses are the batch mean loss weighted by slice size,
     so the summed gradient is the gradient of the batch mean (the same as unsplit up to float
-    rounding), and the dropout masks are drawn for the whole batch on the calling thread before it
-    is split, from the same global generator in the same order as an unsplit forward pass.
+    rounding), and the dropout masks are those of the whole batch: its seed is drawn on the calling
+    thread, from the same generator in the same order as an unsplit forward pass, and each slice
+    draws its windows' part of the masks from it (StackedRNN.dropout_masks, counter-based).
     """
 
     def __init__(self, model: StackedRNN, loss_fn: Callable, workers: int):
@@ -401,56 +396,28 @@ class _BatchSplitter:
         self.workers = workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = one_thread_pool(workers - 1)
-        self._next_masks: Future | None = None
 
     def close(self) -> None:
         self.pool.shutdown()
 
-    def _mask_windows(self, batch: int, steps: int) -> int:
-        """How many windows' training costs about half of drawing ``batch`` windows' dropout masks:
-        moved from the pool thread that draws them to this one, the two finish together. Computed
-        from the model's shape (:data:`MASK_ELEMENT_FLOPS`), not timed, so the slices, and with them
-        the float rounding of the summed gradient, are the same in every run. Two windows for the
-        seed config: per epoch 1.01, 1.04 and 1.08x as fast as even halves (medians of three ABBA
-        runs of 12-16 rounds, benchmarks/README.md)."""
-        model = self.model
-        elements = (model.layers - 1) * steps * model.units + model.units  # per window
-        per_window = 3 * model.forward_flops(steps)  # forward and backward
-        return round(batch * elements * MASK_ELEMENT_FLOPS / per_window / 2)
-
-    def _slice(self, x, y, masks, start, stop, weight):
-        part = self.model.slice_masks(masks, start, stop)
-        loss = self.loss_fn(self.model(x[start:stop], part), y[start:stop])
+    def _slice(self, x, y, seed, start, stop, weight):
+        masks = None if seed is None else self.model.dropout_masks(seed, len(x), x.shape[1], start, stop, x.device)
+        loss = self.loss_fn(self.model(x[start:stop], masks), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
 
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator, next_batch: int | None = None
-    ) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator) -> torch.Tensor:
         """Set ``.grad`` of every parameter for the batch ``(x, y)``, its dropout masks drawn from
-        ``dropper``; return its mean loss. ``next_batch``: the size of the batch the next call
-        trains (None: this is the epoch's last), whose masks a pool thread then draws once its
-        slice is done, while this thread finishes its own; each batch's masks are still drawn
-        from ``dropper`` after the previous batch's, so they are the same masks. Drawn here, on
-        the calling thread while the other cores waited, they took 3 ms of a 23 ms seed-config
-        batch (benchmarks/README.md, 2026-12-06)."""
+        ``dropper``; return its mean loss. Each slice draws its own part of the masks on its own
+        thread: drawn whole on this thread, NumPy's masks took 3 ms of a 23 ms seed-config batch
+        while the other core waited (benchmarks/README.md, 2026-12-06)."""
         n = len(x)
-        if self._next_masks is not None:
-            masks, self._next_masks = self._next_masks.result(), None
-        else:
-            masks = self.model.batch_masks(n, x.shape[1], x.device, dropper)
+        seed = self.model.batch_mask_seed(dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
-        draw_ahead = bool(next_batch) and k > 1 and masks is not None  # no dropout: no masks to draw
-        if draw_ahead:
-            # The pool thread that draws them is the first to finish its slice (the second one, made
-            # this much smaller), and this thread takes the difference.
-            edges[1] += min(self._mask_windows(next_batch, x.shape[1]), edges[2] - edges[1] - 1)
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
-        futures = [self.pool.submit(self._slice, x, y, masks, *job) for job in jobs[1:]]
-        if draw_ahead:
-            self._next_masks = self.pool.submit(self.model.batch_masks, next_batch, x.shape[1], x.device, dropper)
-        results = [self._slice(x, y, masks, *jobs[0])] + [f.result() for f in futures]
+        futures = [self.pool.submit(self._slice, x, y, seed, *job) for job in jobs[1:]]
+        results = [self._slice(x, y, seed, *jobs[0])] + [f.result() for f in futures]
         for index, param in enumerate(self.params):
             parts = [grads[index] for _, grads in results if grads[index] is not None]
             param.grad = None if not parts else sum(parts[1:], parts[0])
@@ -612,8 +579,7 @@ def train_model(
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:
-                        following = min(batch_size, n_samples - start - batch_size)
-                        batch_loss = splitter.step(X_t[index], y_t[index], dropper, following if following > 0 else None)
+                        batch_loss = splitter.step(X_t[index], y_t[index], dropper)
                     else:
                         x = X_t[index]
                         out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
