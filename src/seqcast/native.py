@@ -12,8 +12,10 @@ with the weight and input gradients as large GEMMs over all steps (MKL's ``sgemm
 PyTorch's CPU build carries, on raw pointers). Forward and backward of one stack run 1.93x faster
 than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config batch and 0.99x for
 2xLSTM(128) on one thread, so only layers up to :data:`MAX_LAYER_FLOPS` (one thread:
-:data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). Its calls release
-the GIL, so a split batch's slices and train_many's thread groups run in parallel.
+:data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). A whole stack,
+dropout masks included, is one call and one autograd node each way (one node per layer and one
+per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds). Its calls release the
+GIL, so a split batch's slices and train_many's thread groups run in parallel.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
@@ -295,11 +297,51 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
   return out;
 }
 
+// A stack of L layers in one call, for one autograd node per stack instead of two per layer (the
+// layer and its dropout mask), each with its Python and dispatch overhead. weights: w_ih, w_hh, b_ih, b_hh per layer, K-leading; masks: none,
+// or L - 1 tensors (K, T, B, U) applied to each layer's output but the last. Returns the last
+// layer's last step (K, B, U), then per layer what its backward reads: its input, h_all, c_all,
+// tc_all, acts.
+std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks) {
+  const size_t L = weights.size() / 4;
+  TORCH_CHECK(L >= 1 && weights.size() == 4 * L && (masks.empty() || masks.size() == L - 1), "stack_forward: bad arguments");
+  std::vector<Tensor> out(1);
+  Tensor in = x;
+  for (size_t l = 0; l < L; ++l) {
+    std::vector<Tensor> r = lstm_forward(in, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2], weights[4 * l + 3]);
+    out.push_back(in);
+    out.insert(out.end(), r.begin(), r.end());
+    if (l + 1 < L) in = masks.empty() ? r[0] : at::mul(r[0], masks[l]);
+    else out[0] = r[0].select(1, r[0].size(1) - 1).contiguous();
+  }
+  return out;
+}
+
+// grad_last (K, B, U); saved: stack_forward's per-layer tensors. Returns grad_x (undefined unless
+// needs_x), then per layer grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
+std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, std::vector<Tensor> weights,
+                                   std::vector<Tensor> masks, bool needs_x) {
+  const size_t L = weights.size() / 4;
+  TORCH_CHECK(L >= 1 && saved.size() == 5 * L && (masks.empty() || masks.size() == L - 1), "stack_backward: bad arguments");
+  const Tensor& top = saved[5 * (L - 1) + 1];
+  Tensor g = at::zeros_like(top);
+  g.select(1, top.size(1) - 1).copy_(grad_last);
+  std::vector<Tensor> out(1 + 4 * L);
+  for (size_t l = L; l-- > 0;) {
+    std::vector<Tensor> r = lstm_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1],
+                                          saved[5 * l + 2], saved[5 * l + 3], saved[5 * l + 4], l > 0 || needs_x);
+    for (int i = 0; i < 4; ++i) out[1 + 4 * l + i] = r[1 + i];
+    if (l > 0) g = masks.empty() ? r[0] : at::mul(r[0], masks[l - 1]);
+    else out[0] = r[0];
+  }
+  return out;
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lstm_forward", &lstm_forward, py::call_guard<py::gil_scoped_release>());
-  m.def("lstm_backward", &lstm_backward, py::call_guard<py::gil_scoped_release>());
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
+  m.def("stack_forward", &stack_forward, py::call_guard<py::gil_scoped_release>());
+  m.def("stack_backward", &stack_backward, py::call_guard<py::gil_scoped_release>());
 }
 """
 
@@ -454,21 +496,26 @@ def masks_reference(seed: int, keep: float, rows: int, length: int, base: int = 
     return torch.from_numpy(out)
 
 
-class _NativeLSTMLayer(torch.autograd.Function):
-    """One LSTM layer of K models: x (K, T, B, I), PyTorch-layout K-leading weights; h (K, T, B, U)."""
+class _NativeLSTMStack(torch.autograd.Function):
+    """A whole LSTM stack of K models, dropout masks between its layers: x (K, T, B, I); returns the
+    last layer's last step (K, B, U)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-        x = x.contiguous()
-        weights = [w.contiguous() for w in (w_ih, w_hh, b_ih, b_hh)]
-        h_all, c_all, tc_all, acts = _module.lstm_forward(x, *weights)
-        ctx.save_for_backward(x, weights[0], weights[1], h_all, c_all, tc_all, acts)
-        return h_all
+    def forward(ctx, x: Tensor, masks: list[Tensor], *weights: Tensor) -> Tensor:
+        weights = [w.contiguous() for w in weights]
+        masks = [m.contiguous() for m in masks]
+        last, *saved = _module.stack_forward(x.contiguous(), weights, masks)
+        ctx.save_for_backward(*saved, *weights, *masks)
+        ctx.sizes = (len(saved), len(weights))
+        return last
 
     @staticmethod
-    def backward(ctx, grad_h: Tensor):
-        grad_x, *grads = _module.lstm_backward(grad_h.contiguous(), *ctx.saved_tensors, ctx.needs_input_grad[0])
-        return (grad_x if ctx.needs_input_grad[0] else None, *grads)
+    def backward(ctx, grad_last: Tensor):
+        tensors = ctx.saved_tensors
+        n_saved, n_weights = ctx.sizes
+        saved, weights, masks = tensors[:n_saved], tensors[n_saved : n_saved + n_weights], tensors[n_saved + n_weights :]
+        grad_x, *grads = _module.stack_backward(grad_last.contiguous(), saved, weights, masks, ctx.needs_input_grad[0])
+        return (grad_x if ctx.needs_input_grad[0] else None, None, *grads)
 
 
 def native_lstm(
@@ -483,9 +530,5 @@ def native_lstm(
     ``(K, B, U)``. Call only when :func:`available` is True."""
     if _load() is None:
         raise RuntimeError(f"seqcast's compiled LSTM is not available ({_failure})")
-    out = x.transpose(0, 1)  # the layer reads (K, T, B, F)
-    for layer, layer_weights in enumerate(weights):
-        out = _NativeLSTMLayer.apply(out, *layer_weights)
-        if masks is not None and layer < len(weights) - 1:
-            out = out * masks[layer].transpose(0, 1)
-    return out[:, -1]
+    between = [] if masks is None else [m.transpose(0, 1) for m in masks[: len(weights) - 1]]
+    return _NativeLSTMStack.apply(x.transpose(0, 1), between, *(w for layer in weights for w in layer))
