@@ -14,7 +14,8 @@ than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config 
 2xLSTM(128) on one thread, so only layers up to :data:`MAX_LAYER_FLOPS` (one thread:
 :data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). A whole stack,
 dropout masks included, is one call and one autograd node each way (one node per layer and one
-per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds). Its calls release the
+per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the gate passes apply
+the masks (a further 1.065x). Its calls release the
 GIL, so a split batch's slices and train_many's thread groups run in parallel.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
@@ -119,9 +120,11 @@ static void check(const Tensor& t, int64_t dim, const char* name) {
               name, " must be a contiguous float32 CPU tensor of ", dim, " dimensions");
 }
 
-// x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o.
-// Returns h_all (K, T, B, U) and, for the backward pass, c_all, tanh(c_all) and the gates' activations.
-std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh) {
+// x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o;
+// mask: undefined, or a dropout mask (K, T, B, U) for the output. Returns h_all (K, T, B, U), for the
+// backward pass c_all, tanh(c_all) and the gates' activations, and h_all * mask (undefined without a
+// mask), written in the gate pass rather than in a pass of its own.
+std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask) {
   check(x, 4, "x"); check(w_ih, 3, "w_ih"); check(w_hh, 3, "w_hh"); check(b_ih, 2, "b_ih"); check(b_hh, 2, "b_hh");
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
   TORCH_CHECK(w_ih.size(0) == K && w_ih.size(1) == G && w_ih.size(2) == I && w_hh.size(2) == U && G == 4 * U,
@@ -130,6 +133,12 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
   Tensor h_all = at::empty({K, T, B, U}, x.options());
   Tensor c_all = at::empty({K, T, B, U}, x.options());
   Tensor tc_all = at::empty({K, T, B, U}, x.options());
+  Tensor masked;
+  if (mask.defined()) {
+    check(mask, 4, "mask");
+    TORCH_CHECK(mask.sizes() == h_all.sizes(), "mask does not match the output");
+    masked = at::empty({K, T, B, U}, x.options());
+  }
   std::vector<float> zeros((size_t)B * U, 0.f);
   for (int k = 0; k < K; ++k) {
     float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
@@ -146,6 +155,8 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
     float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* c0 = c_all.data_ptr<float>() + (int64_t)k * T * B * U;
     float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
+    float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     for (int t = 0; t < T; ++t) {
       float* ap = a0 + (int64_t)t * B * G;
       const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
@@ -154,6 +165,8 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
       float* cn = c0 + (int64_t)t * B * U;
       float* hn = h0 + (int64_t)t * B * U;
       float* tcn = tc0 + (int64_t)t * B * U;
+      const float* mkn = mk0 ? mk0 + (int64_t)t * B * U : nullptr;
+      float* mon = mo0 ? mo0 + (int64_t)t * B * U : nullptr;
       for (int r = 0; r < B; ++r) {
         float* ar = ap + (int64_t)r * G;
 #if defined(__AVX512F__)
@@ -173,7 +186,9 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
           const __m512 tc = _mm512_fmsub_ps(two, sigm16(_mm512_mul_ps(two, c)), _mm512_set1_ps(1.f));
           _mm512_mask_storeu_ps(cn + q0 + j, m, c);
           _mm512_mask_storeu_ps(tcn + q0 + j, m, tc);
-          _mm512_mask_storeu_ps(hn + q0 + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ar + 3 * U + j), tc));
+          const __m512 h = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ar + 3 * U + j), tc);
+          _mm512_mask_storeu_ps(hn + q0 + j, m, h);
+          if (mon) _mm512_mask_storeu_ps(mon + q0 + j, m, _mm512_mul_ps(h, _mm512_maskz_loadu_ps(m, mkn + q0 + j)));
         }
 #else
         // One pass over the row, one exp per gate (a branch per gate made the vector code evaluate
@@ -188,19 +203,25 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
           cn[q] = c;
           tcn[q] = tc;
           hn[q] = ar[3 * U + j] * tc;
+          if (mon) mon[q] = hn[q] * mkn[q];
         }
 #endif
       }
     }
   }
-  return {h_all, c_all, tc_all, acts};
+  return {h_all, c_all, tc_all, acts, masked};
 }
 
-// grad_h (K, T, B, U): the loss's gradient for every output. Returns grad_x (undefined unless
-// needs_x), grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (two tensors, equal).
+// grad_h (K, T, B, U): the loss's gradient for every output (times mask, where it is defined: the
+// output's dropout mask, as in lstm_forward). Returns grad_x (undefined unless needs_x), grad_w_ih,
+// grad_w_hh, grad_b_ih, grad_b_hh (two tensors, equal).
 std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor c_all,
-                                  Tensor tc_all, Tensor acts, bool needs_x) {
+                                  Tensor tc_all, Tensor acts, Tensor mask, bool needs_x) {
   check(grad_h, 4, "grad_h");
+  if (mask.defined()) {
+    check(mask, 4, "mask");
+    TORCH_CHECK(mask.sizes() == grad_h.sizes(), "mask does not match grad_h");
+  }
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
   Tensor d_pre = at::empty({K, T, B, G}, x.options());
   Tensor grad_w_ih = at::empty({K, G, I}, x.options());
@@ -208,9 +229,11 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
   Tensor grad_b = at::zeros({K, G}, x.options());
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
   std::vector<float> dh_next((size_t)B * U), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
+  std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
     const float* gh0 = grad_h.data_ptr<float>() + hk;
+    const float* mk0 = mask.defined() ? mask.data_ptr<float>() + hk : nullptr;
     const float* tc0 = tc_all.data_ptr<float>() + hk;
     const float* c0 = c_all.data_ptr<float>() + hk;
     const float* a0 = acts.data_ptr<float>() + gk;
@@ -223,6 +246,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
     for (int t = T - 1; t >= 0; --t) {
       const int64_t o = (int64_t)t * B * U;
       const float* gh = gh0 + o;
+      const float* mk = mk0 ? mk0 + o : ones.data();  // times 1 is exact
       const float* tc = tc0 + o;
       const float* ap = a0 + (int64_t)t * B * G;
       const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
@@ -234,7 +258,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
         for (int j = 0; j < U; ++j) {
           const int64_t q = (int64_t)r * U + j;
           const float i = ar[j], f = ar[U + j], g = ar[2 * U + j], oo = ar[3 * U + j], tcv = tc[q];
-          const float dh = gh[q] + dhn[q];
+          const float dh = gh[q] * mk[q] + dhn[q];
           const float dc = dcn[q] + dh * oo * (1.f - tcv * tcv);
           dr[j] = dc * g * i * (1.f - i);
           dr[U + j] = dc * cp[q] * f * (1.f - f);
@@ -298,7 +322,8 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
 }
 
 // A stack of L layers in one call, for one autograd node per stack instead of two per layer (the
-// layer and its dropout mask), each with its Python and dispatch overhead. weights: w_ih, w_hh, b_ih, b_hh per layer, K-leading; masks: none,
+// layer and its dropout mask), each with its Python and dispatch overhead; the masks are applied in
+// the layers' gate passes. weights: w_ih, w_hh, b_ih, b_hh per layer, K-leading; masks: none,
 // or L - 1 tensors (K, T, B, U) applied to each layer's output but the last. Returns the last
 // layer's last step (K, B, U), then per layer what its backward reads: its input, h_all, c_all,
 // tc_all, acts.
@@ -308,10 +333,11 @@ std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::ve
   std::vector<Tensor> out(1);
   Tensor in = x;
   for (size_t l = 0; l < L; ++l) {
-    std::vector<Tensor> r = lstm_forward(in, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2], weights[4 * l + 3]);
+    const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
+    std::vector<Tensor> r = lstm_forward(in, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2], weights[4 * l + 3], mask);
     out.push_back(in);
-    out.insert(out.end(), r.begin(), r.end());
-    if (l + 1 < L) in = masks.empty() ? r[0] : at::mul(r[0], masks[l]);
+    out.insert(out.end(), r.begin(), r.begin() + 4);
+    if (l + 1 < L) in = mask.defined() ? r[4] : r[0];
     else out[0] = r[0].select(1, r[0].size(1) - 1).contiguous();
   }
   return out;
@@ -328,10 +354,11 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
   g.select(1, top.size(1) - 1).copy_(grad_last);
   std::vector<Tensor> out(1 + 4 * L);
   for (size_t l = L; l-- > 0;) {
+    const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
     std::vector<Tensor> r = lstm_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1],
-                                          saved[5 * l + 2], saved[5 * l + 3], saved[5 * l + 4], l > 0 || needs_x);
+                                          saved[5 * l + 2], saved[5 * l + 3], saved[5 * l + 4], mask, l > 0 || needs_x);
     for (int i = 0; i < 4; ++i) out[1 + 4 * l + i] = r[1 + i];
-    if (l > 0) g = masks.empty() ? r[0] : at::mul(r[0], masks[l - 1]);
+    if (l > 0) g = r[0];
     else out[0] = r[0];
   }
   return out;
