@@ -146,7 +146,7 @@ def test_compiled_masks_equal_the_numpy_reference(rows, length, base, stride, ke
 
 
 @needs_compiler
-def test_a_fit_draws_the_same_masks_without_the_compiled_module(monkeypatch):
+def test_masks_are_the_same_without_the_compiled_module(monkeypatch):
     shapes = [(60, 64, 50), (60, 64, 50), (64, 50)]
     first = draw_masks(shapes, 0.8, torch.Generator().manual_seed(3))
     monkeypatch.setattr(native, "_module", None)

@@ -15,8 +15,8 @@ than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config 
 :data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). A whole stack,
 dropout masks included, is one call and one autograd node each way (one node per layer and one
 per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the gate passes apply
-the masks (a further 1.065x). Its calls release the
-GIL, so a split batch's slices and train_many's thread groups run in parallel.
+the masks (a further 1.065x). Its calls release the GIL, so a split batch's slices and train_many's
+thread groups run in parallel. It also draws the dropout masks (:func:`dropout_masks`).
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
