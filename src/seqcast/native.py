@@ -271,7 +271,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
     // The weight gradients as their transposes, x^T dp and h^T dp, then transposed back: MKL ran
-    // these layouts 1.25-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md,
+    // these layouts 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md,
     // 2026-12-06). The gradients came out identical to the bit in the tests and the fits compared.
     if (T > 1) {
       gemm(true, false, U, G, (T - 1) * B, h_all.data_ptr<float>() + hk, U, dp0 + (int64_t)B * G, G, 0.f, wt.data(), G);
