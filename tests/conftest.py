@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,6 +46,18 @@ def onednn_lstm(monkeypatch):
 
     monkeypatch.setattr(native, "_module", None)
     monkeypatch.setattr(native, "_failure", "disabled by the onednn_lstm fixture")
+
+
+def draw_masks(shapes, keep, generator=None):
+    """Inverted-dropout masks of the given shapes from one seed (``models.draw_mask_seed``): one run
+    of ``native.dropout_masks`` laid out shape after shape, the layout ``StackedRNN.draw_dropout_masks``
+    documents; the reference its slices are checked against."""
+    from seqcast import native
+    from seqcast.models import draw_mask_seed
+
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = native.dropout_masks(draw_mask_seed(generator), keep, 1, sum(sizes))[0]
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
 
 
 def random_lstm_stacks(generator, *, layers, n_features, k, steps, batch, units, dtype=torch.float32):

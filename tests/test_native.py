@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from seqcast import native
-from seqcast.models import draw_masks
 
-from .conftest import random_lstm_stacks, separate_lstm_stacks
+from .conftest import draw_masks, random_lstm_stacks, separate_lstm_stacks
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler to build seqcast.native"
@@ -147,6 +146,7 @@ def test_compiled_masks_equal_the_numpy_reference(rows, length, base, stride, ke
 
 @needs_compiler
 def test_masks_are_the_same_without_the_compiled_module(monkeypatch):
+    assert native.available(), native.unavailable_reason()  # else both draws would be NumPy's
     shapes = [(60, 64, 50), (60, 64, 50), (64, 50)]
     first = draw_masks(shapes, 0.8, torch.Generator().manual_seed(3))
     monkeypatch.setattr(native, "_module", None)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from seqcast.ensemble import train_many
 from seqcast.errors import ConfigError
-from seqcast.models import build_model, draw_masks
+from seqcast.models import build_model
 from seqcast import ensemble, models, native, training
 from seqcast.training import (
     LOSSES,
@@ -26,7 +26,7 @@ from seqcast.training import (
     train_model,
 )
 
-from .conftest import random_lstm_stacks, separate_lstm_stacks
+from .conftest import draw_masks, random_lstm_stacks, separate_lstm_stacks
 
 
 def loss_and_grads(model, x, y, dropout_seed):

@@ -113,7 +113,11 @@ class StackedRNN(nn.Module):
         """One training batch's inverted-dropout masks, their seed drawn from ``generator`` (None:
         torch's global one): after each recurrent layer but the last a time-major
         ``(steps, batch, units)`` mask, then a ``(batch, units)`` mask for the last layer's final
-        step (Keras's Dropout after it). The same as :func:`draw_masks` of those shapes."""
+        step (Keras's Dropout after it). Laid end to end in that order, the masks are one run of
+        :func:`seqcast.native.dropout_masks` of that seed. Why not ``torch.rand`` or ``bernoulli_``
+        (what ``F.dropout`` and ``nn.LSTM`` use): on the 2-core Intel host of 2026-12-02 they drew
+        1.5 and 2.1 ms per 64×60×50 mask, and in a seed-config epoch the masks take a core's time
+        from training (benchmarks/README.md)."""
         return self.dropout_masks(draw_mask_seed(generator), batch, steps, device=device)
 
     def dropout_masks(
@@ -124,7 +128,7 @@ class StackedRNN(nn.Module):
         own part on its own thread (training._BatchSplitter)."""
         stop = batch if stop is None else stop
         keep, units, width = 1.0 - self.dropout_rate, self.units, (stop - start) * self.units
-        layer_size = steps * batch * units  # the masks laid end to end, as draw_masks lays them
+        layer_size = steps * batch * units  # the masks laid end to end, as draw_dropout_masks says
         masks = [
             native.dropout_masks(seed, keep, steps, width, layer * layer_size + start * units, batch * units)
             .view(steps, stop - start, units)
@@ -152,7 +156,7 @@ class StackedRNN(nn.Module):
         """The stack run one layer per kernel call with ``between[layer]`` applied to each layer's
         output: the same computation as ``self.rnn`` with its own dropout, but with masks drawn
         outside it. ``nn.LSTM`` draws its inter-layer masks with ``bernoulli_``, which cost 18 % of
-        a seed-config epoch; :func:`draw_masks` costs less than a third of that, and masks drawn
+        a seed-config epoch; :func:`seqcast.native.dropout_masks` costs far less, and masks drawn
         outside the kernel can be split with the batch. ``torch._VF`` is the kernel entry point
         ``nn.LSTM/GRU/RNN.forward`` itself calls (no public functional form exists); time-major
         like its internal layout and like :func:`fused_lstm`."""
@@ -753,24 +757,3 @@ def draw_mask_seed(generator: torch.Generator | None = None) -> int:
     """One 63-bit seed for :func:`seqcast.native.dropout_masks`, drawn from the torch ``generator``
     (None: the global one, so ``torch.manual_seed`` and saved RNG states cover the masks)."""
     return int(torch.randint(2**63 - 1, (1,), generator=generator).item())
-
-
-def draw_masks(
-    shapes: list[tuple[int, ...]],
-    keep: float,
-    generator: torch.Generator | None = None,
-    device: torch.device | None = None,
-) -> list[Tensor]:
-    """Inverted-dropout masks of the given shapes: 1/keep with probability ``keep``, else 0.
-
-    One seed is drawn (:func:`draw_mask_seed`), and the masks, laid end to end, are
-    :func:`seqcast.native.dropout_masks` of that seed: a counter-based generator that seqcast's
-    compiled module runs in ~0.26 ms for a seed-config batch and NumPy reproduces exactly where it
-    did not build. Why not ``torch.rand`` or ``bernoulli_`` (what ``F.dropout`` and ``nn.LSTM``
-    use): on the 2-core Intel host of 2026-12-02 they drew 1.5 and 2.1 ms per 64×60×50 mask, and
-    in a seed-config epoch the masks take a core's time from training (benchmarks/README.md).
-    Same distribution: independent elements, kept with probability ``keep``.
-    """
-    sizes = [math.prod(shape) for shape in shapes]
-    flat = native.dropout_masks(draw_mask_seed(generator), keep, 1, sum(sizes))[0]
-    return [part.view(shape).to(device) for part, shape in zip(flat.split(sizes), shapes)]

@@ -22,7 +22,8 @@ It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C+
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
 ``TORCH_EXTENSIONS_DIR`` moves) for this CPU (``-march=native``; the CPU's flags are part of the
 cache key). Where that fails (no compiler, no MKL ``sgemm_``) :func:`available` is False, a
-warning says why once, and LSTMs train with PyTorch's own kernel as before.
+warning says why once, LSTMs train with PyTorch's own kernel as before, and NumPy draws the same
+dropout masks (:func:`masks_reference`).
 ``SEQCAST_NATIVE=0`` skips the attempt. Checked against ``torch.nn.LSTM`` in output and every
 gradient (tests/test_native.py).
 """
@@ -81,8 +82,9 @@ static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
 #include <immintrin.h>
 // The forward's gate math on 16 floats at a time, a row's last partial vector masked. Written out
 // because GCC's vectorised loops ended a 50-unit row with scalar expf calls: the seed slice's
-// forward gate math took 1.75 instead of 1.91 ms, the whole call 3.5 % less. exp16 is Cephes' expf (range reduction by ln 2 in two parts, a degree-6
-// polynomial, 2^n by scalef), accurate to about 1 ulp on the clamped range.
+// forward gate math took 1.75 instead of 1.91 ms, the whole call 3.5 % less. exp16 is Cephes'
+// expf (range reduction by ln 2 in two parts, a degree-6 polynomial, 2^n by scalef), accurate to
+// about 1 ulp on the clamped range.
 static inline __m512 exp16(__m512 x) {
   // vmaxps/vminps return their second operand when one is NaN: x second, so NaN passes through
   // (a NaN weight must still make the loss NaN, and training stop as diverged).
@@ -272,7 +274,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
     }
     // The weight gradients as their transposes, x^T dp and h^T dp, then transposed back: MKL ran
     // these layouts 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md,
-    // 2026-12-06). The gradients came out identical to the bit in the tests and the fits compared.
+    // 2026-12-06). The gradients came out identical to the bit in the A/B runs compared there.
     if (T > 1) {
       gemm(true, false, U, G, (T - 1) * B, h_all.data_ptr<float>() + hk, U, dp0 + (int64_t)B * G, G, 0.f, wt.data(), G);
       float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;

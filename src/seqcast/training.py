@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn import functional as F
 
+from seqcast import native
 from seqcast.artifacts import read_model_dir, write_model_dir
 from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError
 from seqcast.models import GLOBAL_RNG_LOCK, StackedRNN
@@ -558,9 +559,12 @@ def train_model(
 
     progress = epoch_progress(verbose)
     workers = batch_split_workers(model, torch_device, threads, split_batches, batch_size, X_t.shape[1])
-    if torch_device.type == "cpu" and hasattr(model, "trains_by_hand_at"):
-        # Builds or loads seqcast.native now if this model will use it (on slices of one thread
-        # each when split), not under the progress bar.
+    # Builds or loads seqcast.native now if this model will use it, not under the progress bar: for
+    # its dropout masks (any cell, any device: they are drawn on the CPU), or for its layers (on
+    # slices of one thread each when split).
+    if masked and model.dropout_rate > 0:
+        native.available()
+    elif torch_device.type == "cpu" and masked:
         rows = -(-min(batch_size, n_samples) // workers)
         model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
