@@ -63,6 +63,26 @@ def test_native_lstm_equals_separate_torch_lstms_in_output_and_every_gradient(
     assert weights[0][2].grad.data_ptr() != weights[0][3].grad.data_ptr()
 
 
+@needs_compiler
+def test_one_model_s_own_weights_give_what_the_stacked_ones_give():
+    # A StackedRNN passes its parameters without the model axis (no unsqueeze nodes); the result and
+    # the gradients, in each parameter's own shape, must be those of the K = 1 stacked call.
+    generator = torch.Generator().manual_seed(3)
+    x, _, masks, target, weights = random_lstm_stacks(
+        generator, layers=3, n_features=2, k=1, steps=6, batch=4, units=20, dtype=torch.float32
+    )
+    own = [tuple(w[0].detach().clone().requires_grad_() for w in layer) for layer in weights]
+    results = []
+    for ws in (weights, own):
+        out = native.native_lstm(x, ws, masks=masks)
+        ((out - target) ** 2).sum().backward()
+        results.append((out.detach(), [w.grad for layer in ws for w in layer]))
+    assert torch.equal(results[0][0], results[1][0])
+    for stacked, plain, w in zip(results[0][1], results[1][1], (w for layer in own for w in layer)):
+        assert plain.shape == w.shape
+        assert torch.equal(stacked[0], plain)
+
+
 def test_a_failed_build_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(native, "_module", None)
     monkeypatch.setattr(native, "_failure", None)

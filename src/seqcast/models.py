@@ -92,9 +92,11 @@ class StackedRNN(nn.Module):
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
-            last = (fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device))(
+            stack = fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device)
+            last = stack(
                 x.transpose(0, 1).unsqueeze(1),
-                self.stacked_weights(),
+                # native_lstm takes the parameters themselves: no unsqueeze node per weight to run
+                self.layer_weights() if stack is native.native_lstm else self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
             )[0]
         elif dropping:
@@ -223,15 +225,13 @@ class StackedRNN(nn.Module):
             and native.available()
         )
 
+    def layer_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per layer, the recurrent module's ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
+        return [tuple(layer) for layer in self.rnn.all_weights]
+
     def stacked_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis of 1."""
-        return [
-            tuple(
-                getattr(self.rnn, f"{name}_l{layer}").unsqueeze(0)
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
-            for layer in range(self.layers)
-        ]
+        return [tuple(weight.unsqueeze(0) for weight in layer) for layer in self.layer_weights()]
 
 
 def _validate(

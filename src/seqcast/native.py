@@ -84,7 +84,10 @@ static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
 // because GCC's vectorised loops ended a 50-unit row with scalar expf calls: the seed slice's
 // forward gate math took 1.75 instead of 1.91 ms, the whole call 3.5 % less. exp16 is Cephes'
 // expf (range reduction by ln 2 in two parts, a degree-6 polynomial, 2^n by scalef), accurate to
-// about 1 ulp on the clamped range.
+// about 1 ulp on the clamped range. sigm16 divides by a reciprocal estimate (rcp14) refined by one
+// Newton step, ~1 ulp more than a division: vdivps on 16 floats is a long, slow instruction, and
+// this and the hand-written backward pass below together took 1.027-1.048x less time per seed
+// slice and seed batch, 1.04x per seed-config epoch (benchmarks/README.md, 2026-12-06, 14:20-16:00).
 static inline __m512 exp16(__m512 x) {
   // vmaxps/vminps return their second operand when one is NaN: x second, so NaN passes through
   // (a NaN weight must still make the loss NaN, and training stop as diverged).
@@ -104,7 +107,9 @@ static inline __m512 exp16(__m512 x) {
 }
 static inline __m512 sigm16(__m512 x) {
   const __m512 one = _mm512_set1_ps(1.f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+  const __m512 d = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));  // in [1, 2.4e38]
+  const __m512 y = _mm512_rcp14_ps(d);  // relative error < 2^-14; y (2 - d y) squares it
+  return _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.f)));
 }
 static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 #endif
@@ -242,6 +247,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
     const float* a0 = acts.data_ptr<float>() + gk;
     float* dp0 = d_pre.data_ptr<float>() + gk;
     const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    float* gb = grad_b.data_ptr<float>() + (int64_t)k * G;
     std::fill(dh_next.begin(), dh_next.end(), 0.f);
     std::fill(dc_next.begin(), dc_next.end(), 0.f);
     float* dhn = dh_next.data();
@@ -257,6 +263,35 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       for (int r = 0; r < B; ++r) {
         const float* ar = ap + (int64_t)r * G;
         float* dr = dp + (int64_t)r * G;
+#if defined(__AVX512F__)
+        // As the scalar loop below, written out for the reason the forward's is (GCC's loop ended a
+        // 50-unit row with scalar code), and adding each gate's gradient to the bias gradient here
+        // rather than in a pass over d_pre of its own.
+        const int64_t q0 = (int64_t)r * U;
+        const __m512 one = _mm512_set1_ps(1.f);
+        for (int j = 0; j < U; j += 16) {
+          const __mmask16 m = lanes(U - j);
+          const __m512 i = _mm512_maskz_loadu_ps(m, ar + j), f = _mm512_maskz_loadu_ps(m, ar + U + j);
+          const __m512 g = _mm512_maskz_loadu_ps(m, ar + 2 * U + j), oo = _mm512_maskz_loadu_ps(m, ar + 3 * U + j);
+          const __m512 tcv = _mm512_maskz_loadu_ps(m, tc + q0 + j);
+          const __m512 dh = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, gh + q0 + j), _mm512_maskz_loadu_ps(m, mk + q0 + j),
+                                            _mm512_maskz_loadu_ps(m, dhn + q0 + j));
+          const __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dh, oo), _mm512_fnmadd_ps(tcv, tcv, one), _mm512_maskz_loadu_ps(m, dcn + q0 + j));
+          const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+          const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dc, _mm512_maskz_loadu_ps(m, cp + q0 + j)), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+          const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
+          const __m512 dO = _mm512_mul_ps(_mm512_mul_ps(dh, tcv), _mm512_mul_ps(oo, _mm512_sub_ps(one, oo)));
+          _mm512_mask_storeu_ps(dr + j, m, di);
+          _mm512_mask_storeu_ps(dr + U + j, m, df);
+          _mm512_mask_storeu_ps(dr + 2 * U + j, m, dg);
+          _mm512_mask_storeu_ps(dr + 3 * U + j, m, dO);
+          _mm512_mask_storeu_ps(dcn + q0 + j, m, _mm512_mul_ps(dc, f));
+          _mm512_mask_storeu_ps(gb + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, gb + j), di));
+          _mm512_mask_storeu_ps(gb + U + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, gb + U + j), df));
+          _mm512_mask_storeu_ps(gb + 2 * U + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, gb + 2 * U + j), dg));
+          _mm512_mask_storeu_ps(gb + 3 * U + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, gb + 3 * U + j), dO));
+        }
+#else
         #pragma omp simd
         for (int j = 0; j < U; ++j) {
           const int64_t q = (int64_t)r * U + j;
@@ -269,6 +304,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
           dr[3 * U + j] = dh * tcv * oo * (1.f - oo);
           dcn[q] = dc * f;
         }
+#endif
       }
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
@@ -290,12 +326,13 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
     if (needs_x)
       gemm(false, false, T * B, I, G, dp0, G, w_ih.data_ptr<float>() + (int64_t)k * G * I, I, 0.f,
            grad_x.data_ptr<float>() + (int64_t)k * T * B * I, I);
-    float* gb = grad_b.data_ptr<float>() + (int64_t)k * G;
+#if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
       #pragma omp simd
       for (int j = 0; j < G; ++j) gb[j] += dr[j];
     }
+#endif
   }
   return {grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone()};
 }
@@ -340,9 +377,19 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
 // or L - 1 tensors (K, T, B, U) applied to each layer's output but the last. Returns the last
 // layer's last step (K, B, U), then per layer what its backward reads: its input, h_all, c_all,
 // tc_all, acts.
+// A single model's weights may come without the model axis (a StackedRNN's own parameters: no
+// unsqueeze node per weight in the autograd graph, each with its Python and dispatch cost); they are
+// viewed with it here, and stack_backward returns their gradients in their own shape.
+static std::vector<Tensor> with_model_axis(std::vector<Tensor> weights) {
+  for (size_t i = 0; i < weights.size(); ++i)
+    if (weights[i].dim() == (i % 4 < 2 ? 2 : 1)) weights[i] = weights[i].unsqueeze(0);
+  return weights;
+}
+
 std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks) {
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && weights.size() == 4 * L && (masks.empty() || masks.size() == L - 1), "stack_forward: bad arguments");
+  weights = with_model_axis(weights);
   std::vector<Tensor> out(1);
   Tensor in = x;
   for (size_t l = 0; l < L; ++l) {
@@ -357,11 +404,13 @@ std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::ve
 }
 
 // grad_last (K, B, U); saved: stack_forward's per-layer tensors. Returns grad_x (undefined unless
-// needs_x), then per layer grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh.
+// needs_x), then per layer grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, each in its weight's shape.
 std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, std::vector<Tensor> weights,
                                    std::vector<Tensor> masks, bool needs_x) {
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && saved.size() == 5 * L && (masks.empty() || masks.size() == L - 1), "stack_backward: bad arguments");
+  const std::vector<Tensor> own = weights;
+  weights = with_model_axis(weights);
   const Tensor& top = saved[5 * (L - 1) + 1];
   Tensor g = at::zeros_like(top);
   g.select(1, top.size(1) - 1).copy_(grad_last);
@@ -370,7 +419,7 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
     const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
     std::vector<Tensor> r = lstm_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1],
                                           saved[5 * l + 2], saved[5 * l + 3], saved[5 * l + 4], mask, l > 0 || needs_x);
-    for (int i = 0; i < 4; ++i) out[1 + 4 * l + i] = r[1 + i];
+    for (int i = 0; i < 4; ++i) out[1 + 4 * l + i] = r[1 + i].view(own[4 * l + i].sizes());
     if (l > 0) g = r[0];
     else out[0] = r[0];
   }
@@ -565,7 +614,8 @@ def native_lstm(
     masks: list[Tensor] | None = None,
 ) -> Tensor:
     """:func:`~seqcast.models.fused_lstm`'s contract on the compiled layer: K models' LSTM stacks
-    on time-major ``x (T, K, B, F)`` with K-leading PyTorch-layout weights per layer, ``masks``
+    on time-major ``x (T, K, B, F)`` with K-leading PyTorch-layout weights per layer (for K = 1
+    also the layer's own ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), ``masks``
     ``(T, K, B, U)`` applied to each layer's output but the last; returns the last step
     ``(K, B, U)``. Call only when :func:`available` is True."""
     if _load() is None:
