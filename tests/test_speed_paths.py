@@ -292,6 +292,43 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
         assert (param.grad - want).abs().max().item() <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize("dropout,horizon,n_features", [(0.2, 1, 1), (0.0, 3, 2), (0.5, 2, 3)])
+def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatch, dropout, horizon, n_features):
+    # native.train_slice runs a slice of an MSE-trained LSTM stack without autograd; the reference
+    # is the same slice through StackedRNN.forward, F.mse_loss and torch.autograd.grad.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    generator = torch.Generator().manual_seed(horizon)
+    model = build_model(n_features, cell="lstm", layers=3, units=20, dropout=dropout, horizon=horizon, seed=1)
+    model.train()
+    x = torch.randn(16, 30, n_features, generator=generator)
+    y = torch.randn(16, horizon, generator=generator)
+    seed = model.batch_mask_seed(torch.Generator().manual_seed(9))
+    calls = []
+    real = native.train_slice
+    monkeypatch.setattr(native, "train_slice", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
+    splitter = _BatchSplitter(model, LOSSES["mse"], 2)
+    try:
+        assert splitter.compiled
+        got_loss, got = splitter._slice(x, y, seed, 5, 13, 0.5)
+        assert calls == [5]
+        masks = None if seed is None else model.dropout_masks(seed, 16, 30, 5, 13)
+        loss = LOSSES["mse"](model(x[5:13], masks), y[5:13]) * 0.5
+        want = torch.autograd.grad(loss, list(model.parameters()))
+    finally:
+        splitter.close()
+    assert got_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for (name, param), g, w in zip(model.named_parameters(), got, want):
+        assert g.shape == param.shape, name
+        assert (g - w).abs().max().item() <= 1e-5 * w.abs().max().item(), name
+    # Other losses and cells keep the autograd path.
+    for loss_name, cell in (("mae", "lstm"), ("huber", "lstm"), ("mse", "gru")):
+        other = build_model(1, cell=cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
+        splitter = _BatchSplitter(other, LOSSES[loss_name], 2)
+        splitter.close()
+        assert not splitter.compiled, (loss_name, cell)
+
+
 def test_batches_are_split_only_where_each_slice_has_enough_work():
     cpu = torch.device("cpu")
     seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1, seed=0)

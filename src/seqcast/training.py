@@ -397,11 +397,33 @@ class _BatchSplitter:
         self.workers = workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = one_thread_pool(workers - 1)
+        # An LSTM stack with an MSE loss runs each slice as one compiled call (native.train_slice)
+        # when the slice trains with the compiled layer: no autograd graph, and no Python on the GIL
+        # that the other slice's thread waits for. Other models and losses go through autograd.
+        own = [w for layer in model.layer_weights() for w in layer] + [model.head.weight, model.head.bias]
+        self.compiled = (
+            model.cell == "lstm"
+            and not model.fused
+            and loss_fn is F.mse_loss
+            and len(own) == len(self.params)
+            and all(a is b and a.dtype == torch.float32 for a, b in zip(own, self.params))
+        )
 
     def close(self) -> None:
         self.pool.shutdown()
 
     def _slice(self, x, y, seed, start, stop, weight):
+        if (
+            self.compiled
+            and x.dtype == y.dtype == torch.float32
+            and y.dim() == 2
+            and self.model.trains_by_hand(x[start:stop])
+        ):
+            model = self.model
+            return native.train_slice(
+                x[start:stop], y[start:stop], model.layer_weights(), model.head.weight, model.head.bias,
+                seed=seed, keep=1.0 - model.dropout_rate, batch=len(x), start=start, weight=weight,
+            )
         masks = None if seed is None else self.model.dropout_masks(seed, len(x), x.shape[1], start, stop, x.device)
         loss = self.loss_fn(self.model(x[start:stop], masks), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
