@@ -444,6 +444,8 @@ std::vector<Tensor> train_slice(Tensor x, Tensor y, std::vector<Tensor> weights,
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && weights.size() == 4 * L, "train_slice: bad arguments");
   const int64_t B = x.size(0), T = x.size(1), U = head_w.size(1);
+  TORCH_CHECK(y.size(0) == B && y.size(1) == head_w.size(0) && head_b.numel() == head_w.size(0),
+              "train_slice: y must be (windows, horizon) and the head (horizon, units)");
   const Tensor xt = x.transpose(0, 1).contiguous().unsqueeze(0);  // (1, T, B, F), time-major
   std::vector<Tensor> masks;
   Tensor last_mask;
