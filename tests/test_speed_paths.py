@@ -294,7 +294,7 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
 
 @pytest.mark.parametrize("dropout,horizon,n_features", [(0.2, 1, 1), (0.0, 3, 2), (0.5, 2, 3)])
 def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatch, dropout, horizon, n_features):
-    # native.train_slice runs a slice of an MSE-trained LSTM stack without autograd; the reference
+    # native.train_step runs a slice of an MSE-trained LSTM stack without autograd; the reference
     # is the same slice through StackedRNN.forward, F.mse_loss and torch.autograd.grad.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -305,8 +305,8 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatc
     y = torch.randn(16, horizon, generator=generator)
     seed = model.batch_mask_seed(torch.Generator().manual_seed(9))
     calls = []
-    real = native.train_slice
-    monkeypatch.setattr(native, "train_slice", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
+    real = native.train_step
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
     splitter = _BatchSplitter(model, LOSSES["mse"], 2)
     try:
         assert splitter.compiled
@@ -327,6 +327,53 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatc
         splitter = _BatchSplitter(other, LOSSES[loss_name], 2)
         splitter.close()
         assert not splitter.compiled, (loss_name, cell)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout):
+    # train_model's unsplit loop runs an MSE-trained small LSTM's batches through native.train_step;
+    # the reference is the same fit with compiled steps turned off (autograd through forward()).
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    generator = torch.Generator().manual_seed(4)
+    X = torch.randn(50, 12, 2, generator=generator)
+    y = torch.randn(50, 2, generator=generator)
+    calls = []
+    real = native.train_step
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(len(a[0][0])) or real(*a, **k))
+
+    def fit():
+        model = build_model(2, cell="lstm", layers=2, units=8, dropout=dropout, horizon=2, seed=3)
+        history = training.train_model(model, X, y, epochs=2, batch_size=16, seed=5, threads=1)
+        return history.loss, [p.detach().clone() for p in model.parameters()]
+
+    got_loss, got = fit()
+    assert calls == [16, 16, 16, 2] * 2
+    monkeypatch.setattr(training, "compiled_steps_apply", lambda *a: False)
+    want_loss, want = fit()
+    assert len(calls) == 8
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)
+    for g, w in zip(got, want):
+        assert (g - w).abs().max().item() <= 1e-5 * max(w.abs().max().item(), 1.0)
+
+
+def test_a_hook_on_the_model_keeps_the_autograd_step(monkeypatch):
+    # A compiled step would skip forward(), so its hooks; with one registered the fit goes through
+    # autograd, split or not.
+    calls = []
+    real = native.train_step
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    X = torch.randn(40, 10, 1)
+    y = torch.randn(40, 1)
+    for hooked in (False, True):
+        model = build_model(1, cell="lstm", layers=2, units=8, dropout=0.2, horizon=1, seed=0)
+        seen = []
+        if hooked:
+            model.head.register_forward_hook(lambda module, inputs, output: seen.append(len(output)))
+        training.train_model(model, X, y, epochs=1, batch_size=20, threads=1)
+        assert (len(seen) == 2) == hooked
+        assert training.compiled_steps_apply(model, LOSSES["mse"]) != hooked
+    assert len(calls) == (2 if native.available() else 0)
 
 
 def test_batches_are_split_only_where_each_slice_has_enough_work():
@@ -523,8 +570,18 @@ def test_train_many_of_gru_rnn_and_small_lstms_equals_separate_fits_also_in_thre
         return real_group(models, *args, **kwargs)
 
     monkeypatch.setattr(ensemble, "_train_group", spy)
+    # train_many's LSTM batches run as compiled steps (native.train_step, K models per call); the
+    # separate fits, the reference, go through autograd.
+    steps = []
+    real_step = native.train_step
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: steps.append(len(a[0])) or real_step(*a, **k))
+    monkeypatch.setattr(training, "compiled_steps_apply", lambda *a: False)
     shape = dict(cell=cell, nonlinearity=nonlinearity, layers=2, units=8, dropout=0.25, horizon=1)
     train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
+    if cell == "lstm":
+        assert sorted(set(steps)) == ([1, 2] if threads == 2 else [3])
+    else:
+        assert steps == []
     # With two threads the three models train as two groups (1 + 2) in two threads; else as one.
     if threads == 2:
         assert len({ident for ident, _ in groups}) == 2 and sorted(n for _, n in groups) == [1, 2]

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from seqcast.errors import ConfigError
-from seqcast.models import BLOCK_DIAGONAL_UNITS, StackedRNN, block_diagonal_lstm
+from seqcast import native
+from seqcast.models import BLOCK_DIAGONAL_UNITS, StackedRNN, block_diagonal_lstm, draw_mask_seed
 from seqcast.training import (
     LOSSES,
     FitCancelled,
@@ -334,6 +335,17 @@ def _train_group(
     p = template.dropout_rate
     histories = [History() for _ in models]
 
+    # The compiled layer's K models with an MSE loss: each batch as one compiled call
+    # (native.train_step), no autograd graph (benchmarks/README.md, 2026-12-06).
+    compiled = (
+        stack is native.native_lstm
+        and loss == "mse"
+        and torch_device.type == "cpu"
+        and y_t.dim() == 2
+        and all(param.dtype == torch.float32 for param in params)
+    )
+    in_step_order = [w for layer in layer_weights for w in layer] + [head_weight, head_bias]
+
     progress = epoch_progress(verbose)
     with progress, intra_op_threads(threads):
         task = progress.add_task("train", total=epochs, loss="-", val_loss=label)
@@ -347,23 +359,34 @@ def _train_group(
                 raise_if_cancelled()
                 index = orders[:, start : start + batch_size]
                 optim.zero_grad(set_to_none=True)
-                # (K, B, T, F) -> time-major (T, K, B, F)
-                batch_x = X_t[index].permute(2, 0, 1, 3)
-                masks = None
-                if p > 0:
-                    # Each model's masks for this batch, drawn as its own train_model fit draws them,
-                    # stacked on a model axis: (T, K, B, U) between layers, (K, B, U) after the last.
-                    per_model = [
-                        template.draw_dropout_masks(index.shape[1], X_t.shape[1], torch_device, g) for g in droppers
-                    ]
-                    masks = [torch.stack(layer_masks, dim=-3) for layer_masks in zip(*per_model)]
-                last = stack(batch_x, layer_weights, masks=None if masks is None else masks[:-1])
-                if masks is not None:
-                    last = last * masks[-1]
-                predictions = torch.baddbmm(head_bias.unsqueeze(1), last, head_weight.transpose(1, 2))
-                per_model = loss_fn(predictions, y_t[index], reduction="none").mean(dim=(1, 2))
-                # Summing keeps each model's gradient equal to that of its own mean loss.
-                per_model.sum().backward()
+                if compiled:
+                    # each model's mask seed drawn as draw_dropout_masks draws it
+                    mask_seeds = [draw_mask_seed(g) for g in droppers] if p > 0 else None
+                    per_model, grads = native.train_step(
+                        X_t[index], y_t[index], layer_weights, head_weight, head_bias, seeds=mask_seeds, keep=1.0 - p
+                    )
+                    for param, grad in zip(in_step_order, grads):
+                        param.grad = grad
+                else:
+                    # (K, B, T, F) -> time-major (T, K, B, F)
+                    batch_x = X_t[index].permute(2, 0, 1, 3)
+                    masks = None
+                    if p > 0:
+                        # Each model's masks for this batch, drawn as its own train_model fit draws
+                        # them, stacked on a model axis: (T, K, B, U) between layers, (K, B, U) after
+                        # the last.
+                        per_model = [
+                            template.draw_dropout_masks(index.shape[1], X_t.shape[1], torch_device, g)
+                            for g in droppers
+                        ]
+                        masks = [torch.stack(layer_masks, dim=-3) for layer_masks in zip(*per_model)]
+                    last = stack(batch_x, layer_weights, masks=None if masks is None else masks[:-1])
+                    if masks is not None:
+                        last = last * masks[-1]
+                    predictions = torch.baddbmm(head_bias.unsqueeze(1), last, head_weight.transpose(1, 2))
+                    per_model = loss_fn(predictions, y_t[index], reduction="none").mean(dim=(1, 2))
+                    # Summing keeps each model's gradient equal to that of its own mean loss.
+                    per_model.sum().backward()
                 if clip_norm is not None:
                     _clip_per_model_(params, clip_norm)
                 optim.step()

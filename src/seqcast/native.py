@@ -426,51 +426,62 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
   return out;
 }
 
-// One slice of a split training batch of one LSTM stack with a linear head and an MSE loss, from
-// its input windows to its gradients in one call that releases the GIL (training._BatchSplitter).
-// Through autograd the same slice ran ~0.7 ms of Python and dispatch per ~10 ms slice on one
-// thread, and with two slices in parallel threads that Python was serialised on the GIL.
-// x (B, T, F) and y (B, H): the slice's windows and targets; weights: the stack's, as
-// stack_forward; head_w (H, U), head_b (H). With dropout (threshold > 0) the masks are drawn here
-// as StackedRNN.dropout_masks draws them for windows start.. of a batch of batch windows: layer l's
-// values start at l * T * batch * U + start * U with a row stride batch * U, the last step's at
-// (L - 1) * T * batch * U + start * U. Returns weight * the slice's mean squared error, then the
-// gradients of that for every weight of the stack and head_w, head_b (the autograd path's
-// loss * weight and torch.autograd.grad of it).
-std::vector<Tensor> train_slice(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
-                                int64_t seed, int64_t threshold, double scale, int64_t batch, int64_t start, double weight) {
+// One training step's forward and backward for K LSTM stacks with linear heads and an MSE loss,
+// from the input windows to every gradient in one call that releases the GIL: a slice of a split
+// batch (training._BatchSplitter), a whole batch (train_model's unsplit loop) or K models trained
+// together (ensemble.train_many). Through autograd a 32-window seed-config slice ran ~0.6 ms of
+// Python and dispatch per ~9 ms on one thread, and two slices in parallel threads queued for the
+// GIL with it; a preset batch is mostly that glue.
+// x (K, B, T, F) and y (K, B, H): each model's windows and targets; weights: the stacks', as
+// stack_forward (a single model's may come without the model axis, and so may head_w (K, H, U)
+// and head_b (K, H)). With dropout (seeds: one per model; empty: none) model k's masks are drawn
+// here as StackedRNN.dropout_masks draws them from seeds[k] for windows start.. of a batch of batch
+// windows: layer l's values start at l * T * batch * U + start * U with a row stride batch * U, the
+// last step's at (L - 1) * T * batch * U + start * U. Returns weight * each model's mean squared
+// error (K), then its gradients for every weight of the stacks and head_w, head_b, each in its
+// weight's shape (what torch.autograd.grad gives for the sum of the K losses).
+std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
+                               std::vector<int64_t> seeds, int64_t threshold, double scale, int64_t batch, int64_t start,
+                               double weight) {
   torch::NoGradGuard no_grad;
-  check(x, 3, "x"); check(y, 2, "y"); check(head_w, 2, "head_w");
+  check(x, 4, "x"); check(y, 3, "y");
   const size_t L = weights.size() / 4;
-  TORCH_CHECK(L >= 1 && weights.size() == 4 * L, "train_slice: bad arguments");
-  const int64_t B = x.size(0), T = x.size(1), U = head_w.size(1);
-  TORCH_CHECK(y.size(0) == B && y.size(1) == head_w.size(0) && head_b.numel() == head_w.size(0),
-              "train_slice: y must be (windows, horizon) and the head (horizon, units)");
-  const Tensor xt = x.transpose(0, 1).contiguous().unsqueeze(0);  // (1, T, B, F), time-major
+  TORCH_CHECK(L >= 1 && weights.size() == 4 * L, "train_step: bad arguments");
+  const int64_t K = x.size(0), B = x.size(1), T = x.size(2);
+  const Tensor hw = head_w.dim() == 2 ? head_w.unsqueeze(0) : head_w;  // (K, H, U)
+  const Tensor hb = head_b.dim() == 1 ? head_b.unsqueeze(0) : head_b;  // (K, H)
+  const int64_t H = hw.size(1), U = hw.size(2);
+  TORCH_CHECK(hw.size(0) == K && hb.size(0) == K && hb.size(1) == H && y.size(0) == K && y.size(1) == B && y.size(2) == H,
+              "train_step: y must be (models, windows, horizon) and the heads (models, horizon, units)");
+  TORCH_CHECK(seeds.empty() || (int64_t)seeds.size() == K, "train_step: one seed per model");
+  const Tensor xt = x.transpose(1, 2).contiguous();  // (K, T, B, F), time-major
   std::vector<Tensor> masks;
   Tensor last_mask;
-  if (threshold > 0) {
+  if (!seeds.empty()) {
     const int64_t layer_size = T * batch * U;
-    for (size_t l = 0; l + 1 < L; ++l)
-      masks.push_back(dropout_masks(seed, T, B * U, (int64_t)l * layer_size + start * U, batch * U, threshold, scale)
-                          .view({1, T, B, U}));
-    last_mask = dropout_masks(seed, 1, B * U, (int64_t)(L - 1) * layer_size + start * U, 0, threshold, scale).view({B, U});
+    auto draw = [&](int64_t rows, int64_t base, int64_t stride) {
+      std::vector<Tensor> each;
+      for (int64_t k = 0; k < K; ++k) each.push_back(dropout_masks(seeds[k], rows, B * U, base, stride, threshold, scale));
+      return at::stack(each);  // (K, rows, B * U)
+    };
+    for (size_t l = 0; l + 1 < L; ++l) masks.push_back(draw(T, (int64_t)l * layer_size + start * U, batch * U).view({K, T, B, U}));
+    last_mask = draw(1, (int64_t)(L - 1) * layer_size + start * U, 0).view({K, B, U});
   }
   std::vector<Tensor> forward = stack_forward(xt, weights, masks);
-  const Tensor last = forward[0].select(0, 0);  // (B, U)
+  const Tensor& last = forward[0];  // (K, B, U)
   const Tensor lm = last_mask.defined() ? last * last_mask : last;
-  const Tensor diff = at::addmm(head_b, lm, head_w.t()) - y;  // (B, H)
-  const double n = (double)diff.numel();
-  const Tensor loss = diff.square().sum() * (weight / n);
+  const Tensor diff = at::baddbmm(hb.unsqueeze(1), lm, hw.transpose(1, 2)) - y;  // (K, B, H)
+  const double n = (double)(B * H);
+  const Tensor losses = diff.square().sum({1, 2}) * (weight / n);
   const Tensor d_out = diff * (2.0 * weight / n);
-  const Tensor d_lm = d_out.mm(head_w);
+  const Tensor d_lm = at::bmm(d_out, hw);
   const Tensor d_last = last_mask.defined() ? d_lm * last_mask : d_lm;
-  std::vector<Tensor> backward = stack_backward(d_last.unsqueeze(0), std::vector<Tensor>(forward.begin() + 1, forward.end()),
-                                                weights, masks, false);
-  std::vector<Tensor> out{loss};
+  std::vector<Tensor> backward =
+      stack_backward(d_last, std::vector<Tensor>(forward.begin() + 1, forward.end()), weights, masks, false);
+  std::vector<Tensor> out{losses};
   out.insert(out.end(), backward.begin() + 1, backward.end());
-  out.push_back(d_out.t().mm(lm));
-  out.push_back(d_out.sum(0));
+  out.push_back(at::bmm(d_out.transpose(1, 2), lm).view(head_w.sizes()));
+  out.push_back(d_out.sum(1).view(head_b.sizes()));
   return out;
 }
 
@@ -479,7 +490,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
   m.def("stack_forward", &stack_forward, py::call_guard<py::gil_scoped_release>());
   m.def("stack_backward", &stack_backward, py::call_guard<py::gil_scoped_release>());
-  m.def("train_slice", &train_slice, py::call_guard<py::gil_scoped_release>());
+  m.def("train_step", &train_step, py::call_guard<py::gil_scoped_release>());
 }
 """
 
@@ -634,36 +645,39 @@ def masks_reference(seed: int, keep: float, rows: int, length: int, base: int = 
     return torch.from_numpy(out)
 
 
-def train_slice(
+def train_step(
     x: Tensor,
     y: Tensor,
     weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
     head_weight: Tensor,
     head_bias: Tensor,
     *,
-    seed: int | None,
-    keep: float,
-    batch: int,
-    start: int,
-    weight: float,
+    seeds: list[int] | None,
+    keep: float = 1.0,
+    batch: int | None = None,
+    start: int = 0,
+    weight: float = 1.0,
 ) -> tuple[Tensor, list[Tensor]]:
-    """Forward and backward of one slice of a split training batch for a single LSTM stack with a
-    linear head and an MSE loss, in one compiled call that releases the GIL: ``x (B, T, F)`` and
-    ``y (B, H)`` are windows ``start:start+B`` of a batch of ``batch``; ``weights`` per layer
-    ``(weight_ih, weight_hh, bias_ih, bias_hh)``; ``seed`` the batch's mask seed
-    (``StackedRNN.batch_mask_seed``; None: no dropout) and ``keep`` 1 - the dropout rate. Returns
-    ``weight`` × the slice's mean squared error, and its gradient for every weight of every layer,
-    then the head's weight and bias: what ``torch.autograd.grad`` gives through
+    """Forward and backward of one training step of K LSTM stacks with linear heads and an MSE loss,
+    in one compiled call that releases the GIL. ``x (K, B, T, F)`` and ``y (K, B, H)``: each
+    model's windows ``start:start+B`` of a batch of ``batch`` (None: B) and their targets;
+    ``weights`` per layer ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis
+    (for K = 1 also the parameters themselves, and so the heads ``(K, H, U)``, ``(K, H)``);
+    ``seeds`` each model's mask seed for this batch (``StackedRNN.batch_mask_seed``; None: no
+    dropout) and ``keep`` 1 - the dropout rate. Returns ``weight`` × each model's mean squared error
+    ``(K,)``, and the gradient of their sum for every weight of every layer, then the head's weight
+    and bias, each in its weight's shape: what ``torch.autograd.grad`` gives through
     ``StackedRNN.forward`` with ``StackedRNN.dropout_masks(seed, batch, T, start, start + B)``, up
     to float rounding. Call only when :func:`available` is True."""
     if _load() is None:
         raise RuntimeError(f"seqcast's compiled LSTM is not available ({_failure})")
-    threshold, scale = (0, 1.0) if seed is None else _mask_threshold(keep)
-    loss, *grads = _module.train_slice(
+    threshold, scale = (0, 1.0) if seeds is None else _mask_threshold(keep)
+    losses, *grads = _module.train_step(
         x.contiguous(), y.contiguous(), [w for layer in weights for w in layer], head_weight, head_bias,
-        0 if seed is None else seed, threshold, scale, batch, start, weight,
+        [] if seeds is None else [int(s) for s in seeds], threshold, scale, x.shape[1] if batch is None else batch,
+        start, weight,
     )
-    return loss, grads
+    return losses, grads
 
 
 class _NativeLSTMStack(torch.autograd.Function):

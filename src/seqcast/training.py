@@ -374,6 +374,47 @@ def one_thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
+def compiled_steps_apply(model: nn.Module, loss_fn: Callable) -> bool:
+    """Whether ``model``'s training steps with ``loss_fn`` can run as one compiled call each
+    (:func:`seqcast.native.train_step`) where a batch's shape suits the compiled layer
+    (:func:`compiled_step_fits`): a :class:`StackedRNN` LSTM (not the opt-in fused path) trained with
+    the MSE loss, every parameter float32 and trained, in the order the call returns gradients."""
+    if not isinstance(model, StackedRNN) or model.cell != "lstm" or model.fused or loss_fn is not F.mse_loss:
+        return False
+    if type(model).forward is not StackedRNN.forward or type(model.head) is not nn.Linear or _hooked(model):
+        return False  # the compiled step would skip what the caller added
+    own = [w for layer in model.layer_weights() for w in layer] + [model.head.weight, model.head.bias]
+    params = list(model.parameters())
+    return len(own) == len(params) and all(
+        a is b and a.dtype == torch.float32 and a.requires_grad for a, b in zip(own, params)
+    )
+
+
+def _hooked(model: nn.Module) -> bool:
+    """Whether a forward or backward hook would run in ``model``'s training step: on the model or a
+    submodule, registered globally, or on a parameter. (``nn.Module`` has no public query for this;
+    these are the dictionaries its ``__call__`` and autograd read.)"""
+    from torch.nn.modules import module as nn_module
+
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(nn_module, f"_global{name}", None) for name in names):
+        return True
+    if any(getattr(m, name, None) for m in model.modules() for name in names):
+        return True
+    return any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+
+
+def compiled_step_fits(model: StackedRNN, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """For a model :func:`compiled_steps_apply` to: whether windows ``x`` with targets ``y`` train
+    with the compiled layer on this thread (``StackedRNN.trains_by_hand``) and have its shapes."""
+    return (
+        x.dtype == y.dtype == torch.float32
+        and y.dim() == 2
+        and y.shape[1] == model.horizon
+        and model.trains_by_hand(x)
+    )
+
+
 class _BatchSplitter:
     """Forward and backward of one batch as ``workers`` slices in parallel threads, one intra-op
     thread each; their gradients are summed in a fixed order.
@@ -397,34 +438,21 @@ class _BatchSplitter:
         self.workers = workers
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = one_thread_pool(workers - 1)
-        # An LSTM stack with an MSE loss runs each slice as one compiled call (native.train_slice)
-        # when the slice trains with the compiled layer: no autograd graph, and no Python on the GIL
-        # that the other slice's thread waits for. Other models and losses go through autograd.
-        own = [w for layer in model.layer_weights() for w in layer] + [model.head.weight, model.head.bias]
-        self.compiled = (
-            model.cell == "lstm"
-            and not model.fused
-            and loss_fn is F.mse_loss
-            and len(own) == len(self.params)
-            and all(a is b and a.dtype == torch.float32 for a, b in zip(own, self.params))
-        )
+        # No autograd graph, and no Python on the GIL that the other slice's thread waits for.
+        self.compiled = compiled_steps_apply(model, loss_fn)
 
     def close(self) -> None:
         self.pool.shutdown()
 
     def _slice(self, x, y, seed, start, stop, weight):
-        if (
-            self.compiled
-            and x.dtype == y.dtype == torch.float32
-            and y.dim() == 2
-            and y.shape[1] == self.model.horizon
-            and self.model.trains_by_hand(x[start:stop])
-        ):
+        if self.compiled and compiled_step_fits(self.model, x[start:stop], y):
             model = self.model
-            return native.train_slice(
-                x[start:stop], y[start:stop], model.layer_weights(), model.head.weight, model.head.bias,
-                seed=seed, keep=1.0 - model.dropout_rate, batch=len(x), start=start, weight=weight,
+            losses, grads = native.train_step(
+                x[None, start:stop], y[None, start:stop], model.layer_weights(), model.head.weight, model.head.bias,
+                seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=len(x), start=start,
+                weight=weight,
             )
+            return losses[0], grads
         masks = None if seed is None else self.model.dropout_masks(seed, len(x), x.shape[1], start, stop, x.device)
         loss = self.loss_fn(self.model(x[start:stop], masks), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
@@ -591,6 +619,11 @@ def train_model(
         rows = -(-min(batch_size, n_samples) // workers)
         model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
+    # An unsplit batch of an MSE-trained LSTM stack runs as one compiled call where it suits the
+    # compiled layer (native.train_step): the indicators preset's fits 1.6x faster, whose batches
+    # were mostly autograd's Python and dispatch (benchmarks/README.md, 2026-12-06).
+    compiled = splitter is None and compiled_steps_apply(model, loss_fn)
+    params = list(model.parameters())
     try:
         with progress, intra_op_threads(1 if splitter else threads):
             task = progress.add_task("train", total=epochs, completed=first_epoch - 1, loss="-", val_loss="")
@@ -607,6 +640,15 @@ def train_model(
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:
                         batch_loss = splitter.step(X_t[index], y_t[index], dropper)
+                    elif compiled and compiled_step_fits(model, X_t[index], y_t[index]):
+                        seed = model.batch_mask_seed(dropper)  # what batch_masks would draw
+                        losses, grads = native.train_step(
+                            X_t[index][None], y_t[index][None], model.layer_weights(), model.head.weight,
+                            model.head.bias, seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate,
+                        )
+                        for param, grad in zip(params, grads):
+                            param.grad = grad
+                        batch_loss = losses[0]
                     else:
                         x = X_t[index]
                         out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
