@@ -358,7 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members-epochs", type=int, default=10, help="epochs per member in the 'members' section")
     parser.add_argument("--ab-rounds", type=int, default=5, help="interleaved rounds of the seed-config A/B")
     parser.add_argument("--only", choices=("gemm", "train", "ab", "predict", "ensemble", "members", "rss", "malloc"), action="append")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="where to write the results (default: results.json; with --only, results-partial.json, so a "
+        "partial run does not replace the last full one)",
+    )
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--malloc-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -370,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
         malloc_child(args.epochs)
         return
     sections = set(args.only or ("gemm", "train", "ab", "predict", "ensemble", "members", "rss", "malloc"))
+    if args.out is None:
+        args.out = HERE / ("results-partial.json" if args.only else "results.json")
 
     X, y, january = seed_windows()
     results: dict = {
