@@ -16,7 +16,9 @@ than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config 
 dropout masks included, is one call and one autograd node each way (one node per layer and one
 per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the gate passes apply
 the masks (a further 1.065x). Its calls release the GIL, so a split batch's slices and train_many's
-thread groups run in parallel. It also draws the dropout masks (:func:`dropout_masks`).
+thread groups run in parallel. It also draws the dropout masks (:func:`dropout_masks`), and runs a
+whole training step of MSE-trained stacks with linear heads, masks to gradients, as one call
+(:func:`train_step`: no autograd graph, and no Python between the parts).
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
