@@ -359,7 +359,7 @@ def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dr
 
 def test_a_hook_on_the_model_keeps_the_autograd_step(monkeypatch):
     # A compiled step would skip forward(), so its hooks; with one registered the fit goes through
-    # autograd, split or not.
+    # autograd (here unsplit; the batch splitter asks the same compiled_steps_apply).
     calls = []
     real = native.train_step
     monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -17,7 +17,8 @@ which releases the GIL, so the groups run in parallel.
 Small LSTM models (``StackedRNN.trains_by_hand_at``: layers of at most
 ``native.MAX_LAYER_FLOPS``, or ``native.MAX_LAYER_FLOPS_ONE_THREAD`` with ``threads=1``) train
 like the GRUs where ``seqcast.native``'s compiled layer built: K models per call of
-``native.native_lstm``, which releases the GIL, one group per thread. The rest of this paragraph
+``native.native_lstm``, which releases the GIL, one group per thread (with the MSE loss each batch
+is one call of ``native.train_step``, forward to gradients). The rest of this paragraph
 is about the other LSTMs, and about every LSTM where it did not build.
 
 Such LSTM models on the CPU are not batched by the hand-written Python layers: oneDNN's LSTM

@@ -640,11 +640,11 @@ def train_model(
                     optim.zero_grad(set_to_none=True)
                     if splitter is not None:
                         batch_loss = splitter.step(X_t[index], y_t[index], dropper)
-                    elif compiled and compiled_step_fits(model, X_t[index], y_t[index]):
+                    elif compiled and compiled_step_fits(model, x := X_t[index], target := y_t[index]):
                         seed = model.batch_mask_seed(dropper)  # what batch_masks would draw
                         losses, grads = native.train_step(
-                            X_t[index][None], y_t[index][None], model.layer_weights(), model.head.weight,
-                            model.head.bias, seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate,
+                            x[None], target[None], model.layer_weights(), model.head.weight, model.head.bias,
+                            seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate,
                         )
                         for param, grad in zip(params, grads):
                             param.grad = grad
