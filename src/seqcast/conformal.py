@@ -65,7 +65,7 @@ def _trains_together(template: Forecaster) -> bool:
     CPU, without validation rows or early stopping, which train_many lacks. There GRU and vanilla
     RNN members train K at once in one group per thread (1.7-3.9× the throughput of one-by-one fits
     at the indicators preset's shape), and so do LSTM members too small to split their batches:
-    K per call of seqcast.native's compiled layer where it built (2.9-3.0× since their batches, like
+    K per call of seqcast.native's compiled layer where it built (2.3-3.0× since their batches, like
     single fits', run as one compiled training step each), else as block-diagonal
     oneDNN LSTMs (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after another."""
     return (
