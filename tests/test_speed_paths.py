@@ -292,47 +292,51 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
         assert (param.grad - want).abs().max().item() <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("dropout,horizon,n_features", [(0.2, 1, 1), (0.0, 3, 2), (0.5, 2, 3)])
-def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatch, dropout, horizon, n_features):
-    # native.train_step runs a slice of an MSE-trained LSTM stack without autograd; the reference
-    # is the same slice through StackedRNN.forward, F.mse_loss and torch.autograd.grad.
+def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatch, loss, dropout, horizon, n_features):
+    # native.train_step runs a slice of an LSTM stack without autograd; the reference is the same
+    # slice through StackedRNN.forward, the loss function and torch.autograd.grad.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     generator = torch.Generator().manual_seed(horizon)
     model = build_model(n_features, cell="lstm", layers=3, units=20, dropout=dropout, horizon=horizon, seed=1)
     model.train()
     x = torch.randn(16, 30, n_features, generator=generator)
-    y = torch.randn(16, horizon, generator=generator)
+    y = torch.randn(16, horizon, generator=generator) * 2  # Huber: both sides of |error| = 1
     seed = model.batch_mask_seed(torch.Generator().manual_seed(9))
     calls = []
     real = native.train_step
     monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(k["start"]) or real(*a, **k))
-    splitter = _BatchSplitter(model, LOSSES["mse"], 2)
+    splitter = _BatchSplitter(model, LOSSES[loss], 2)
     try:
         assert splitter.compiled
         got_loss, got = splitter._slice(x, y, seed, 5, 13, 0.5)
         assert calls == [5]
         masks = None if seed is None else model.dropout_masks(seed, 16, 30, 5, 13)
-        loss = LOSSES["mse"](model(x[5:13], masks), y[5:13]) * 0.5
-        want = torch.autograd.grad(loss, list(model.parameters()))
+        errors = model(x[5:13], masks) - y[5:13]
+        if loss == "huber":
+            assert (errors.abs() < 1).any() and (errors.abs() > 1).any()
+        want_loss = LOSSES[loss](errors, torch.zeros_like(errors)) * 0.5
+        want = torch.autograd.grad(want_loss, list(model.parameters()))
     finally:
         splitter.close()
-    assert got_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert got_loss.item() == pytest.approx(want_loss.item(), rel=1e-6)
     for (name, param), g, w in zip(model.named_parameters(), got, want):
         assert g.shape == param.shape, name
         assert (g - w).abs().max().item() <= 1e-5 * w.abs().max().item(), name
-    # Other losses and cells keep the autograd path.
-    for loss_name, cell in (("mae", "lstm"), ("huber", "lstm"), ("mse", "gru")):
+    # GRU and RNN stacks, and losses train_step does not know, keep the autograd path.
+    for loss_fn, cell in ((LOSSES[loss], "gru"), (LOSSES[loss], "rnn"), (torch.nn.functional.smooth_l1_loss, "lstm")):
         other = build_model(1, cell=cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
-        splitter = _BatchSplitter(other, LOSSES[loss_name], 2)
+        splitter = _BatchSplitter(other, loss_fn, 2)
         splitter.close()
-        assert not splitter.compiled, (loss_name, cell)
+        assert not splitter.compiled, (loss_fn, cell)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout):
-    # train_model's unsplit loop runs an MSE-trained small LSTM's batches through native.train_step;
-    # the reference is the same fit with compiled steps turned off (autograd through forward()).
+@pytest.mark.parametrize("dropout,loss", [(0.0, "mse"), (0.3, "mse"), (0.3, "mae"), (0.0, "huber")])
+def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout, loss):
+    # train_model's unsplit loop runs a small LSTM's batches through native.train_step; the
+    # reference is the same fit with compiled steps turned off (autograd through forward()).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     generator = torch.Generator().manual_seed(4)
@@ -344,7 +348,7 @@ def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dr
 
     def fit():
         model = build_model(2, cell="lstm", layers=2, units=8, dropout=dropout, horizon=2, seed=3)
-        history = training.train_model(model, X, y, epochs=2, batch_size=16, seed=5, threads=1)
+        history = training.train_model(model, X, y, epochs=2, batch_size=16, seed=5, threads=1, loss=loss)
         return history.loss, [p.detach().clone() for p in model.parameters()]
 
     got_loss, got = fit()

@@ -17,8 +17,8 @@ which releases the GIL, so the groups run in parallel.
 Small LSTM models (``StackedRNN.trains_by_hand_at``: layers of at most
 ``native.MAX_LAYER_FLOPS``, or ``native.MAX_LAYER_FLOPS_ONE_THREAD`` with ``threads=1``) train
 like the GRUs where ``seqcast.native``'s compiled layer built: K models per call of
-``native.native_lstm``, which releases the GIL, one group per thread (with the MSE loss each batch
-is one call of ``native.train_step``, forward to gradients). The rest of this paragraph
+``native.native_lstm``, which releases the GIL, one group per thread (each batch one call of
+``native.train_step``, forward to gradients). The rest of this paragraph
 is about the other LSTMs, and about every LSTM where it did not build.
 
 Such LSTM models on the CPU are not batched by the hand-written Python layers: oneDNN's LSTM
@@ -336,11 +336,11 @@ def _train_group(
     p = template.dropout_rate
     histories = [History() for _ in models]
 
-    # The compiled layer's K models with an MSE loss: each batch as one compiled call
+    # The compiled layer's K models: each batch as one compiled call
     # (native.train_step), no autograd graph (benchmarks/README.md, 2026-12-06).
     compiled = (
         stack is native.native_lstm
-        and loss == "mse"
+        and loss in native.TRAIN_STEP_LOSSES
         and torch_device.type == "cpu"
         and y_t.dim() == 2
         and all(param.dtype == torch.float32 for param in params)
@@ -364,7 +364,8 @@ def _train_group(
                     # each model's mask seed drawn as draw_dropout_masks draws it
                     mask_seeds = [draw_mask_seed(g) for g in droppers] if p > 0 else None
                     per_model, grads = native.train_step(
-                        X_t[index], y_t[index], layer_weights, head_weight, head_bias, seeds=mask_seeds, keep=1.0 - p
+                        X_t[index], y_t[index], layer_weights, head_weight, head_bias, seeds=mask_seeds, keep=1.0 - p,
+                        loss=loss,
                     )
                     for param, grad in zip(in_step_order, grads):
                         param.grad = grad

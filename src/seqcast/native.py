@@ -17,7 +17,7 @@ dropout masks included, is one call and one autograd node each way (one node per
 per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the gate passes apply
 the masks (a further 1.065x). Its calls release the GIL, so a split batch's slices and train_many's
 thread groups run in parallel. It also draws the dropout masks (:func:`dropout_masks`), and runs a
-whole training step of MSE-trained stacks with linear heads, masks to gradients, as one call
+whole training step of stacks with linear heads, masks to gradients, as one call
 (:func:`train_step`: no autograd graph, and no Python between the parts).
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
@@ -428,7 +428,8 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
   return out;
 }
 
-// One training step's forward and backward for K LSTM stacks with linear heads and an MSE loss,
+// One training step's forward and backward for K LSTM stacks with linear heads and an MSE, MAE or
+// Huber loss (loss_kind 0, 1, 2),
 // from the input windows to every gradient in one call that releases the GIL: a slice of a split
 // batch (training._BatchSplitter), a whole batch (train_model's unsplit loop) or K models trained
 // together (ensemble.train_many). Through autograd a 32-window seed-config slice ran ~0.6 ms of
@@ -439,12 +440,12 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
 // and head_b (K, H)). With dropout (seeds: one per model; empty: none) model k's masks are drawn
 // here as StackedRNN.dropout_masks draws them from seeds[k] for windows start.. of a batch of batch
 // windows: layer l's values start at l * T * batch * U + start * U with a row stride batch * U, the
-// last step's at (L - 1) * T * batch * U + start * U. Returns weight * each model's mean squared
-// error (K), then its gradients for every weight of the stacks and head_w, head_b, each in its
+// last step's at (L - 1) * T * batch * U + start * U. Returns weight * each model's mean loss
+// (K), then its gradients for every weight of the stacks and head_w, head_b, each in its
 // weight's shape (what torch.autograd.grad gives for the sum of the K losses).
 std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
                                std::vector<int64_t> seeds, int64_t threshold, double scale, int64_t batch, int64_t start,
-                               double weight) {
+                               double weight, int64_t loss_kind) {
   torch::NoGradGuard no_grad;
   check(x, 4, "x"); check(y, 3, "y");
   const size_t L = weights.size() / 4;
@@ -474,8 +475,21 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
   const Tensor lm = last_mask.defined() ? last * last_mask : last;
   const Tensor diff = at::baddbmm(hb.unsqueeze(1), lm, hw.transpose(1, 2)) - y;  // (K, B, H)
   const double n = (double)(B * H);
-  const Tensor losses = diff.square().sum({1, 2}) * (weight / n);
-  const Tensor d_out = diff * (2.0 * weight / n);
+  // The loss per element and its derivative, as F.mse_loss, F.l1_loss and F.huber_loss (delta 1)
+  // define them and their backward passes compute them: 0 MSE, 1 MAE, 2 Huber.
+  TORCH_CHECK(loss_kind >= 0 && loss_kind <= 2, "train_step: unknown loss");
+  Tensor losses, d_out;
+  if (loss_kind == 0) {
+    losses = diff.square().sum({1, 2}) * (weight / n);
+    d_out = diff * (2.0 * weight / n);
+  } else if (loss_kind == 1) {
+    losses = diff.abs().sum({1, 2}) * (weight / n);
+    d_out = diff.sign() * (weight / n);
+  } else {
+    const Tensor a = diff.abs(), quadratic = a < 1.0;
+    losses = at::where(quadratic, 0.5 * diff.square(), a - 0.5).sum({1, 2}) * (weight / n);
+    d_out = diff.clamp(-1.0, 1.0) * (weight / n);
+  }
   const Tensor d_lm = at::bmm(d_out, hw);
   const Tensor d_last = last_mask.defined() ? d_lm * last_mask : d_lm;
   std::vector<Tensor> backward =
@@ -647,6 +661,10 @@ def masks_reference(seed: int, keep: float, rows: int, length: int, base: int = 
     return torch.from_numpy(out)
 
 
+# The losses train_step computes (training.LOSSES' names), and the C++ code of each.
+TRAIN_STEP_LOSSES = {"mse": 0, "mae": 1, "huber": 2}
+
+
 def train_step(
     x: Tensor,
     y: Tensor,
@@ -659,14 +677,16 @@ def train_step(
     batch: int | None = None,
     start: int = 0,
     weight: float = 1.0,
+    loss: str = "mse",
 ) -> tuple[Tensor, list[Tensor]]:
-    """Forward and backward of one training step of K LSTM stacks with linear heads and an MSE loss,
+    """Forward and backward of one training step of K LSTM stacks with linear heads and ``loss``
+    (``"mse"``, ``"mae"`` or ``"huber"``: ``F.mse_loss``, ``F.l1_loss``, ``F.huber_loss``),
     in one compiled call that releases the GIL. ``x (K, B, T, F)`` and ``y (K, B, H)``: each
     model's windows ``start:start+B`` of a batch of ``batch`` (None: B) and their targets;
     ``weights`` per layer ``(weight_ih, weight_hh, bias_ih, bias_hh)`` with a leading model axis
     (for K = 1 also the parameters themselves, and so the heads ``(K, H, U)``, ``(K, H)``);
     ``seeds`` each model's mask seed for this batch (``StackedRNN.batch_mask_seed``; None: no
-    dropout) and ``keep`` 1 - the dropout rate. Returns ``weight`` × each model's mean squared error
+    dropout) and ``keep`` 1 - the dropout rate. Returns ``weight`` × each model's mean loss
     ``(K,)``, and the gradient of their sum for every weight of every layer, then the head's weight
     and bias, each in its weight's shape: what ``torch.autograd.grad`` gives through
     ``StackedRNN.forward`` with ``StackedRNN.dropout_masks(seed, batch, T, start, start + B)``, up
@@ -677,7 +697,7 @@ def train_step(
     losses, *grads = _module.train_step(
         x.contiguous(), y.contiguous(), [w for layer in weights for w in layer], head_weight, head_bias,
         [] if seeds is None else [int(s) for s in seeds], threshold, scale, x.shape[1] if batch is None else batch,
-        start, weight,
+        start, weight, TRAIN_STEP_LOSSES[loss],
     )
     return losses, grads
 

@@ -374,12 +374,20 @@ def one_thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
+def loss_name(loss_fn: Callable) -> str | None:
+    """The name under which :data:`LOSSES` holds ``loss_fn`` (None: not one of them)."""
+    return next((name for name, fn in LOSSES.items() if fn is loss_fn), None)
+
+
 def compiled_steps_apply(model: nn.Module, loss_fn: Callable) -> bool:
     """Whether ``model``'s training steps with ``loss_fn`` can run as one compiled call each
     (:func:`seqcast.native.train_step`) where a batch's shape suits the compiled layer
     (:func:`compiled_step_fits`): a :class:`StackedRNN` LSTM (not the opt-in fused path) trained with
-    the MSE loss, every parameter float32 and trained, in the order the call returns gradients."""
-    if not isinstance(model, StackedRNN) or model.cell != "lstm" or model.fused or loss_fn is not F.mse_loss:
+    one of :data:`LOSSES`, with nothing hooked into its forward or backward pass, every parameter
+    float32 and trained, in the order the call returns gradients."""
+    if not isinstance(model, StackedRNN) or model.cell != "lstm" or model.fused:
+        return False
+    if loss_name(loss_fn) not in native.TRAIN_STEP_LOSSES:
         return False
     if type(model).forward is not StackedRNN.forward or type(model.head) is not nn.Linear or _hooked(model):
         return False  # the compiled step would skip what the caller added
@@ -450,7 +458,7 @@ class _BatchSplitter:
             losses, grads = native.train_step(
                 x[None, start:stop], y[None, start:stop], model.layer_weights(), model.head.weight, model.head.bias,
                 seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=len(x), start=start,
-                weight=weight,
+                weight=weight, loss=loss_name(self.loss_fn),
             )
             return losses[0], grads
         masks = None if seed is None else self.model.dropout_masks(seed, len(x), x.shape[1], start, stop, x.device)
@@ -619,7 +627,7 @@ def train_model(
         rows = -(-min(batch_size, n_samples) // workers)
         model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
-    # An unsplit batch of an MSE-trained LSTM stack runs as one compiled call where it suits the
+    # An unsplit batch of an LSTM stack runs as one compiled call where it suits the
     # compiled layer (native.train_step): the indicators preset's fits 1.6x faster, whose batches
     # were mostly autograd's Python and dispatch (benchmarks/README.md, 2026-12-06).
     compiled = splitter is None and compiled_steps_apply(model, loss_fn)
@@ -644,7 +652,7 @@ def train_model(
                         seed = model.batch_mask_seed(dropper)  # what batch_masks would draw
                         losses, grads = native.train_step(
                             x[None], target[None], model.layer_weights(), model.head.weight, model.head.bias,
-                            seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate,
+                            seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, loss=loss,
                         )
                         for param, grad in zip(params, grads):
                             param.grad = grad
