@@ -89,7 +89,7 @@ static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
 // about 1 ulp on the clamped range. sigm16 divides by a reciprocal estimate (rcp14) refined by one
 // Newton step, ~1 ulp more than a division: vdivps on 16 floats is a long, slow instruction, and
 // this and the hand-written backward pass below together took 1.027-1.048x less time per seed
-// slice and seed batch, 1.04x per seed-config epoch (benchmarks/README.md, 2026-12-06, 14:20-15:40).
+// slice and seed batch, 1.04x per seed-config epoch (benchmarks/README.md, 2026-12-06, 14:20-15:50).
 static inline __m512 exp16(__m512 x) {
   // vmaxps/vminps return their second operand when one is NaN: x second, so NaN passes through
   // (a NaN weight must still make the loss NaN, and training stop as diverged).
