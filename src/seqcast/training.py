@@ -423,6 +423,22 @@ def compiled_step_fits(model: StackedRNN, x: torch.Tensor, y: torch.Tensor) -> b
     )
 
 
+def compiled_step(
+    model: StackedRNN, x: torch.Tensor, y: torch.Tensor, seed: int | None, loss: str, *,
+    batch: int | None = None, start: int = 0, weight: float = 1.0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``model``'s training step on windows ``x`` (``start:start+len(x)`` of a batch of ``batch``)
+    and targets ``y`` as one :func:`seqcast.native.train_step` call, ``seed`` the batch's mask seed
+    (``StackedRNN.batch_mask_seed``): ``weight`` × the mean loss, and the gradient of that for every
+    parameter, in ``model.parameters()`` order (which :func:`compiled_steps_apply` checks)."""
+    losses, grads = native.train_step(
+        x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
+        seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=batch, start=start,
+        weight=weight, loss=loss,
+    )
+    return losses[0], grads
+
+
 class _BatchSplitter:
     """Forward and backward of one batch as ``workers`` slices in parallel threads, one intra-op
     thread each; their gradients are summed in a fixed order.
@@ -448,19 +464,16 @@ class _BatchSplitter:
         self.pool = one_thread_pool(workers - 1)
         # No autograd graph, and no Python on the GIL that the other slice's thread waits for.
         self.compiled = compiled_steps_apply(model, loss_fn)
+        self.loss_name = loss_name(loss_fn)
 
     def close(self) -> None:
         self.pool.shutdown()
 
     def _slice(self, x, y, seed, start, stop, weight):
         if self.compiled and compiled_step_fits(self.model, x[start:stop], y):
-            model = self.model
-            losses, grads = native.train_step(
-                x[None, start:stop], y[None, start:stop], model.layer_weights(), model.head.weight, model.head.bias,
-                seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=len(x), start=start,
-                weight=weight, loss=loss_name(self.loss_fn),
+            return compiled_step(
+                self.model, x[start:stop], y[start:stop], seed, self.loss_name, batch=len(x), start=start, weight=weight
             )
-            return losses[0], grads
         masks = None if seed is None else self.model.dropout_masks(seed, len(x), x.shape[1], start, stop, x.device)
         loss = self.loss_fn(self.model(x[start:stop], masks), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
@@ -628,7 +641,7 @@ def train_model(
         model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     # An unsplit batch of an LSTM stack runs as one compiled call where it suits the
-    # compiled layer (native.train_step): the indicators preset's fits 1.6x faster, whose batches
+    # compiled layer (native.train_step): the indicators preset's fits 1.42x faster, whose batches
     # were mostly autograd's Python and dispatch (benchmarks/README.md, 2026-12-06).
     compiled = splitter is None and compiled_steps_apply(model, loss_fn)
     params = list(model.parameters())
@@ -646,21 +659,17 @@ def train_model(
                     raise_if_cancelled()
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
+                    x, target = X_t[index], y_t[index]
                     if splitter is not None:
-                        batch_loss = splitter.step(X_t[index], y_t[index], dropper)
-                    elif compiled and compiled_step_fits(model, x := X_t[index], target := y_t[index]):
-                        seed = model.batch_mask_seed(dropper)  # what batch_masks would draw
-                        losses, grads = native.train_step(
-                            x[None], target[None], model.layer_weights(), model.head.weight, model.head.bias,
-                            seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, loss=loss,
-                        )
+                        batch_loss = splitter.step(x, target, dropper)
+                    elif compiled and compiled_step_fits(model, x, target):
+                        # batch_mask_seed draws what batch_masks would
+                        batch_loss, grads = compiled_step(model, x, target, model.batch_mask_seed(dropper), loss)
                         for param, grad in zip(params, grads):
                             param.grad = grad
-                        batch_loss = losses[0]
                     else:
-                        x = X_t[index]
                         out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
-                        batch_loss = loss_fn(out, y_t[index])
+                        batch_loss = loss_fn(out, target)
                         batch_loss.backward()
                     if clip_norm is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
