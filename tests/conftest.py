@@ -60,13 +60,14 @@ def draw_masks(shapes, keep, generator=None):
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
 
 
-def random_lstm_stacks(generator, *, layers, n_features, k, steps, batch, units, dtype=torch.float32):
-    """K independent random ``torch.nn.LSTM`` stacks (one module per layer), inputs ``x (T, K, B, F)``,
+def random_lstm_stacks(generator, *, layers, n_features, k, steps, batch, units, dtype=torch.float32, cell="lstm"):
+    """K independent random ``torch.nn.LSTM`` (``cell="gru"``: ``torch.nn.GRU``) stacks (one module per layer), inputs ``x (T, K, B, F)``,
     inverted-dropout masks (keep 0.7) for every layer but the last, a regression target for the
     last steps, and the stacks' weights as K-leading tensors per layer (what ``fused_lstm``'s
     contract takes), which require grad: the setup of the K-models-at-once equality tests."""
     x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=dtype)
-    stacks = [[torch.nn.LSTM(n_features if l == 0 else units, units).to(dtype) for l in range(layers)] for _ in range(k)]
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    stacks = [[module(n_features if l == 0 else units, units).to(dtype) for l in range(layers)] for _ in range(k)]
     for stack in stacks:
         for layer in stack:
             for p in layer.parameters():

@@ -170,16 +170,28 @@ def torch_single_layers(model, x, masks):
     return model.head(out[:, -1] * masks[-1]), singles
 
 
-@pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh")])
+@pytest.mark.parametrize(
+    "cell,nonlinearity,compiled",
+    [("gru", "tanh", True), ("gru", "tanh", False), ("rnn", "tanh", False), ("rnn", "relu", False),
+     ("lstm", "tanh", True)],
+)
 @pytest.mark.parametrize(
     "layers,units,steps,batch,features,dropout",
     [(3, 7, 9, 6, 3, 0.3), (1, 5, 1, 1, 2, 0.0), (2, 4, 5, 3, 1, 0.0), (2, 16, 12, 4, 2, 0.2)],
 )
-def test_hand_written_gru_rnn_and_native_lstm_match_torch_in_loss_and_every_gradient(
-    cell, nonlinearity, layers, units, steps, batch, features, dropout
+def test_hand_written_gru_rnn_and_native_lstm_gru_match_torch_in_loss_and_every_gradient(
+    monkeypatch, cell, nonlinearity, compiled, layers, units, steps, batch, features, dropout
 ):
-    if cell == "lstm" and not native.available():
+    # compiled: seqcast.native's layer (native_lstm, native_gru); else the TorchScript fused_gru, the
+    # GRU's path where the compiled layer did not build or the layers are too large for it.
+    if compiled and not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
+    if not compiled:
+        monkeypatch.setattr(models.StackedRNN, "trains_natively_at", lambda *a: False)
+    used = []
+    for name in ("native_lstm", "native_gru"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, partial(lambda real, *a, **k: used.append(1) or real(*a, **k), real))
     generator = torch.Generator().manual_seed(units * steps)
     model = build_model(
         features, cell=cell, nonlinearity=nonlinearity, layers=layers, units=units, dropout=dropout, horizon=2, seed=3
@@ -199,6 +211,7 @@ def test_hand_written_gru_rnn_and_native_lstm_match_torch_in_loss_and_every_grad
     names = ["x"] + [name for name, _ in model.rnn.named_parameters()]
     for name, a, b in zip(names, got, want):
         assert (a - b).abs().max().item() <= 1e-5 * max(b.abs().max().item(), 1e-6), name
+    assert len(used) == (1 if compiled else 0)
     # Inference keeps torch's own modules; an LSTM too large to gain keeps oneDNN's in training.
     with torch.no_grad():
         assert not model.trains_by_hand(x)
@@ -231,11 +244,32 @@ def test_lstm_layers_train_natively_up_to_the_measured_bounds():
     assert not big.trains_by_hand_at(32, 60, threads=1)  # 503 MFLOP per layer call: oneDNN
 
 
+def test_gru_layers_train_natively_up_to_the_measured_bounds():
+    if not native.available():
+        pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
+    # By hand: 2 * steps * batch * (inputs + units) * 3 * units.
+    assert native.layer_flops(60, 64, 256, 256, "gru") == 2 * 60 * 64 * 512 * 768
+    seed_shape = build_model(1, cell="gru", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
+    assert seed_shape.trains_natively_at(64, 60, threads=2) and seed_shape.trains_natively_at(32, 60, threads=1)
+    assert seed_shape.hand_written_stack(None, 64, 60, 2) is native.native_gru
+    # 2xGRU(256) at batch 64 (3.0 GFLOP per layer call) gains on one thread, not on two; 1xGRU(512)
+    # (6.1 GFLOP) on neither: fused_gru, whose per-step products use every thread.
+    wide = build_model(1, cell="gru", layers=2, units=256, dropout=0.0, horizon=1)
+    assert wide.trains_natively_at(64, 60, threads=1) and not wide.trains_natively_at(64, 60, threads=2)
+    widest = build_model(1, cell="gru", layers=1, units=512, dropout=0.0, horizon=1)
+    assert not widest.trains_natively_at(64, 60, threads=1)
+    assert widest.hand_written_stack(None, 64, 60, 1) is models.fused_gru
+    assert widest.trains_by_hand_at(64, 60, threads=1)  # still by hand, as every GRU
+    rnn = build_model(1, cell="rnn", layers=1, units=8, dropout=0.0, horizon=1)
+    assert not rnn.trains_natively_at(8, 5, threads=1) and rnn.trains_by_hand_at(8, 5, threads=1)
+
+
 LOOPS = (models._gru_forward_steps, models._gru_backward_steps, models._rnn_forward_steps, models._rnn_backward_steps)
 
 
 @pytest.mark.parametrize("cell,nonlinearity", [("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")])
 def test_time_loops_run_as_torchscript_and_agree_with_their_python(monkeypatch, cell, nonlinearity):
+    monkeypatch.setattr(models.StackedRNN, "trains_natively_at", lambda *a: False)  # a GRU's fallback
     model = build_model(2, cell=cell, nonlinearity=nonlinearity, layers=2, units=6, dropout=0.2, horizon=1, seed=0)
     model.train()
     x = torch.randn(5, 7, 2)
@@ -292,15 +326,19 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
         assert (param.grad - want).abs().max().item() <= 1e-5 * scale, name
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("dropout,horizon,n_features", [(0.2, 1, 1), (0.0, 3, 2), (0.5, 2, 3)])
-def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatch, loss, dropout, horizon, n_features):
-    # native.train_step runs a slice of an LSTM stack without autograd; the reference is the same
-    # slice through StackedRNN.forward, the loss function and torch.autograd.grad.
+def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(
+    monkeypatch, loss, dropout, horizon, n_features, cell
+):
+    # native.train_step runs a slice of an LSTM or GRU stack without autograd; the reference is the
+    # same slice through StackedRNN.forward, the loss function and torch.autograd.grad, with the
+    # hand-written layer the stack uses where train_step is not called (fused_lstm, fused_gru).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     generator = torch.Generator().manual_seed(horizon)
-    model = build_model(n_features, cell="lstm", layers=3, units=20, dropout=dropout, horizon=horizon, seed=1)
+    model = build_model(n_features, cell=cell, layers=3, units=20, dropout=dropout, horizon=horizon, seed=1)
     model.train()
     x = torch.randn(16, 30, n_features, generator=generator)
     y = torch.randn(16, horizon, generator=generator) * 2  # Huber: both sides of |error| = 1
@@ -314,7 +352,9 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatc
         got_loss, got = splitter._slice(x, y, seed, 5, 13, 0.5)
         assert calls == [5]
         masks = None if seed is None else model.dropout_masks(seed, 16, 30, 5, 13)
+        monkeypatch.setattr(models.StackedRNN, "trains_natively_at", lambda *a: False)
         errors = model(x[5:13], masks) - y[5:13]
+        monkeypatch.undo()
         if loss == "huber":
             assert (errors.abs() < 1).any() and (errors.abs() > 1).any()
         want_loss = LOSSES[loss](errors, torch.zeros_like(errors)) * 0.5
@@ -325,17 +365,18 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(monkeypatc
     for (name, param), g, w in zip(model.named_parameters(), got, want):
         assert g.shape == param.shape, name
         assert (g - w).abs().max().item() <= 1e-5 * w.abs().max().item(), name
-    # GRU and RNN stacks, and losses train_step does not know, keep the autograd path.
-    for loss_fn, cell in ((LOSSES[loss], "gru"), (LOSSES[loss], "rnn"), (torch.nn.functional.smooth_l1_loss, "lstm")):
-        other = build_model(1, cell=cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
+    # RNN stacks, and losses train_step does not know, keep the autograd path.
+    for loss_fn, other_cell in ((LOSSES[loss], "rnn"), (torch.nn.functional.smooth_l1_loss, cell)):
+        other = build_model(1, cell=other_cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
         splitter = _BatchSplitter(other, loss_fn, 2)
         splitter.close()
-        assert not splitter.compiled, (loss_fn, cell)
+        assert not splitter.compiled, (loss_fn, other_cell)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dropout,loss", [(0.0, "mse"), (0.3, "mse"), (0.3, "mae"), (0.0, "huber")])
-def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout, loss):
-    # train_model's unsplit loop runs a small LSTM's batches through native.train_step; the
+def test_unsplit_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout, loss, cell):
+    # train_model's unsplit loop runs a small LSTM's or GRU's batches through native.train_step; the
     # reference is the same fit with compiled steps turned off (autograd through forward()).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -347,7 +388,7 @@ def test_unsplit_lstm_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dr
     monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(len(a[0][0])) or real(*a, **k))
 
     def fit():
-        model = build_model(2, cell="lstm", layers=2, units=8, dropout=dropout, horizon=2, seed=3)
+        model = build_model(2, cell=cell, layers=2, units=8, dropout=dropout, horizon=2, seed=3)
         history = training.train_model(model, X, y, epochs=2, batch_size=16, seed=5, threads=1, loss=loss)
         return history.loss, [p.detach().clone() for p in model.parameters()]
 
@@ -561,28 +602,28 @@ def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(
 def test_train_many_of_gru_rnn_and_small_lstms_equals_separate_fits_also_in_thread_groups(
     monkeypatch, cell, nonlinearity, threads
 ):
-    # Small LSTMs train by seqcast.native's compiled layer, K models per call, as GRUs do by theirs.
-    if cell == "lstm" and not native.available():
+    # Small LSTMs and GRUs train by seqcast.native's compiled layer, K models per call.
+    if cell != "rnn" and not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     groups = []
     real_group = ensemble._train_group
 
     def spy(models, *args, **kwargs):
         groups.append((threading.get_ident(), len(models)))
-        if cell == "lstm":
-            assert kwargs.get("stack") is None  # the cell's hand-written stack: native_lstm
+        if cell != "rnn":
+            assert kwargs.get("stack") is None  # the cell's hand-written stack: native_lstm, native_gru
         return real_group(models, *args, **kwargs)
 
     monkeypatch.setattr(ensemble, "_train_group", spy)
-    # train_many's LSTM batches run as compiled steps (native.train_step, K models per call); the
-    # separate fits, the reference, go through autograd.
+    # train_many's LSTM and GRU batches run as compiled steps (native.train_step, K models per call);
+    # the separate fits, the reference, go through autograd.
     steps = []
     real_step = native.train_step
     monkeypatch.setattr(native, "train_step", lambda *a, **k: steps.append(len(a[0])) or real_step(*a, **k))
     monkeypatch.setattr(training, "compiled_steps_apply", lambda *a: False)
     shape = dict(cell=cell, nonlinearity=nonlinearity, layers=2, units=8, dropout=0.25, horizon=1)
     train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
-    if cell == "lstm":
+    if cell != "rnn":
         assert sorted(set(steps)) == ([1, 2] if threads == 2 else [3])
     else:
         assert steps == []

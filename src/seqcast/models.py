@@ -22,9 +22,10 @@ from seqcast.errors import ConfigError
 
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
-# Cells that train on the CPU with hand-written layers whose time loops run as TorchScript (GIL
-# released): StackedRNN.trains_by_hand, train_many's thread groups, ensembles trained together.
-# Small LSTMs join them where seqcast.native's compiled layer is available (StackedRNN.trains_by_hand_at).
+# Cells that train on the CPU with hand-written layers that release the GIL (seqcast.native's
+# compiled GRU, or time loops run as TorchScript): StackedRNN.trains_by_hand, train_many's thread
+# groups, ensembles trained together. Small LSTMs join them where seqcast.native's compiled layer is
+# available (StackedRNN.trains_by_hand_at).
 HAND_WRITTEN_CELLS = ("gru", "rnn")
 
 _RECURRENT_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -40,7 +41,8 @@ class StackedRNN(nn.Module):
     training with dropout the layers run one kernel call each, with inverted-dropout masks applied
     to each layer's output sequence (Keras's ``Dropout`` between layers) and to the last layer's
     final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. GRU and vanilla RNN
-    stacks train on the CPU with the hand-written :func:`fused_gru` and :func:`fused_rnn` instead,
+    stacks train on the CPU with hand-written layers instead (the compiled
+    :func:`seqcast.native.native_gru` where it built, else :func:`fused_gru`; :func:`fused_rnn`),
     and small LSTM stacks with the compiled :func:`seqcast.native.native_lstm` where it built
     (:meth:`trains_by_hand`).
 
@@ -92,11 +94,11 @@ class StackedRNN(nn.Module):
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
-            stack = fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device)
+            stack = fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device, x.shape[0], x.shape[1])
             last = stack(
                 x.transpose(0, 1).unsqueeze(1),
-                # native_lstm takes the parameters themselves: no unsqueeze node per weight to run
-                self.layer_weights() if stack is native.native_lstm else self.stacked_weights(),
+                # the compiled layer takes the parameters themselves: no unsqueeze node per weight to run
+                self.layer_weights() if stack in (native.native_lstm, native.native_gru) else self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
             )[0]
         elif dropping:
@@ -195,33 +197,54 @@ class StackedRNN(nn.Module):
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
 
-    def hand_written_stack(self, device: torch.device | None = None) -> Callable[..., Tensor]:
+    def hand_written_stack(
+        self, device: torch.device | None = None, batch: int | None = None, steps: int | None = None,
+        threads: int | None = None,
+    ) -> Callable[..., Tensor]:
         """The hand-written stack of this model's cell, K models at a time, on ``device`` (None: the
-        CPU): :func:`fused_gru`, :func:`fused_rnn` (with this model's nonlinearity), or for an LSTM
-        :func:`seqcast.native.native_lstm` on the CPU where it compiled, else :func:`fused_lstm`."""
+        CPU), for batches of ``batch`` windows of ``steps`` on ``threads`` intra-op threads (None:
+        torch's count now): the compiled :func:`seqcast.native.native_lstm` or
+        :func:`seqcast.native.native_gru` where :meth:`trains_natively_at` (without a ``batch``:
+        wherever it compiled), else :func:`fused_lstm` or :func:`fused_gru`; :func:`fused_rnn` (with
+        this model's nonlinearity) for an RNN."""
+        if self.cell == "rnn":
+            return partial(fused_rnn, nonlinearity=self.nonlinearity)
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        if batch is None:
+            compiled = on_cpu and native.available()
+        else:
+            compiled = on_cpu and self.trains_natively_at(batch, steps, threads)
         if self.cell == "lstm":
-            on_cpu = device is None or torch.device(device).type == "cpu"
-            return native.native_lstm if on_cpu and native.available() else fused_lstm
-        return fused_gru if self.cell == "gru" else partial(fused_rnn, nonlinearity=self.nonlinearity)
+            return native.native_lstm if compiled else fused_lstm
+        return native.native_gru if compiled else fused_gru
 
     def trains_by_hand(self, x: Tensor) -> bool:
-        """GRU and vanilla RNN stacks train on the CPU with :func:`fused_gru` / :func:`fused_rnn`:
-        PyTorch's own CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md).
-        Small LSTM stacks (:meth:`trains_by_hand_at`) train with
-        :func:`seqcast.native.native_lstm` where it compiled, larger ones with oneDNN's kernel.
-        Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
+        """GRU and vanilla RNN stacks train on the CPU with hand-written layers: a GRU with
+        :func:`seqcast.native.native_gru` where it compiled and suits (:meth:`trains_natively_at`),
+        else :func:`fused_gru`, an RNN with :func:`fused_rnn`: PyTorch's own CPU GRU and RNN are not
+        oneDNN's and were slower (benchmarks/README.md). Small LSTM stacks (:meth:`trains_by_hand_at`)
+        train with :func:`seqcast.native.native_lstm` where it compiled, larger ones with oneDNN's
+        kernel. Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
         return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_by_hand_at(x.shape[0], x.shape[1])
 
     def trains_by_hand_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
         """Whether this stack trains on the CPU with a hand-written layer at this batch size and
         lookback on ``threads`` intra-op threads (None: torch's count now): GRU and RNN always; an
-        LSTM with :func:`seqcast.native.native_lstm` where it compiled and its layers are small
-        enough to gain (:func:`seqcast.native.suits`)."""
-        if self.cell in HAND_WRITTEN_CELLS:
-            return True
+        LSTM where :meth:`trains_natively_at`."""
+        return self.cell in HAND_WRITTEN_CELLS or self.trains_natively_at(batch, steps, threads)
+
+    def trains_natively(self, x: Tensor) -> bool:
+        """Whether a training forward pass on ``x`` runs the compiled layer: :meth:`trains_natively_at`
+        on the CPU with gradients enabled."""
+        return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_natively_at(x.shape[0], x.shape[1])
+
+    def trains_natively_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
+        """Whether this LSTM or GRU stack trains with :mod:`seqcast.native`'s compiled layer at this
+        batch size and lookback on ``threads`` intra-op threads (None: torch's count now): where it
+        compiled and the layers are small enough to gain (:func:`seqcast.native.suits`)."""
         return (
-            self.cell == "lstm"
-            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads)
+            self.cell in native.CELLS
+            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.cell)
             and native.available()
         )
 
@@ -528,7 +551,8 @@ def _run_stack(layer: Callable[..., Tensor], x: Tensor, weights: list, masks: li
     return out[-1]
 
 
-# --- Hand-written GRU (the CPU training path of every GRU) ----------------------------------------
+# --- Hand-written GRU (the CPU training path of a GRU where seqcast.native's compiled one is not:
+# it did not build, or the layers are too large for it to gain, native.MAX_GRU_LAYER_FLOPS) -------
 # The same layout as the fused LSTM: the input projection of all timesteps is one GEMM, each step is
 # one small GEMM and five elementwise ops, and the backward is written out so that the weight
 # gradients are GEMMs after the time loop. Why by hand: PyTorch's CPU GRU (not oneDNN's, which

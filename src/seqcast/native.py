@@ -1,4 +1,5 @@
-"""A compiled LSTM layer for CPU training: :func:`native_lstm`, K models at a time.
+"""Compiled LSTM and GRU layers for CPU training: :func:`native_lstm` and :func:`native_gru`, K
+models at a time.
 
 Why hand-written: PyTorch trains an LSTM on the CPU through oneDNN's RNN primitive, and at the
 sizes seqcast trains (32-64 windows, 32-128 units) much of that call is not arithmetic. At the
@@ -28,6 +29,13 @@ warning says why once, LSTMs train with PyTorch's own kernel as before, and NumP
 dropout masks (:func:`masks_reference`).
 ``SEQCAST_NATIVE=0`` skips the attempt. Checked against ``torch.nn.LSTM`` in output and every
 gradient (tests/test_native.py).
+
+The GRU layer (:func:`native_gru`) is the same code with GRU gate passes (PyTorch's gates r, z, n;
+the hidden side's n product kept apart, as n needs it by itself). It replaces the hand-written
+TorchScript GRU (``models.fused_gru``) for layers up to :data:`MAX_GRU_LAYER_FLOPS`: a 4xGRU(50)
+seed-config fit ran 2.98x faster per epoch (0.236 against 0.703 s, 4 ABBA rounds, same losses),
+and where it did not build a GRU trains with ``fused_gru`` as before. Checked against
+``torch.nn.GRU`` in the same tests.
 """
 
 from __future__ import annotations
@@ -129,25 +137,41 @@ static void check(const Tensor& t, int64_t dim, const char* name) {
               name, " must be a contiguous float32 CPU tensor of ", dim, " dimensions");
 }
 
+// The checks every layer call makes: x (K, T, B, I) and weights of G = gates * U rows.
+static void check_layer(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh,
+                        int gates) {
+  check(x, 4, "x"); check(w_ih, 3, "w_ih"); check(w_hh, 3, "w_hh"); check(b_ih, 2, "b_ih"); check(b_hh, 2, "b_hh");
+  const int64_t G = w_hh.size(1), U = G / gates;
+  TORCH_CHECK(w_ih.size(0) == x.size(0) && w_ih.size(1) == G && w_ih.size(2) == x.size(3) && w_hh.size(2) == U &&
+                  G == gates * U,
+              "weights do not match x");
+}
+
+// Checks a dropout mask (none: undefined) against the tensor it multiplies.
+static void check_mask(const Tensor& mask, const Tensor& like, const char* what) {
+  if (!mask.defined()) return;
+  check(mask, 4, "mask");
+  TORCH_CHECK(mask.sizes() == like.sizes(), "mask does not match ", what);
+}
+
+// Where a layer has a dropout mask, an empty tensor for its masked output (else undefined).
+static Tensor masked_output(const Tensor& mask, const Tensor& h_all) {
+  check_mask(mask, h_all, "the output");
+  return mask.defined() ? at::empty_like(h_all) : Tensor();
+}
+
 // x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o;
 // mask: undefined, or a dropout mask (K, T, B, U) for the output. Returns h_all (K, T, B, U), for the
 // backward pass c_all, tanh(c_all) and the gates' activations, and h_all * mask (undefined without a
 // mask), written in the gate pass rather than in a pass of its own.
 std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask) {
-  check(x, 4, "x"); check(w_ih, 3, "w_ih"); check(w_hh, 3, "w_hh"); check(b_ih, 2, "b_ih"); check(b_hh, 2, "b_hh");
+  check_layer(x, w_ih, w_hh, b_ih, b_hh, 4);
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
-  TORCH_CHECK(w_ih.size(0) == K && w_ih.size(1) == G && w_ih.size(2) == I && w_hh.size(2) == U && G == 4 * U,
-              "weights do not match x");
   Tensor acts = at::empty({K, T, B, G}, x.options());
   Tensor h_all = at::empty({K, T, B, U}, x.options());
   Tensor c_all = at::empty({K, T, B, U}, x.options());
   Tensor tc_all = at::empty({K, T, B, U}, x.options());
-  Tensor masked;
-  if (mask.defined()) {
-    check(mask, 4, "mask");
-    TORCH_CHECK(mask.sizes() == h_all.sizes(), "mask does not match the output");
-    masked = at::empty({K, T, B, U}, x.options());
-  }
+  const Tensor masked = masked_output(mask, h_all);
   std::vector<float> zeros((size_t)B * U, 0.f);
   for (int k = 0; k < K; ++k) {
     float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
@@ -221,16 +245,36 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
   return {h_all, c_all, tc_all, acts, masked};
 }
 
+// The weight and input gradients of one model's layer from the gradients of its pre-activations,
+// as GEMMs over all steps: d_in (T*B, G) of the input side's (x w_ih^T + b_ih), d_hid of the hidden
+// side's (h w_hh^T + b_hh); the same for an LSTM, different in a GRU's n gate. grad_w_ih (G, I) and
+// grad_w_hh (G, U) are written whole; grad_x (T*B, I) when not null. The weight gradients come as
+// their transposes, x^T d and h^T d, then transposed back: MKL ran these layouts 1.2-1.4x faster at
+// the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06). The gradients came
+// out identical to the bit in the A/B runs compared there.
+static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d_in,
+                             const float* d_hid, const float* w_ih, float* grad_w_ih, float* grad_w_hh, float* grad_x,
+                             float* wt) {
+  if (T > 1) {
+    gemm(true, false, U, G, (T - 1) * B, h_all, U, d_hid + (int64_t)B * G, G, 0.f, wt, G);
+    for (int a = 0; a < U; ++a)
+      for (int b = 0; b < G; ++b) grad_w_hh[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
+  } else {
+    std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
+  }
+  gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
+  for (int a = 0; a < I; ++a)
+    for (int b = 0; b < G; ++b) grad_w_ih[(int64_t)b * I + a] = wt[(int64_t)a * G + b];
+  if (grad_x) gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
+}
+
 // grad_h (K, T, B, U): the loss's gradient for every output (times mask, where it is defined: the
 // output's dropout mask, as in lstm_forward). Returns grad_x (undefined unless needs_x), grad_w_ih,
 // grad_w_hh, grad_b_ih, grad_b_hh (two tensors, equal).
 std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor c_all,
                                   Tensor tc_all, Tensor acts, Tensor mask, bool needs_x) {
   check(grad_h, 4, "grad_h");
-  if (mask.defined()) {
-    check(mask, 4, "mask");
-    TORCH_CHECK(mask.sizes() == grad_h.sizes(), "mask does not match grad_h");
-  }
+  check_mask(mask, grad_h, "grad_h");
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
   Tensor d_pre = at::empty({K, T, B, G}, x.options());
   Tensor grad_w_ih = at::empty({K, G, I}, x.options());
@@ -310,24 +354,10 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       }
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
-    // The weight gradients as their transposes, x^T dp and h^T dp, then transposed back: MKL ran
-    // these layouts 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md,
-    // 2026-12-06). The gradients came out identical to the bit in the A/B runs compared there.
-    if (T > 1) {
-      gemm(true, false, U, G, (T - 1) * B, h_all.data_ptr<float>() + hk, U, dp0 + (int64_t)B * G, G, 0.f, wt.data(), G);
-      float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
-      for (int a = 0; a < U; ++a)
-        for (int b = 0; b < G; ++b) gw[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
-    }
-    gemm(true, false, I, G, T * B, x.data_ptr<float>() + (int64_t)k * T * B * I, I, dp0, G, 0.f, wt.data(), G);
-    {
-      float* gw = grad_w_ih.data_ptr<float>() + (int64_t)k * G * I;
-      for (int a = 0; a < I; ++a)
-        for (int b = 0; b < G; ++b) gw[(int64_t)b * I + a] = wt[(int64_t)a * G + b];
-    }
-    if (needs_x)
-      gemm(false, false, T * B, I, G, dp0, G, w_ih.data_ptr<float>() + (int64_t)k * G * I, I, 0.f,
-           grad_x.data_ptr<float>() + (int64_t)k * T * B * I, I);
+    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h_all.data_ptr<float>() + hk, dp0, dp0,
+                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
+                     grad_w_hh.data_ptr<float>() + (int64_t)k * G * U,
+                     needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -337,6 +367,197 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
 #endif
   }
   return {grad_x, grad_w_ih, grad_w_hh, grad_b, grad_b.clone()};
+}
+
+// A GRU layer, as PyTorch defines it (gates r, z, n): r = sigm(x w_ir + b_ir + h w_hr + b_hr), z likewise,
+// n = tanh(x w_in + b_in + r (h w_hn + b_hn)), h' = (1 - z) n + z h; the layout and loops of
+// lstm_forward with G = 3U. The hidden side's product is kept apart from the input side's (n needs it
+// by itself), in a per-step buffer. Returns h_all (K, T, B, U), then for the backward pass hn_all
+// (h w_hn + b_hn per step), an empty tensor (the LSTM's tc_all slot) and r, z, n (acts), and h_all *
+// mask (undefined without a mask).
+std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask) {
+  check_layer(x, w_ih, w_hh, b_ih, b_hh, 3);
+  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
+  Tensor acts = at::empty({K, T, B, G}, x.options());
+  Tensor h_all = at::empty({K, T, B, U}, x.options());
+  Tensor hn_all = at::empty({K, T, B, U}, x.options());
+  const Tensor masked = masked_output(mask, h_all);
+  std::vector<float> zeros((size_t)B * G, 0.f), hid((size_t)B * G);
+  for (int k = 0; k < K; ++k) {
+    float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
+    const float* bi = b_ih.data_ptr<float>() + (int64_t)k * G;
+    const float* bh = b_hh.data_ptr<float>() + (int64_t)k * G;
+    // r and z: both biases on the input side; n: b_in there, b_hn inside r (...).
+    std::vector<float> bias(G), bhn(bh + 2 * U, bh + 3 * U);
+    for (int j = 0; j < G; ++j) bias[j] = j < 2 * U ? bi[j] + bh[j] : bi[j];
+    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
+    const std::vector<float> wi_t = transposed(w_ih.data_ptr<float>() + (int64_t)k * G * I, G, I);  // I x G
+    const std::vector<float> wh_t = transposed(w_hh.data_ptr<float>() + (int64_t)k * G * U, G, U);  // U x G
+    float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    float* hn0 = hn_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
+    float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
+    for (int t = 0; t < T; ++t) {
+      float* ap = a0 + (int64_t)t * B * G;
+      const float* hp = t ? h0 + (int64_t)(t - 1) * B * U : zeros.data();
+      step_gemm(B, G, I, xk + (int64_t)t * B * I, I, wi_t.data(), G, false, ap, G);  // x_t w_ih^T
+      const float* hd = zeros.data();
+      if (t) {
+        step_gemm(B, G, U, hp, U, wh_t.data(), G, false, hid.data(), G);  // h_prev w_hh^T
+        hd = hid.data();
+      }
+      const int64_t o = (int64_t)t * B * U;
+      float* hn = h0 + o;
+      float* hnn = hn0 + o;
+      const float* mkn = mk0 ? mk0 + o : nullptr;
+      float* mon = mo0 ? mo0 + o : nullptr;
+      for (int r = 0; r < B; ++r) {
+        float* ar = ap + (int64_t)r * G;
+        const float* hr = hd + (int64_t)r * G;
+        const int64_t q0 = (int64_t)r * U;
+#if defined(__AVX512F__)
+        const __m512 one = _mm512_set1_ps(1.f), two = _mm512_set1_ps(2.f);
+        for (int j = 0; j < U; j += 16) {
+          const __mmask16 m = lanes(U - j);
+          auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+          const __m512 rv = sigm16(_mm512_add_ps(_mm512_add_ps(ld(ar + j), ld(hr + j)), ld(bias.data() + j)));
+          const __m512 zv = sigm16(_mm512_add_ps(_mm512_add_ps(ld(ar + U + j), ld(hr + U + j)), ld(bias.data() + U + j)));
+          const __m512 hnv = _mm512_add_ps(ld(hr + 2 * U + j), ld(bhn.data() + j));
+          const __m512 pre = _mm512_fmadd_ps(rv, hnv, _mm512_add_ps(ld(ar + 2 * U + j), ld(bias.data() + 2 * U + j)));
+          const __m512 nv = _mm512_fmsub_ps(two, sigm16(_mm512_mul_ps(two, pre)), one);
+          const __m512 h = _mm512_fmadd_ps(zv, _mm512_sub_ps(ld(hp + q0 + j), nv), nv);
+          _mm512_mask_storeu_ps(ar + j, m, rv);
+          _mm512_mask_storeu_ps(ar + U + j, m, zv);
+          _mm512_mask_storeu_ps(ar + 2 * U + j, m, nv);
+          _mm512_mask_storeu_ps(hnn + q0 + j, m, hnv);
+          _mm512_mask_storeu_ps(hn + q0 + j, m, h);
+          if (mon) _mm512_mask_storeu_ps(mon + q0 + j, m, _mm512_mul_ps(h, ld(mkn + q0 + j)));
+        }
+#else
+        #pragma omp simd
+        for (int j = 0; j < U; ++j) {
+          const int64_t q = q0 + j;
+          const float rv = sigm(ar[j] + hr[j] + bias[j]);
+          const float zv = sigm(ar[U + j] + hr[U + j] + bias[U + j]);
+          const float hnv = hr[2 * U + j] + bhn[j];
+          const float nv = 2.f * sigm(2.f * (ar[2 * U + j] + bias[2 * U + j] + rv * hnv)) - 1.f;
+          const float h = nv + zv * (hp[q] - nv);
+          ar[j] = rv;
+          ar[U + j] = zv;
+          ar[2 * U + j] = nv;
+          hnn[q] = hnv;
+          hn[q] = h;
+          if (mon) mon[q] = h * mkn[q];
+        }
+#endif
+      }
+    }
+  }
+  return {h_all, hn_all, at::empty({0}, x.options()), acts, masked};
+}
+
+// gru_forward's backward pass, lstm_backward's contract (grad_h times mask where it is defined).
+// Per step the gradients of the input side's pre-activations (r, z, n) go to d_in and those of the
+// hidden side's (h w_hh^T + b_hh: r and z the same, n's times r) to d_hid; dh_prev = dh z + d_hid w_hh.
+std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor hn_all,
+                                 Tensor acts, Tensor mask, bool needs_x) {
+  check(grad_h, 4, "grad_h");
+  check_mask(mask, grad_h, "grad_h");
+  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
+  Tensor d_in = at::empty({K, T, B, G}, x.options());
+  Tensor d_hid = at::empty({K, T, B, G}, x.options());
+  Tensor grad_w_ih = at::empty({K, G, I}, x.options());
+  Tensor grad_w_hh = at::empty({K, G, U}, x.options());
+  Tensor grad_b_ih = at::zeros({K, G}, x.options());
+  Tensor grad_b_hh = at::zeros({K, G}, x.options());
+  Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
+  std::vector<float> dh_next((size_t)B * U), zeros((size_t)B * U, 0.f);
+  std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
+  std::vector<float> wt((size_t)std::max(I, U) * G);
+  for (int k = 0; k < K; ++k) {
+    const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
+    const float* gh0 = grad_h.data_ptr<float>() + hk;
+    const float* mk0 = mask.defined() ? mask.data_ptr<float>() + hk : nullptr;
+    const float* h0 = h_all.data_ptr<float>() + hk;
+    const float* hn0 = hn_all.data_ptr<float>() + hk;
+    const float* a0 = acts.data_ptr<float>() + gk;
+    float* di0 = d_in.data_ptr<float>() + gk;
+    float* dd0 = d_hid.data_ptr<float>() + gk;
+    const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    std::fill(dh_next.begin(), dh_next.end(), 0.f);
+    float* dhn = dh_next.data();
+    for (int t = T - 1; t >= 0; --t) {
+      const int64_t o = (int64_t)t * B * U;
+      const float* gh = gh0 + o;
+      const float* mk = mk0 ? mk0 + o : ones.data();  // times 1 is exact
+      const float* hnv0 = hn0 + o;
+      const float* hp = t ? h0 + o - (int64_t)B * U : zeros.data();
+      const float* ap = a0 + (int64_t)t * B * G;
+      float* dip = di0 + (int64_t)t * B * G;
+      float* ddp = dd0 + (int64_t)t * B * G;
+      for (int r = 0; r < B; ++r) {
+        const float* ar = ap + (int64_t)r * G;
+        float* di = dip + (int64_t)r * G;
+        float* dd = ddp + (int64_t)r * G;
+        const int64_t q0 = (int64_t)r * U;
+#if defined(__AVX512F__)
+        const __m512 one = _mm512_set1_ps(1.f);
+        for (int j = 0; j < U; j += 16) {
+          const __mmask16 m = lanes(U - j);
+          auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+          const __m512 rv = ld(ar + j), zv = ld(ar + U + j), nv = ld(ar + 2 * U + j);
+          const __m512 dh = _mm512_fmadd_ps(ld(gh + q0 + j), ld(mk + q0 + j), ld(dhn + q0 + j));
+          const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(one, zv)), _mm512_fnmadd_ps(nv, nv, one));
+          const __m512 dz = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(ld(hp + q0 + j), nv)),
+                                          _mm512_mul_ps(zv, _mm512_sub_ps(one, zv)));
+          const __m512 dr = _mm512_mul_ps(_mm512_mul_ps(dn, ld(hnv0 + q0 + j)), _mm512_mul_ps(rv, _mm512_sub_ps(one, rv)));
+          const __m512 dhn_n = _mm512_mul_ps(dn, rv);
+          _mm512_mask_storeu_ps(di + j, m, dr);
+          _mm512_mask_storeu_ps(di + U + j, m, dz);
+          _mm512_mask_storeu_ps(di + 2 * U + j, m, dn);
+          _mm512_mask_storeu_ps(dd + j, m, dr);
+          _mm512_mask_storeu_ps(dd + U + j, m, dz);
+          _mm512_mask_storeu_ps(dd + 2 * U + j, m, dhn_n);
+          _mm512_mask_storeu_ps(dhn + q0 + j, m, _mm512_mul_ps(dh, zv));
+        }
+#else
+        #pragma omp simd
+        for (int j = 0; j < U; ++j) {
+          const int64_t q = q0 + j;
+          const float rv = ar[j], zv = ar[U + j], nv = ar[2 * U + j];
+          const float dh = gh[q] * mk[q] + dhn[q];
+          const float dn = dh * (1.f - zv) * (1.f - nv * nv);
+          const float dz = dh * (hp[q] - nv) * (zv * (1.f - zv));
+          const float dr = dn * hnv0[q] * (rv * (1.f - rv));
+          di[j] = dr;
+          di[U + j] = dz;
+          di[2 * U + j] = dn;
+          dd[j] = dr;
+          dd[U + j] = dz;
+          dd[2 * U + j] = dn * rv;
+          dhn[q] = dh * zv;
+        }
+#endif
+      }
+      if (t) step_gemm(B, U, G, ddp, G, wh, U, true, dhn, U);  // dh_prev = dh z + d_hid[t] w_hh
+    }
+    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h0, di0, dd0,
+                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
+                     grad_w_hh.data_ptr<float>() + (int64_t)k * G * U,
+                     needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
+    float* gbi = grad_b_ih.data_ptr<float>() + (int64_t)k * G;
+    float* gbh = grad_b_hh.data_ptr<float>() + (int64_t)k * G;
+    for (int64_t r = 0; r < (int64_t)T * B; ++r) {
+      const float* a = di0 + r * G;
+      const float* b = dd0 + r * G;
+      #pragma omp simd
+      for (int j = 0; j < G; ++j) {
+        gbi[j] += a[j];
+        gbh[j] += b[j];
+      }
+    }
+  }
+  return {grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
 // Inverted-dropout mask values (scale or 0), counter-based: value i of a batch's masks laid end to
@@ -373,12 +594,13 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
   return out;
 }
 
-// A stack of L layers in one call, for one autograd node per stack instead of two per layer (the
-// layer and its dropout mask), each with its Python and dispatch overhead; the masks are applied in
-// the layers' gate passes. weights: w_ih, w_hh, b_ih, b_hh per layer, K-leading; masks: none,
-// or L - 1 tensors (K, T, B, U) applied to each layer's output but the last. Returns the last
-// layer's last step (K, B, U), then per layer what its backward reads: its input, h_all, c_all,
-// tc_all, acts.
+// A stack of L LSTM (cell 0) or GRU (cell 1) layers in one call, for one autograd node per stack
+// instead of two per layer (the layer and its dropout mask), each with its Python and dispatch
+// overhead; the masks are applied in the layers' gate passes. weights: w_ih, w_hh, b_ih, b_hh per
+// layer, K-leading; masks: none, or L - 1 tensors (K, T, B, U) applied to each layer's output but
+// the last. Returns the last layer's last step (K, B, U), then per layer what its backward reads:
+// its input, then the layer's first four returns (LSTM: h_all, c_all, tc_all, acts; GRU: h_all,
+// hn_all, an empty tensor, acts).
 // A single model's weights may come without the model axis (a StackedRNN's own parameters: no
 // unsqueeze node per weight in the autograd graph, each with its Python and dispatch cost); they are
 // viewed with it here, and stack_backward returns their gradients in their own shape.
@@ -388,7 +610,8 @@ static std::vector<Tensor> with_model_axis(std::vector<Tensor> weights) {
   return weights;
 }
 
-std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks) {
+std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks, int64_t cell) {
+  TORCH_CHECK(cell == 0 || cell == 1, "stack_forward: cell must be 0 (LSTM) or 1 (GRU)");
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && weights.size() == 4 * L && (masks.empty() || masks.size() == L - 1), "stack_forward: bad arguments");
   weights = with_model_axis(weights);
@@ -396,7 +619,8 @@ std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::ve
   Tensor in = x;
   for (size_t l = 0; l < L; ++l) {
     const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
-    std::vector<Tensor> r = lstm_forward(in, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2], weights[4 * l + 3], mask);
+    std::vector<Tensor> r = (cell ? gru_forward : lstm_forward)(in, weights[4 * l], weights[4 * l + 1], weights[4 * l + 2],
+                                                                weights[4 * l + 3], mask);
     out.push_back(in);
     out.insert(out.end(), r.begin(), r.begin() + 4);
     if (l + 1 < L) in = mask.defined() ? r[4] : r[0];
@@ -408,7 +632,8 @@ std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::ve
 // grad_last (K, B, U); saved: stack_forward's per-layer tensors. Returns grad_x (undefined unless
 // needs_x), then per layer grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, each in its weight's shape.
 std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, std::vector<Tensor> weights,
-                                   std::vector<Tensor> masks, bool needs_x) {
+                                   std::vector<Tensor> masks, bool needs_x, int64_t cell) {
+  TORCH_CHECK(cell == 0 || cell == 1, "stack_backward: cell must be 0 (LSTM) or 1 (GRU)");
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && saved.size() == 5 * L && (masks.empty() || masks.size() == L - 1), "stack_backward: bad arguments");
   const std::vector<Tensor> own = weights;
@@ -419,8 +644,12 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
   std::vector<Tensor> out(1 + 4 * L);
   for (size_t l = L; l-- > 0;) {
     const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
-    std::vector<Tensor> r = lstm_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1],
-                                          saved[5 * l + 2], saved[5 * l + 3], saved[5 * l + 4], mask, l > 0 || needs_x);
+    const bool grad_in = l > 0 || needs_x;
+    std::vector<Tensor> r =
+        cell ? gru_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1], saved[5 * l + 2],
+                            saved[5 * l + 4], mask, grad_in)
+             : lstm_backward(g, saved[5 * l], weights[4 * l], weights[4 * l + 1], saved[5 * l + 1], saved[5 * l + 2],
+                             saved[5 * l + 3], saved[5 * l + 4], mask, grad_in);
     for (int i = 0; i < 4; ++i) out[1 + 4 * l + i] = r[1 + i].view(own[4 * l + i].sizes());
     if (l > 0) g = r[0];
     else out[0] = r[0];
@@ -428,8 +657,8 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
   return out;
 }
 
-// One training step's forward and backward for K LSTM stacks with linear heads and an MSE, MAE or
-// Huber loss (loss_kind 0, 1, 2),
+// One training step's forward and backward for K LSTM or GRU stacks (cell 0, 1) with linear heads
+// and an MSE, MAE or Huber loss (loss_kind 0, 1, 2),
 // from the input windows to every gradient in one call that releases the GIL: a slice of a split
 // batch (training._BatchSplitter), a whole batch (train_model's unsplit loop) or K models trained
 // together (ensemble.train_many). Through autograd a 32-window seed-config slice ran ~0.6 ms of
@@ -445,7 +674,7 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
 // weight's shape (what torch.autograd.grad gives for the sum of the K losses).
 std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
                                std::vector<int64_t> seeds, int64_t threshold, double scale, int64_t batch, int64_t start,
-                               double weight, int64_t loss_kind) {
+                               double weight, int64_t loss_kind, int64_t cell) {
   torch::NoGradGuard no_grad;
   check(x, 4, "x"); check(y, 3, "y");
   const size_t L = weights.size() / 4;
@@ -470,7 +699,7 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
     for (size_t l = 0; l + 1 < L; ++l) masks.push_back(draw(T, (int64_t)l * layer_size + start * U, batch * U).view({K, T, B, U}));
     last_mask = draw(1, (int64_t)(L - 1) * layer_size + start * U, 0).view({K, B, U});
   }
-  std::vector<Tensor> forward = stack_forward(xt, weights, masks);
+  std::vector<Tensor> forward = stack_forward(xt, weights, masks, cell);
   const Tensor& last = forward[0];  // (K, B, U)
   const Tensor lm = last_mask.defined() ? last * last_mask : last;
   const Tensor diff = at::baddbmm(hb.unsqueeze(1), lm, hw.transpose(1, 2)) - y;  // (K, B, H)
@@ -493,7 +722,7 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
   const Tensor d_lm = at::bmm(d_out, hw);
   const Tensor d_last = last_mask.defined() ? d_lm * last_mask : d_lm;
   std::vector<Tensor> backward =
-      stack_backward(d_last, std::vector<Tensor>(forward.begin() + 1, forward.end()), weights, masks, false);
+      stack_backward(d_last, std::vector<Tensor>(forward.begin() + 1, forward.end()), weights, masks, false, cell);
   std::vector<Tensor> out{losses};
   out.insert(out.end(), backward.begin() + 1, backward.end());
   out.push_back(at::bmm(d_out.transpose(1, 2), lm).view(head_w.sizes()));
@@ -557,8 +786,8 @@ def _load():
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             _failure = f"{type(error).__name__}: {first}"
             warnings.warn(
-                f"seqcast could not compile its LSTM kernel ({_failure[:300]}); LSTMs train with PyTorch's "
-                "oneDNN kernel instead, which is slower. Install a C++ compiler and ninja to get it, or set "
+                f"seqcast could not compile its LSTM/GRU kernel ({_failure[:300]}); LSTMs train with PyTorch's "
+                "oneDNN kernel and GRUs with TorchScript loops instead, which is slower. Install a C++ compiler and ninja to get it, or set "
                 "SEQCAST_NATIVE=0 to skip the attempt.",
                 RuntimeWarning,
                 stacklevel=3,
@@ -566,7 +795,7 @@ def _load():
             return None
         seconds = time.perf_counter() - started
         if seconds > 5:
-            print(f"seqcast: compiled its LSTM kernel for this CPU in {seconds:.0f} s (once per machine)", file=sys.stderr)
+            print(f"seqcast: compiled its LSTM/GRU kernel for this CPU in {seconds:.0f} s (once per machine)", file=sys.stderr)
         return _module
 
 
@@ -584,20 +813,35 @@ def _load():
 MAX_LAYER_FLOPS = 100e6
 MAX_LAYER_FLOPS_ONE_THREAD = 160e6
 
+# The same bounds for a GRU layer (native_gru), against the hand-written GRU of models.fused_gru
+# (TorchScript time loops), which is what a GRU trains with otherwise. Forward+backward of one stack,
+# fused_gru's time over native_gru's, 60 steps (benchmarks/README.md, 2026-12-06, 16:50-17:10 UTC):
+# one thread: a seed-config slice of 4xGRU(50) (layer 57.6 MFLOP) 2.72, a whole batch 2.22,
+# 1xGRU(32) at lookback 20 (batch 32, 9 features) 4.51, 2xGRU(128) at batch 64 (755 MFLOP) 1.62,
+# 2xGRU(256) (3.0 GFLOP) 1.30, 1xGRU(512) (6.1 GFLOP) 0.83; two threads: 2.73, 2.22, 4.25, 1.46,
+# 2xGRU(128) at batch 256, lookback 30 (1.5 GFLOP) 1.22, 2xGRU(256) 1.03, 1xGRU(512) 0.59. The
+# per-step products of a large layer run on one thread here and on all of them in fused_gru.
+MAX_GRU_LAYER_FLOPS = 2e9
+MAX_GRU_LAYER_FLOPS_ONE_THREAD = 4e9
 
-def layer_flops(steps: int, batch: int, n_in: int, units: int) -> float:
-    """Forward FLOPs of the gate GEMMs of one LSTM layer call (the per-window, per-layer count of
-    ``StackedRNN.forward_flops`` times the batch): 2·steps·batch·(n_in + units)·4·units."""
-    return 8.0 * steps * batch * (n_in + units) * units
+_GATES = {"lstm": 4, "gru": 3}
 
 
-def suits(steps: int, batch: int, n_in: int, units: int, threads: int | None = None) -> bool:
-    """Whether an LSTM layer of this size gains from :func:`native_lstm` on ``threads`` intra-op
-    threads (None: torch's count on the calling thread): :data:`MAX_LAYER_FLOPS_ONE_THREAD` on one,
-    :data:`MAX_LAYER_FLOPS` on more."""
+def layer_flops(steps: int, batch: int, n_in: int, units: int, cell: str = "lstm") -> float:
+    """Forward FLOPs of the gate GEMMs of one LSTM or GRU layer call (the per-window, per-layer count
+    of ``StackedRNN.forward_flops`` times the batch): 2·steps·batch·(n_in + units)·gates·units."""
+    return 2.0 * steps * batch * (n_in + units) * _GATES[cell] * units
+
+
+def suits(steps: int, batch: int, n_in: int, units: int, threads: int | None = None, cell: str = "lstm") -> bool:
+    """Whether a ``cell`` layer of this size gains from the compiled layer on ``threads`` intra-op
+    threads (None: torch's count on the calling thread): for an LSTM :data:`MAX_LAYER_FLOPS_ONE_THREAD`
+    on one, :data:`MAX_LAYER_FLOPS` on more; for a GRU :data:`MAX_GRU_LAYER_FLOPS_ONE_THREAD`,
+    :data:`MAX_GRU_LAYER_FLOPS`."""
     threads = torch.get_num_threads() if threads is None else threads
-    bound = MAX_LAYER_FLOPS_ONE_THREAD if threads <= 1 else MAX_LAYER_FLOPS
-    return layer_flops(steps, batch, n_in, units) <= bound
+    one, more = (MAX_GRU_LAYER_FLOPS_ONE_THREAD, MAX_GRU_LAYER_FLOPS) if cell == "gru" else (
+        MAX_LAYER_FLOPS_ONE_THREAD, MAX_LAYER_FLOPS)
+    return layer_flops(steps, batch, n_in, units, cell) <= (one if threads <= 1 else more)
 
 
 def available() -> bool:
@@ -664,6 +908,9 @@ def masks_reference(seed: int, keep: float, rows: int, length: int, base: int = 
 # The losses train_step computes (training.LOSSES' names), and the C++ code of each.
 TRAIN_STEP_LOSSES = {"mse": 0, "mae": 1, "huber": 2}
 
+# The cells the compiled layer runs (StackedRNN.cell), and the C++ code of each.
+CELLS = {"lstm": 0, "gru": 1}
+
 
 def train_step(
     x: Tensor,
@@ -678,8 +925,10 @@ def train_step(
     start: int = 0,
     weight: float = 1.0,
     loss: str = "mse",
+    cell: str = "lstm",
 ) -> tuple[Tensor, list[Tensor]]:
-    """Forward and backward of one training step of K LSTM stacks with linear heads and ``loss``
+    """Forward and backward of one training step of K LSTM or GRU stacks (``cell``, one of
+    :data:`CELLS`) with linear heads and ``loss``
     (``"mse"``, ``"mae"`` or ``"huber"``: ``F.mse_loss``, ``F.l1_loss``, ``F.huber_loss``),
     in one compiled call that releases the GIL. ``x (K, B, T, F)`` and ``y (K, B, H)``: each
     model's windows ``start:start+B`` of a batch of ``batch`` (None: B) and their targets;
@@ -692,27 +941,28 @@ def train_step(
     ``StackedRNN.forward`` with ``StackedRNN.dropout_masks(seed, batch, T, start, start + B)``, up
     to float rounding. Call only when :func:`available` is True."""
     if _load() is None:
-        raise RuntimeError(f"seqcast's compiled LSTM is not available ({_failure})")
+        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
     threshold, scale = (0, 1.0) if seeds is None else _mask_threshold(keep)
     losses, *grads = _module.train_step(
         x.contiguous(), y.contiguous(), [w for layer in weights for w in layer], head_weight, head_bias,
         [] if seeds is None else [int(s) for s in seeds], threshold, scale, x.shape[1] if batch is None else batch,
-        start, weight, TRAIN_STEP_LOSSES[loss],
+        start, weight, TRAIN_STEP_LOSSES[loss], CELLS[cell],
     )
     return losses, grads
 
 
-class _NativeLSTMStack(torch.autograd.Function):
-    """A whole LSTM stack of K models, dropout masks between its layers: x (K, T, B, I); returns the
-    last layer's last step (K, B, U)."""
+class _NativeStack(torch.autograd.Function):
+    """A whole LSTM or GRU stack (``cell``, a :data:`CELLS` code) of K models, dropout masks between
+    its layers: x (K, T, B, I); returns the last layer's last step (K, B, U)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, masks: list[Tensor], *weights: Tensor) -> Tensor:
+    def forward(ctx, cell: int, x: Tensor, masks: list[Tensor], *weights: Tensor) -> Tensor:
         weights = [w.contiguous() for w in weights]
         masks = [m.contiguous() for m in masks]
-        last, *saved = _module.stack_forward(x.contiguous(), weights, masks)
+        last, *saved = _module.stack_forward(x.contiguous(), weights, masks, cell)
         ctx.save_for_backward(*saved, *weights, *masks)
         ctx.sizes = (len(saved), len(weights))
+        ctx.cell = cell
         return last
 
     @staticmethod
@@ -720,8 +970,9 @@ class _NativeLSTMStack(torch.autograd.Function):
         tensors = ctx.saved_tensors
         n_saved, n_weights = ctx.sizes
         saved, weights, masks = tensors[:n_saved], tensors[n_saved : n_saved + n_weights], tensors[n_saved + n_weights :]
-        grad_x, *grads = _module.stack_backward(grad_last.contiguous(), saved, weights, masks, ctx.needs_input_grad[0])
-        return (grad_x if ctx.needs_input_grad[0] else None, None, *grads)
+        needs_x = ctx.needs_input_grad[1]
+        grad_x, *grads = _module.stack_backward(grad_last.contiguous(), saved, weights, masks, needs_x, ctx.cell)
+        return (None, grad_x if needs_x else None, None, *grads)
 
 
 def native_lstm(
@@ -735,7 +986,21 @@ def native_lstm(
     also the layer's own ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), ``masks``
     ``(T, K, B, U)`` applied to each layer's output but the last; returns the last step
     ``(K, B, U)``. Call only when :func:`available` is True."""
+    return _native_stack("lstm", x, weights, masks)
+
+
+def native_gru(
+    x: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    *,
+    masks: list[Tensor] | None = None,
+) -> Tensor:
+    """:func:`native_lstm`'s contract for GRU stacks (PyTorch-layout GRU weights, gates r, z, n)."""
+    return _native_stack("gru", x, weights, masks)
+
+
+def _native_stack(cell: str, x: Tensor, weights: list, masks: list[Tensor] | None) -> Tensor:
     if _load() is None:
-        raise RuntimeError(f"seqcast's compiled LSTM is not available ({_failure})")
+        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
     between = [] if masks is None else [m.transpose(0, 1) for m in masks[: len(weights) - 1]]
-    return _NativeLSTMStack.apply(x.transpose(0, 1), between, *(w for layer in weights for w in layer))
+    return _NativeStack.apply(CELLS[cell], x.transpose(0, 1), between, *(w for layer in weights for w in layer))

@@ -382,10 +382,10 @@ def loss_name(loss_fn: Callable) -> str | None:
 def compiled_steps_apply(model: nn.Module, loss_fn: Callable) -> bool:
     """Whether ``model``'s training steps with ``loss_fn`` can run as one compiled call each
     (:func:`seqcast.native.train_step`) where a batch's shape suits the compiled layer
-    (:func:`compiled_step_fits`): a :class:`StackedRNN` LSTM (not the opt-in fused path) trained with
+    (:func:`compiled_step_fits`): a :class:`StackedRNN` LSTM or GRU (not the opt-in fused path) trained with
     one of :data:`LOSSES`, with nothing hooked into its forward or backward pass, every parameter
     float32 and trained, in the order the call returns gradients."""
-    if not isinstance(model, StackedRNN) or model.cell != "lstm" or model.fused:
+    if not isinstance(model, StackedRNN) or model.cell not in native.CELLS or model.fused:
         return False
     if loss_name(loss_fn) not in native.TRAIN_STEP_LOSSES:
         return False
@@ -414,12 +414,12 @@ def _hooked(model: nn.Module) -> bool:
 
 def compiled_step_fits(model: StackedRNN, x: torch.Tensor, y: torch.Tensor) -> bool:
     """For a model :func:`compiled_steps_apply` to: whether windows ``x`` with targets ``y`` train
-    with the compiled layer on this thread (``StackedRNN.trains_by_hand``) and have its shapes."""
+    with the compiled layer on this thread (``StackedRNN.trains_natively``) and have its shapes."""
     return (
         x.dtype == y.dtype == torch.float32
         and y.dim() == 2
         and y.shape[1] == model.horizon
-        and model.trains_by_hand(x)
+        and model.trains_natively(x)
     )
 
 
@@ -434,7 +434,7 @@ def compiled_step(
     losses, grads = native.train_step(
         x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
         seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=batch, start=start,
-        weight=weight, loss=loss,
+        weight=weight, loss=loss, cell=model.cell,
     )
     return losses[0], grads
 
@@ -638,7 +638,7 @@ def train_model(
         native.available()
     elif torch_device.type == "cpu" and masked:
         rows = -(-min(batch_size, n_samples) // workers)
-        model.trains_by_hand_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
+        model.trains_natively_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
     # An unsplit batch of an LSTM stack runs as one compiled call where it suits the
     # compiled layer (native.train_step): the indicators preset's fits 1.42x faster, whose batches
