@@ -1,4 +1,5 @@
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -61,12 +62,13 @@ def draw_masks(shapes, keep, generator=None):
 
 
 def random_lstm_stacks(generator, *, layers, n_features, k, steps, batch, units, dtype=torch.float32, cell="lstm"):
-    """K independent random ``torch.nn.LSTM`` (``cell="gru"``: ``torch.nn.GRU``) stacks (one module per layer), inputs ``x (T, K, B, F)``,
+    """K independent random ``torch.nn.LSTM`` stacks (``cell``, a ``native.CELLS`` name: or GRU, RNN) (one module per layer), inputs ``x (T, K, B, F)``,
     inverted-dropout masks (keep 0.7) for every layer but the last, a regression target for the
     last steps, and the stacks' weights as K-leading tensors per layer (what ``fused_lstm``'s
     contract takes), which require grad: the setup of the K-models-at-once equality tests."""
     x = torch.randn(steps, k, batch, n_features, generator=generator, dtype=dtype)
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN,
+              "rnn_relu": partial(torch.nn.RNN, nonlinearity="relu")}[cell]
     stacks = [[module(n_features if l == 0 else units, units).to(dtype) for l in range(layers)] for _ in range(k)]
     for stack in stacks:
         for layer in stack:

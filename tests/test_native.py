@@ -1,10 +1,11 @@
-"""seqcast.native: the compiled LSTM and GRU layers against torch.nn.LSTM and torch.nn.GRU, and the
-fallback when they cannot be built."""
+"""seqcast.native: the compiled LSTM, GRU and RNN layers against torch.nn.LSTM, torch.nn.GRU and
+torch.nn.RNN, and the fallback when they cannot be built."""
 
 from __future__ import annotations
 
 import copy
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -12,6 +13,13 @@ import torch
 from seqcast import native
 
 from .conftest import draw_masks, random_lstm_stacks, separate_lstm_stacks
+
+STACKS = {
+    "lstm": native.native_lstm,
+    "gru": native.native_gru,
+    "rnn_tanh": native.native_rnn,
+    "rnn_relu": partial(native.native_rnn, nonlinearity="relu"),
+}
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler to build seqcast.native"
@@ -24,7 +32,7 @@ def test_the_layer_compiles_where_a_compiler_exists():
 
 
 @needs_compiler
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", sorted(native.CELLS))
 @pytest.mark.parametrize(
     # units 6: a gate row shorter than one 16-float vector; 50 (the seed config's): 3 vectors and 2 lanes
     # mkldnn off: PyTorch's brgemm falls back to its own GEMM for the per-step products
@@ -52,23 +60,26 @@ def test_native_stack_equals_separate_torch_modules_in_output_and_every_gradient
     out_32 = separate_lstm_stacks(x_32, stacks_32, [m.float() for m in masks])
     ((out_32.double() - target) ** 2).sum().backward()
 
-    x_native = x.float().requires_grad_()
-    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, mkldnn
-    try:
-        stack = native.native_lstm if cell == "lstm" else native.native_gru
-        out = stack(x_native, weights, masks=[m.float() for m in masks] or None)
-        torch.testing.assert_close(out.double(), reference.detach(), rtol=1e-5, atol=1e-5)
-        ((out.double() - target) ** 2).sum().backward()
-    finally:
-        torch.backends.mkldnn.enabled = enabled
-
     def close(got, torch_32, expected, what):
-        # within 1e-5 of the largest value, or within 3x torch's own float32 error where that is larger
+        # Within 1e-5 of the largest value, or within 8x torch's own float32 error where that is
+        # larger: with N(0, 1) weights float32 rounding grows through saturated gates, and over 30
+        # random seeds of a 3-layer, 6-unit stack (2026-12-06) the compiled layer's worst gradient
+        # error was a median 1.0-1.6x and at most 3.4x (tanh RNN), 4.8x (GRU), 6.7x (LSTM) torch's.
+        # A wrong formula gives errors of order 1.
         def error(a):
             return (a.double() - expected).abs().max().item()
 
         scale = max(expected.abs().max().item(), 1e-12)
-        assert error(got) <= max(1e-5 * scale, 3 * error(torch_32)), (what, error(got) / scale, error(torch_32) / scale)
+        assert error(got) <= max(1e-5 * scale, 8 * error(torch_32)), (what, error(got) / scale, error(torch_32) / scale)
+
+    x_native = x.float().requires_grad_()
+    enabled, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, mkldnn
+    try:
+        out = STACKS[cell](x_native, weights, masks=[m.float() for m in masks] or None)
+        close(out.detach(), out_32.detach(), reference.detach(), "output")
+        ((out.double() - target) ** 2).sum().backward()
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
     close(x_native.grad, x_32.grad, x_ref.grad, "x")
     for m, (stack, stack_32) in enumerate(zip(stacks, stacks_32)):
@@ -81,7 +92,7 @@ def test_native_stack_equals_separate_torch_modules_in_output_and_every_gradient
 
 
 @needs_compiler
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", sorted(native.CELLS))
 def test_one_model_s_own_weights_give_what_the_stacked_ones_give(cell):
     # A StackedRNN passes its parameters without the model axis (no unsqueeze nodes); the result and
     # the gradients, in each parameter's own shape, must be those of the K = 1 stacked call.
@@ -92,7 +103,7 @@ def test_one_model_s_own_weights_give_what_the_stacked_ones_give(cell):
     own = [tuple(w[0].detach().clone().requires_grad_() for w in layer) for layer in weights]
     results = []
     for ws in (weights, own):
-        out = (native.native_lstm if cell == "lstm" else native.native_gru)(x, ws, masks=masks)
+        out = STACKS[cell](x, ws, masks=masks)
         ((out - target) ** 2).sum().backward()
         results.append((out.detach(), [w.grad for layer in ws for w in layer]))
     assert torch.equal(results[0][0], results[1][0])
@@ -110,7 +121,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch):
         raise RuntimeError("Error building extension 'seqcast_lstm'\nlong compiler output")
 
     monkeypatch.setattr("torch.utils.cpp_extension.load_inline", broken)
-    with pytest.warns(RuntimeWarning, match="could not compile its LSTM/GRU kernel .*Error building extension"):
+    with pytest.warns(RuntimeWarning, match="could not compile its LSTM/GRU/RNN kernel .*Error building extension"):
         assert not native.available()
     assert native.unavailable_reason().startswith("RuntimeError: Error building extension")
     assert not native.available()  # asked again: no second attempt, no second warning
@@ -128,13 +139,14 @@ def test_seqcast_native_0_skips_the_build(monkeypatch):
 
 
 @needs_compiler
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", sorted(native.CELLS))
 def test_native_stack_saturates_like_torch_and_passes_nan_through(cell):
-    # Saturated gates (inputs of +-1e30) give what torch.nn.LSTM (GRU) gives, and a NaN weight or
-    # input makes the output NaN: training must then stop as diverged, not go on with clamped values.
+    # Saturated gates (inputs of +-1e30) give what torch.nn.LSTM (GRU, RNN) gives, and a NaN weight
+    # or input makes the output NaN: training must then stop as diverged, not go on with clamped values.
     torch.manual_seed(0)
-    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](2, 20)
-    stack = native.native_lstm if cell == "lstm" else native.native_gru
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN,
+              "rnn_relu": partial(torch.nn.RNN, nonlinearity="relu")}[cell](2, 20)
+    stack = STACKS[cell]
     x = torch.randn(5, 3, 2)
     x[2, 1, 0], x[3, 2, 1] = 1e30, -1e30
     weights = [tuple(getattr(module, f"{name}_l0").detach().unsqueeze(0) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))]

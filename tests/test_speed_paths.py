@@ -172,8 +172,8 @@ def torch_single_layers(model, x, masks):
 
 @pytest.mark.parametrize(
     "cell,nonlinearity,compiled",
-    [("gru", "tanh", True), ("gru", "tanh", False), ("rnn", "tanh", False), ("rnn", "relu", False),
-     ("lstm", "tanh", True)],
+    [("gru", "tanh", True), ("gru", "tanh", False), ("rnn", "tanh", True), ("rnn", "tanh", False),
+     ("rnn", "relu", True), ("rnn", "relu", False), ("lstm", "tanh", True)],
 )
 @pytest.mark.parametrize(
     "layers,units,steps,batch,features,dropout",
@@ -182,14 +182,15 @@ def torch_single_layers(model, x, masks):
 def test_hand_written_gru_rnn_and_native_lstm_gru_match_torch_in_loss_and_every_gradient(
     monkeypatch, cell, nonlinearity, compiled, layers, units, steps, batch, features, dropout
 ):
-    # compiled: seqcast.native's layer (native_lstm, native_gru); else the TorchScript fused_gru, the
-    # GRU's path where the compiled layer did not build or the layers are too large for it.
+    # compiled: seqcast.native's layer (native_lstm, native_gru, native_rnn); else the TorchScript
+    # fused_gru and fused_rnn, the paths where the compiled layer did not build or the layers are too
+    # large for it.
     if compiled and not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     if not compiled:
         monkeypatch.setattr(models.StackedRNN, "trains_natively_at", lambda *a: False)
     used = []
-    for name in ("native_lstm", "native_gru"):
+    for name in ("native_lstm", "native_gru", "native_rnn"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, partial(lambda real, *a, **k: used.append(1) or real(*a, **k), real))
     generator = torch.Generator().manual_seed(units * steps)
@@ -244,7 +245,7 @@ def test_lstm_layers_train_natively_up_to_the_measured_bounds():
     assert not big.trains_by_hand_at(32, 60, threads=1)  # 503 MFLOP per layer call: oneDNN
 
 
-def test_gru_layers_train_natively_up_to_the_measured_bounds():
+def test_gru_and_rnn_layers_train_natively_up_to_the_measured_bounds():
     if not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     # By hand: 2 * steps * batch * (inputs + units) * 3 * units.
@@ -260,8 +261,16 @@ def test_gru_layers_train_natively_up_to_the_measured_bounds():
     assert not widest.trains_natively_at(64, 60, threads=1)
     assert widest.hand_written_stack(None, 64, 60, 1) is models.fused_gru
     assert widest.trains_by_hand_at(64, 60, threads=1)  # still by hand, as every GRU
-    rnn = build_model(1, cell="rnn", layers=1, units=8, dropout=0.0, horizon=1)
-    assert not rnn.trains_natively_at(8, 5, threads=1) and rnn.trains_by_hand_at(8, 5, threads=1)
+    # RNNs: 2xRNN(256) at batch 64 (1.0 GFLOP) on one thread, not on two; 1xRNN(1024) on neither.
+    assert native.layer_flops(60, 64, 256, 256, "rnn_relu") == 2 * 60 * 64 * 512 * 256
+    rnn = build_model(1, cell="rnn", nonlinearity="relu", layers=2, units=256, dropout=0.0, horizon=1)
+    assert rnn.native_cell == "rnn_relu"
+    assert rnn.trains_natively_at(64, 60, threads=1) and not rnn.trains_natively_at(64, 60, threads=2)
+    assert rnn.hand_written_stack(None, 64, 60, 1).func is native.native_rnn
+    assert rnn.hand_written_stack(None, 64, 60, 2).func is models.fused_rnn
+    assert rnn.hand_written_stack(None, 64, 60, 2).keywords == {"nonlinearity": "relu"}
+    widest = build_model(1, cell="rnn", layers=1, units=1024, dropout=0.0, horizon=1)
+    assert not widest.trains_natively_at(64, 60, threads=1) and widest.trains_by_hand_at(64, 60, threads=1)
 
 
 LOOPS = (models._gru_forward_steps, models._gru_backward_steps, models._rnn_forward_steps, models._rnn_backward_steps)
@@ -326,19 +335,23 @@ def test_batch_split_across_threads_gives_the_whole_batch_loss_and_gradients(los
         assert (param.grad - want).abs().max().item() <= 1e-5 * scale, name
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 @pytest.mark.parametrize("dropout,horizon,n_features", [(0.2, 1, 1), (0.0, 3, 2), (0.5, 2, 3)])
 def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(
     monkeypatch, loss, dropout, horizon, n_features, cell
 ):
-    # native.train_step runs a slice of an LSTM or GRU stack without autograd; the reference is the
-    # same slice through StackedRNN.forward, the loss function and torch.autograd.grad, with the
-    # hand-written layer the stack uses where train_step is not called (fused_lstm, fused_gru).
+    # native.train_step runs a slice of an LSTM, GRU or (ReLU) RNN stack without autograd; the
+    # reference is the same slice through StackedRNN.forward, the loss function and
+    # torch.autograd.grad, with the hand-written layer the stack uses where the compiled one is not
+    # (fused_lstm, fused_gru, fused_rnn).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     generator = torch.Generator().manual_seed(horizon)
-    model = build_model(n_features, cell=cell, layers=3, units=20, dropout=dropout, horizon=horizon, seed=1)
+    nonlinearity = "relu" if cell == "rnn" else "tanh"
+    model = build_model(
+        n_features, cell=cell, nonlinearity=nonlinearity, layers=3, units=20, dropout=dropout, horizon=horizon, seed=1
+    )
     model.train()
     x = torch.randn(16, 30, n_features, generator=generator)
     y = torch.randn(16, horizon, generator=generator) * 2  # Huber: both sides of |error| = 1
@@ -365,18 +378,17 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(
     for (name, param), g, w in zip(model.named_parameters(), got, want):
         assert g.shape == param.shape, name
         assert (g - w).abs().max().item() <= 1e-5 * w.abs().max().item(), name
-    # RNN stacks, and losses train_step does not know, keep the autograd path.
-    for loss_fn, other_cell in ((LOSSES[loss], "rnn"), (torch.nn.functional.smooth_l1_loss, cell)):
-        other = build_model(1, cell=other_cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
-        splitter = _BatchSplitter(other, loss_fn, 2)
-        splitter.close()
-        assert not splitter.compiled, (loss_fn, other_cell)
+    # A loss train_step does not know keeps the autograd path.
+    other = build_model(1, cell=cell, layers=2, units=6, dropout=0.2, horizon=1, seed=2)
+    splitter = _BatchSplitter(other, torch.nn.functional.smooth_l1_loss, 2)
+    splitter.close()
+    assert not splitter.compiled
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("dropout,loss", [(0.0, "mse"), (0.3, "mse"), (0.3, "mae"), (0.0, "huber")])
 def test_unsplit_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout, loss, cell):
-    # train_model's unsplit loop runs a small LSTM's or GRU's batches through native.train_step; the
+    # train_model's unsplit loop runs a small stack's batches through native.train_step; the
     # reference is the same fit with compiled steps turned off (autograd through forward()).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -602,31 +614,27 @@ def test_train_many_fits_small_lstms_in_block_diagonal_groups_each_as_alone(
 def test_train_many_of_gru_rnn_and_small_lstms_equals_separate_fits_also_in_thread_groups(
     monkeypatch, cell, nonlinearity, threads
 ):
-    # Small LSTMs and GRUs train by seqcast.native's compiled layer, K models per call.
-    if cell != "rnn" and not native.available():
+    # Small LSTMs, GRUs and RNNs train by seqcast.native's compiled layer, K models per call.
+    if not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")
     groups = []
     real_group = ensemble._train_group
 
     def spy(models, *args, **kwargs):
         groups.append((threading.get_ident(), len(models)))
-        if cell != "rnn":
-            assert kwargs.get("stack") is None  # the cell's hand-written stack: native_lstm, native_gru
+        assert kwargs.get("stack") is None  # the cell's hand-written stack: native_lstm, native_gru, native_rnn
         return real_group(models, *args, **kwargs)
 
     monkeypatch.setattr(ensemble, "_train_group", spy)
-    # train_many's LSTM and GRU batches run as compiled steps (native.train_step, K models per call);
-    # the separate fits, the reference, go through autograd.
+    # train_many's batches run as compiled steps (native.train_step, K models per call); the
+    # separate fits, the reference, go through autograd.
     steps = []
     real_step = native.train_step
     monkeypatch.setattr(native, "train_step", lambda *a, **k: steps.append(len(a[0])) or real_step(*a, **k))
     monkeypatch.setattr(training, "compiled_steps_apply", lambda *a: False)
     shape = dict(cell=cell, nonlinearity=nonlinearity, layers=2, units=8, dropout=0.25, horizon=1)
     train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=threads)
-    if cell != "rnn":
-        assert sorted(set(steps)) == ([1, 2] if threads == 2 else [3])
-    else:
-        assert steps == []
+    assert sorted(set(steps)) == ([1, 2] if threads == 2 else [3])
     # With two threads the three models train as two groups (1 + 2) in two threads; else as one.
     if threads == 2:
         assert len({ident for ident, _ in groups}) == 2 and sorted(n for _, n in groups) == [1, 2]

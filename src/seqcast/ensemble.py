@@ -12,9 +12,8 @@ optimizer would. On the CPU, model k therefore ends with the weights of
 
 GRU and vanilla RNN models are also split into one group per thread, each group trained as above
 in its own Python thread with one intra-op thread: their hand-written layers release the GIL
-(``seqcast.native``'s compiled GRU, each batch one call of ``native.train_step``; the time loops of
-the TorchScript RNN, and of the GRU where the compiled one is not used), so the groups run in
-parallel.
+(``seqcast.native``'s compiled GRU and RNN, each batch one call of ``native.train_step``; the
+TorchScript time loops where the compiled layers are not used), so the groups run in parallel.
 
 Small LSTM models (``StackedRNN.trains_by_hand_at``: layers of at most
 ``native.MAX_LAYER_FLOPS``, or ``native.MAX_LAYER_FLOPS_ONE_THREAD`` with ``threads=1``) train
@@ -313,6 +312,9 @@ def _train_group(
     # block_diagonal_lstm for small LSTMs on the CPU without seqcast.native (_fit_lstm_groups);
     # otherwise the models are batched by the hand-written layers (GRU, RNN and native small LSTMs
     # on the CPU, every cell on CUDA).
+    native_layer = stack is None and torch_device.type == "cpu" and template.trains_natively_at(
+        batch_size, X_t.shape[1], threads
+    )
     stack = stack or template.hand_written_stack(torch_device, batch_size, X_t.shape[1], threads)
     n_samples, k = len(X_t), len(models)
 
@@ -341,9 +343,8 @@ def _train_group(
     # The compiled layer's K models: each batch as one compiled call
     # (native.train_step), no autograd graph (benchmarks/README.md, 2026-12-06).
     compiled = (
-        stack in (native.native_lstm, native.native_gru)
+        native_layer
         and loss in native.TRAIN_STEP_LOSSES
-        and torch_device.type == "cpu"
         and y_t.dim() == 2
         and all(param.dtype == torch.float32 for param in params)
     )
@@ -367,7 +368,7 @@ def _train_group(
                     mask_seeds = [draw_mask_seed(g) for g in droppers] if p > 0 else None
                     per_model, grads = native.train_step(
                         X_t[index], y_t[index], layer_weights, head_weight, head_bias, seeds=mask_seeds, keep=1.0 - p,
-                        loss=loss, cell=template.cell,
+                        loss=loss, cell=template.native_cell,
                     )
                     for param, grad in zip(in_step_order, grads):
                         param.grad = grad

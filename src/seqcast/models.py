@@ -23,7 +23,7 @@ from seqcast.errors import ConfigError
 CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
 # Cells that train on the CPU with hand-written layers that release the GIL (seqcast.native's
-# compiled GRU, or time loops run as TorchScript): StackedRNN.trains_by_hand, train_many's thread
+# compiled GRU and RNN, or time loops run as TorchScript): StackedRNN.trains_by_hand, train_many's thread
 # groups, ensembles trained together. Small LSTMs join them where seqcast.native's compiled layer is
 # available (StackedRNN.trains_by_hand_at).
 HAND_WRITTEN_CELLS = ("gru", "rnn")
@@ -42,7 +42,8 @@ class StackedRNN(nn.Module):
     to each layer's output sequence (Keras's ``Dropout`` between layers) and to the last layer's
     final step (the ``Dropout`` after it); see :meth:`draw_dropout_masks`. GRU and vanilla RNN
     stacks train on the CPU with hand-written layers instead (the compiled
-    :func:`seqcast.native.native_gru` where it built, else :func:`fused_gru`; :func:`fused_rnn`),
+    :func:`seqcast.native.native_gru` and :func:`seqcast.native.native_rnn` where it built, else
+    :func:`fused_gru` and :func:`fused_rnn`),
     and small LSTM stacks with the compiled :func:`seqcast.native.native_lstm` where it built
     (:meth:`trains_by_hand`).
 
@@ -94,11 +95,12 @@ class StackedRNN(nn.Module):
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
-            stack = fused_lstm if self.uses_fused_path(x) else self.hand_written_stack(x.device, x.shape[0], x.shape[1])
+            fused = self.uses_fused_path(x)
+            stack = fused_lstm if fused else self.hand_written_stack(x.device, x.shape[0], x.shape[1])
             last = stack(
                 x.transpose(0, 1).unsqueeze(1),
                 # the compiled layer takes the parameters themselves: no unsqueeze node per weight to run
-                self.layer_weights() if stack in (native.native_lstm, native.native_gru) else self.stacked_weights(),
+                self.layer_weights() if not fused and self.trains_natively(x) else self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
             )[0]
         elif dropping:
@@ -203,12 +205,11 @@ class StackedRNN(nn.Module):
     ) -> Callable[..., Tensor]:
         """The hand-written stack of this model's cell, K models at a time, on ``device`` (None: the
         CPU), for batches of ``batch`` windows of ``steps`` on ``threads`` intra-op threads (None:
-        torch's count now): the compiled :func:`seqcast.native.native_lstm` or
-        :func:`seqcast.native.native_gru` where :meth:`trains_natively_at` (without a ``batch``:
-        wherever it compiled), else :func:`fused_lstm` or :func:`fused_gru`; :func:`fused_rnn` (with
-        this model's nonlinearity) for an RNN."""
-        if self.cell == "rnn":
-            return partial(fused_rnn, nonlinearity=self.nonlinearity)
+        torch's count now): the compiled :func:`seqcast.native.native_lstm`,
+        :func:`seqcast.native.native_gru` or :func:`seqcast.native.native_rnn` where
+        :meth:`trains_natively_at` (without a ``batch``: wherever it compiled), else
+        :func:`fused_lstm`, :func:`fused_gru` or :func:`fused_rnn` (RNNs with this model's
+        nonlinearity)."""
         on_cpu = device is None or torch.device(device).type == "cpu"
         if batch is None:
             compiled = on_cpu and native.available()
@@ -216,13 +217,15 @@ class StackedRNN(nn.Module):
             compiled = on_cpu and self.trains_natively_at(batch, steps, threads)
         if self.cell == "lstm":
             return native.native_lstm if compiled else fused_lstm
-        return native.native_gru if compiled else fused_gru
+        if self.cell == "gru":
+            return native.native_gru if compiled else fused_gru
+        return partial(native.native_rnn if compiled else fused_rnn, nonlinearity=self.nonlinearity)
 
     def trains_by_hand(self, x: Tensor) -> bool:
-        """GRU and vanilla RNN stacks train on the CPU with hand-written layers: a GRU with
-        :func:`seqcast.native.native_gru` where it compiled and suits (:meth:`trains_natively_at`),
-        else :func:`fused_gru`, an RNN with :func:`fused_rnn`: PyTorch's own CPU GRU and RNN are not
-        oneDNN's and were slower (benchmarks/README.md). Small LSTM stacks (:meth:`trains_by_hand_at`)
+        """GRU and vanilla RNN stacks train on the CPU with hand-written layers: with
+        :func:`seqcast.native.native_gru` / :func:`seqcast.native.native_rnn` where it compiled and
+        suits (:meth:`trains_natively_at`), else :func:`fused_gru` / :func:`fused_rnn`: PyTorch's own
+        CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md). Small LSTM stacks (:meth:`trains_by_hand_at`)
         train with :func:`seqcast.native.native_lstm` where it compiled, larger ones with oneDNN's
         kernel. Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
         return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_by_hand_at(x.shape[0], x.shape[1])
@@ -239,14 +242,19 @@ class StackedRNN(nn.Module):
         return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_natively_at(x.shape[0], x.shape[1])
 
     def trains_natively_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
-        """Whether this LSTM or GRU stack trains with :mod:`seqcast.native`'s compiled layer at this
-        batch size and lookback on ``threads`` intra-op threads (None: torch's count now): where it
-        compiled and the layers are small enough to gain (:func:`seqcast.native.suits`)."""
+        """Whether this stack trains with :mod:`seqcast.native`'s compiled layer at this batch size
+        and lookback on ``threads`` intra-op threads (None: torch's count now): where it compiled and
+        the layers are small enough to gain (:func:`seqcast.native.suits`)."""
         return (
-            self.cell in native.CELLS
-            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.cell)
+            native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell)
             and native.available()
         )
+
+    @property
+    def native_cell(self) -> str:
+        """This stack's cell as :mod:`seqcast.native` names it (``native.CELLS``): ``"lstm"``,
+        ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``."""
+        return f"rnn_{self.nonlinearity}" if self.cell == "rnn" else self.cell
 
     def layer_weights(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per layer, the recurrent module's ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
@@ -664,7 +672,8 @@ def fused_gru(
     return _run_stack(_FusedGRULayer.apply, x, weights, masks)
 
 
-# --- Hand-written vanilla RNN (the CPU training path of every RNN) --------------------------------
+# --- Hand-written vanilla RNN (the CPU training path of an RNN where seqcast.native's compiled one is
+# not: it did not build, or the layers are too large for it to gain, native.MAX_RNN_LAYER_FLOPS) --
 # As the GRU above, for h' = act(x·W_ih + b_ih + h·W_hh + b_hh), act tanh or ReLU: one GEMM and one
 # in-place activation per step forward, two ops and one GEMM per step backward. PyTorch's CPU RNN
 # runs each step through autograd, with a small weight-gradient GEMM per step.

@@ -382,10 +382,10 @@ def loss_name(loss_fn: Callable) -> str | None:
 def compiled_steps_apply(model: nn.Module, loss_fn: Callable) -> bool:
     """Whether ``model``'s training steps with ``loss_fn`` can run as one compiled call each
     (:func:`seqcast.native.train_step`) where a batch's shape suits the compiled layer
-    (:func:`compiled_step_fits`): a :class:`StackedRNN` LSTM or GRU (not the opt-in fused path) trained with
+    (:func:`compiled_step_fits`): a :class:`StackedRNN` (not the opt-in fused path) trained with
     one of :data:`LOSSES`, with nothing hooked into its forward or backward pass, every parameter
     float32 and trained, in the order the call returns gradients."""
-    if not isinstance(model, StackedRNN) or model.cell not in native.CELLS or model.fused:
+    if not isinstance(model, StackedRNN) or model.fused:
         return False
     if loss_name(loss_fn) not in native.TRAIN_STEP_LOSSES:
         return False
@@ -434,7 +434,7 @@ def compiled_step(
     losses, grads = native.train_step(
         x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
         seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, batch=batch, start=start,
-        weight=weight, loss=loss, cell=model.cell,
+        weight=weight, loss=loss, cell=model.native_cell,
     )
     return losses[0], grads
 
