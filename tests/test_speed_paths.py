@@ -2,6 +2,7 @@
 torch.nn.LSTM, the hand-written GRU and RNN vs torch.nn.GRU/RNN, batches split across threads vs whole batches,
 train_many vs K train_model fits."""
 
+import copy
 import threading
 import time
 from functools import partial
@@ -218,6 +219,26 @@ def test_hand_written_gru_rnn_and_native_lstm_gru_match_torch_in_loss_and_every_
         assert not model.trains_by_hand(x)
     big = build_model(features, cell="lstm", layers=1, units=128, dropout=0.0, horizon=1)
     assert not big.trains_by_hand(torch.randn(64, 60, features))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_float64_models_train_without_the_float32_only_compiled_layer(cell):
+    # The compiled layer computes in float32 only; a float64 model (or float64 windows) trains on
+    # the plain path (oneDNN for an LSTM, fused_gru/fused_rnn) and agrees with its float32 twin.
+    model = build_model(2, cell=cell, layers=2, units=8, dropout=0.2, horizon=1, seed=0)
+    model.train()
+    x = torch.randn(6, 7, 2, generator=torch.Generator().manual_seed(0))
+    masks = model.draw_dropout_masks(6, 7, generator=torch.Generator().manual_seed(1))
+    results = []
+    for twin, inputs in ((model, x), (copy.deepcopy(model).double(), x.double())):
+        assert twin.trains_natively(inputs) == (inputs.dtype == torch.float32 and native.available())
+        out = twin(inputs, [m.to(inputs.dtype) for m in masks])
+        grads = torch.autograd.grad(out.square().sum(), list(twin.parameters()))
+        results.append((out, grads))
+    assert not model.trains_natively(x.double())  # float64 windows into a float32 model: neither
+    torch.testing.assert_close(results[1][0].float(), results[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a.float(), b, rtol=1e-4, atol=1e-6)
 
 
 def test_lstm_layers_train_natively_up_to_the_measured_bounds():

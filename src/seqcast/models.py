@@ -96,11 +96,12 @@ class StackedRNN(nn.Module):
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
             fused = self.uses_fused_path(x)
-            stack = fused_lstm if fused else self.hand_written_stack(x.device, x.shape[0], x.shape[1])
+            natively = not fused and self.trains_natively(x)
+            stack = fused_lstm if fused else self.hand_written_stack(x.device, compiled=natively)
             last = stack(
                 x.transpose(0, 1).unsqueeze(1),
                 # the compiled layer takes the parameters themselves: no unsqueeze node per weight to run
-                self.layer_weights() if not fused and self.trains_natively(x) else self.stacked_weights(),
+                self.layer_weights() if natively else self.stacked_weights(),
                 masks=None if masks is None else [m.unsqueeze(1) for m in masks[:-1]],
             )[0]
         elif dropping:
@@ -201,20 +202,21 @@ class StackedRNN(nn.Module):
 
     def hand_written_stack(
         self, device: torch.device | None = None, batch: int | None = None, steps: int | None = None,
-        threads: int | None = None,
+        threads: int | None = None, *, compiled: bool | None = None,
     ) -> Callable[..., Tensor]:
         """The hand-written stack of this model's cell, K models at a time, on ``device`` (None: the
         CPU), for batches of ``batch`` windows of ``steps`` on ``threads`` intra-op threads (None:
         torch's count now): the compiled :func:`seqcast.native.native_lstm`,
-        :func:`seqcast.native.native_gru` or :func:`seqcast.native.native_rnn` where
-        :meth:`trains_natively_at` (without a ``batch``: wherever it compiled), else
-        :func:`fused_lstm`, :func:`fused_gru` or :func:`fused_rnn` (RNNs with this model's
-        nonlinearity)."""
-        on_cpu = device is None or torch.device(device).type == "cpu"
-        if batch is None:
-            compiled = on_cpu and native.available()
-        else:
-            compiled = on_cpu and self.trains_natively_at(batch, steps, threads)
+        :func:`seqcast.native.native_gru` or :func:`seqcast.native.native_rnn` where ``compiled``
+        (None: on the CPU where :meth:`trains_natively_at`; without a ``batch``, wherever it
+        compiled and the model is float32), else :func:`fused_lstm`, :func:`fused_gru` or
+        :func:`fused_rnn` (RNNs with this model's nonlinearity)."""
+        if compiled is None:
+            on_cpu = device is None or torch.device(device).type == "cpu"
+            if batch is None:
+                compiled = on_cpu and self._float32() and native.available()
+            else:
+                compiled = on_cpu and self.trains_natively_at(batch, steps, threads)
         if self.cell == "lstm":
             return native.native_lstm if compiled else fused_lstm
         if self.cell == "gru":
@@ -228,7 +230,9 @@ class StackedRNN(nn.Module):
         CPU GRU and RNN are not oneDNN's and were slower (benchmarks/README.md). Small LSTM stacks (:meth:`trains_by_hand_at`)
         train with :func:`seqcast.native.native_lstm` where it compiled, larger ones with oneDNN's
         kernel. Inference and CUDA keep ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``."""
-        return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_by_hand_at(x.shape[0], x.shape[1])
+        if x.device.type != "cpu" or not torch.is_grad_enabled():
+            return False
+        return self.cell in HAND_WRITTEN_CELLS or self.trains_natively(x)
 
     def trains_by_hand_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
         """Whether this stack trains on the CPU with a hand-written layer at this batch size and
@@ -238,17 +242,27 @@ class StackedRNN(nn.Module):
 
     def trains_natively(self, x: Tensor) -> bool:
         """Whether a training forward pass on ``x`` runs the compiled layer: :meth:`trains_natively_at`
-        on the CPU with gradients enabled."""
-        return x.device.type == "cpu" and torch.is_grad_enabled() and self.trains_natively_at(x.shape[0], x.shape[1])
+        on the CPU with gradients enabled and ``x`` float32."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and torch.is_grad_enabled()
+            and self.trains_natively_at(x.shape[0], x.shape[1])
+        )
 
     def trains_natively_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
         """Whether this stack trains with :mod:`seqcast.native`'s compiled layer at this batch size
-        and lookback on ``threads`` intra-op threads (None: torch's count now): where it compiled and
-        the layers are small enough to gain (:func:`seqcast.native.suits`)."""
+        and lookback on ``threads`` intra-op threads (None: torch's count now): a float32 model (the
+        compiled layer computes in float32 only), where it compiled and the layers are small enough
+        to gain (:func:`seqcast.native.suits`)."""
         return (
-            native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell)
+            self._float32()
+            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell)
             and native.available()
         )
+
+    def _float32(self) -> bool:
+        return all(p.dtype == torch.float32 for p in self.parameters())
 
     @property
     def native_cell(self) -> str:
