@@ -205,3 +205,46 @@ def test_masks_are_the_same_without_the_compiled_module(monkeypatch):
     monkeypatch.setattr(native, "_failure", "off")
     again = draw_masks(shapes, 0.8, torch.Generator().manual_seed(3))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@needs_compiler
+@pytest.mark.parametrize("lists", [1, 2, 3])
+def test_adam_step_is_torch_adam_on_the_summed_gradients(lists):
+    # The reference: torch.optim.Adam as training.make_optimizer builds it, stepping on the sum of
+    # the gradient lists; the state the compiled pass leaves is the optimizer's own (a fresh
+    # optimizer that loads its state_dict continues the same way).
+    from seqcast import training
+
+    generator = torch.Generator().manual_seed(lists)
+    shapes = [(200, 3), (200, 50), (200,), (1, 50), (1,)]
+    reference = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in reference]
+    torch_adam = training.make_optimizer("adam", reference, 3e-3)
+    native_adam = training.make_optimizer("adam", ours, 3e-3)
+    for step in range(40):
+        grads = [[torch.randn(s, generator=generator) * 10 ** (step % 3 - 1) for s in shapes] for _ in range(lists)]
+        for i, p in enumerate(reference):
+            p.grad = sum(g[i] for g in grads)
+        torch_adam.step()
+        if step == 0:  # the first step creates the state: torch's own, as in training
+            for i, p in enumerate(ours):
+                p.grad = sum(g[i] for g in grads)
+            native_adam.step()
+        else:
+            native.adam_step(ours, grads, native_adam)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq"):  # within 1e-5 of the largest moment
+            got, want = native_adam.state[a][key], torch_adam.state[b][key]
+            assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item(), key
+        assert native_adam.state[a]["step"].item() == torch_adam.state[b]["step"].item() == 40
+    resumed = training.make_optimizer("adam", ours, 3e-3)
+    resumed.load_state_dict(native_adam.state_dict())
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    for p in reference:
+        p.grad = torch.ones_like(p)
+    resumed.step()
+    torch_adam.step()
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -435,6 +435,58 @@ def test_unsplit_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout
         assert (g - w).abs().max().item() <= 1e-5 * max(w.abs().max().item(), 1.0)
 
 
+@pytest.mark.parametrize("cell,split", [("lstm", True), ("lstm", False), ("gru", True), ("rnn", False)])
+def test_adam_in_the_compiled_pass_trains_like_torch_adam(monkeypatch, cell, split):
+    # train_model runs Adam's update as native.adam_step (summing a split batch's slice gradients in
+    # the same pass) from the second batch on; the reference is the same fit with it turned off.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    if split:
+        monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+    generator = torch.Generator().manual_seed(6)
+    X = torch.randn(70, 12, 2, generator=generator)
+    y = torch.randn(70, 1, generator=generator)
+    calls = []
+    real = native.adam_step
+    monkeypatch.setattr(native, "adam_step", lambda params, grads, optim: calls.append(len(grads)) or real(params, grads, optim))
+
+    def fit():
+        model = build_model(2, cell=cell, layers=2, units=8, dropout=0.2, horizon=1, seed=3)
+        history = training.train_model(model, X, y, epochs=3, batch_size=16, seed=5, threads=2 if split else 1)
+        return history.loss, [p.detach().clone() for p in model.parameters()]
+
+    got_loss, got = fit()
+    assert calls == [2 if split else 1] * (3 * 5 - 1)  # 5 batches per epoch; the first step is torch's
+    monkeypatch.setattr(training, "native_adam_applies", lambda *a: False)
+    want_loss, want = fit()
+    assert len(calls) == 14
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)
+    for g, w in zip(got, want):
+        assert (g - w).abs().max().item() <= 1e-5 * max(w.abs().max().item(), 1.0)
+
+
+def test_adam_in_the_compiled_pass_only_where_it_is_torch_adam(monkeypatch):
+    model = build_model(1, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1)
+    adam = training.make_optimizer("adam", model.parameters(), 1e-3)
+    assert training.native_adam_applies(adam, None) == native.available()
+    assert not training.native_adam_applies(adam, 1.0)  # clipping needs the summed gradient first
+    assert not training.native_adam_applies(training.make_optimizer("rmsprop", model.parameters(), 1e-3), None)
+    assert not training.native_adam_applies(torch.optim.Adam(model.parameters(), amsgrad=True), None)
+    assert not training.native_adam_applies(torch.optim.Adam(model.parameters(), weight_decay=1e-4), None)
+    handle = adam.register_step_post_hook(lambda *a: None)
+    assert not training.native_adam_applies(adam, None)
+    handle.remove()
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda *a: None)
+    try:
+        assert not training.native_adam_applies(adam, None)
+    finally:
+        handle.remove()
+    assert not training.adam_started(adam, list(model.parameters()))
+    assert not adam.state  # asking created no state
+
+
 def test_a_hook_on_the_model_keeps_the_autograd_step(monkeypatch):
     # A compiled step would skip forward(), so its hooks; with one registered the fit goes through
     # autograd (here unsplit; the batch splitter asks the same compiled_steps_apply).
@@ -497,8 +549,8 @@ def test_each_slice_draws_its_part_of_the_whole_batch_masks(units, batch, cuts):
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     split_steps = []
-    real_step = _BatchSplitter.step
-    monkeypatch.setattr(_BatchSplitter, "step", lambda self, *a: split_steps.append(len(a[0])) or real_step(self, *a))
+    real_step = _BatchSplitter.gradients
+    monkeypatch.setattr(_BatchSplitter, "gradients", lambda self, *a: split_steps.append(len(a[0])) or real_step(self, *a))
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)

@@ -52,6 +52,7 @@ from seqcast.training import (
     FitCancelled,
     History,
     TrainingDiverged,
+    apply_gradients,
     batch_split_workers,
     cancel_on,
     check_fit_settings,
@@ -60,6 +61,7 @@ from seqcast.training import (
     intra_op_threads,
     keep_freed_memory,
     make_optimizer,
+    native_adam_applies,
     one_thread_pool,
     raise_if_cancelled,
     resolve_device,
@@ -349,6 +351,7 @@ def _train_group(
         and all(param.dtype == torch.float32 for param in params)
     )
     in_step_order = [w for layer in layer_weights for w in layer] + [head_weight, head_bias]
+    in_place_adam = compiled and native_adam_applies(optim, clip_norm)
 
     progress = epoch_progress(verbose)
     with progress, intra_op_threads(threads):
@@ -363,6 +366,7 @@ def _train_group(
                 raise_if_cancelled()
                 index = orders[:, start : start + batch_size]
                 optim.zero_grad(set_to_none=True)
+                stepped = False  # Adam's update already run by apply_gradients
                 if compiled:
                     # each model's mask seed drawn as draw_dropout_masks draws it
                     mask_seeds = [draw_mask_seed(g) for g in droppers] if p > 0 else None
@@ -370,8 +374,7 @@ def _train_group(
                         X_t[index], y_t[index], layer_weights, head_weight, head_bias, seeds=mask_seeds, keep=1.0 - p,
                         loss=loss, cell=template.native_cell,
                     )
-                    for param, grad in zip(in_step_order, grads):
-                        param.grad = grad
+                    stepped = apply_gradients(optim, in_step_order, [grads], in_place_adam)
                 else:
                     # (K, B, T, F) -> time-major (T, K, B, F)
                     batch_x = X_t[index].permute(2, 0, 1, 3)
@@ -392,9 +395,10 @@ def _train_group(
                     per_model = loss_fn(predictions, y_t[index], reduction="none").mean(dim=(1, 2))
                     # Summing keeps each model's gradient equal to that of its own mean loss.
                     per_model.sum().backward()
-                if clip_norm is not None:
-                    _clip_per_model_(params, clip_norm)
-                optim.step()
+                if not stepped:
+                    if clip_norm is not None:
+                        _clip_per_model_(params, clip_norm)
+                    optim.step()
                 total += per_model.detach().double() * index.shape[1]
             losses = (total / n_samples).tolist()
             seconds = time.perf_counter() - started

@@ -860,12 +860,65 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
   return out;
 }
 
+// torch.optim.Adam's update (amsgrad, maximize and weight decay off) of each params[i] with the sum
+// of grads[0][i], grads[1][i], ..., in place in the optimizer's own state (exp_avgs, exp_avg_sqs and
+// the step counts, 0-dimensional float32 or float64 tensors, incremented here), with the constants
+// computed in double as torch's fused CPU kernel computes them: m = beta1 m + (1 - beta1) g,
+// v = beta2 v + (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+// One pass per parameter instead of a sum of the slices' gradients and then the optimizer's kernel
+// after a split batch, while the other core waits: 0.27 against 0.90 ms per seed-config batch in
+// real fits (benchmarks/README.md, 2026-12-06, 17:10-17:40 UTC).
+void adam_step(std::vector<Tensor> params, std::vector<std::vector<Tensor>> grads, std::vector<Tensor> exp_avgs,
+               std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr, double beta1, double beta2,
+               double eps) {
+  const size_t n = params.size();
+  TORCH_CHECK(!grads.empty() && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
+              "adam_step: bad arguments");
+  for (const auto& list : grads) TORCH_CHECK(list.size() == n, "adam_step: one gradient per parameter in each list");
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& p = params[i];
+    check(p, p.dim(), "a parameter");
+    for (const Tensor* t : {&exp_avgs[i], &exp_avg_sqs[i]})
+      TORCH_CHECK(t->sizes() == p.sizes() && t->scalar_type() == at::kFloat && t->is_contiguous(), "adam_step: state does not match its parameter");
+    for (const auto& list : grads)
+      TORCH_CHECK(list[i].sizes() == p.sizes() && list[i].scalar_type() == at::kFloat && list[i].is_contiguous(),
+                  "adam_step: a gradient does not match its parameter");
+    TORCH_CHECK(steps[i].numel() == 1 && (steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble),
+                "adam_step: a step count must be one float");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    double step;
+    if (steps[i].scalar_type() == at::kFloat) step = ++steps[i].data_ptr<float>()[0];
+    else step = ++steps[i].data_ptr<double>()[0];
+    const double step_size = lr / (1 - std::pow(beta1, step));
+    const float b1 = (float)beta1, b2 = (float)beta2, c1 = (float)(1 - beta1), c2 = (float)(1 - beta2);
+    const float s = (float)step_size, root = (float)std::sqrt(1 - std::pow(beta2, step)), e = (float)eps;
+    float* p = params[i].data_ptr<float>();
+    float* m = exp_avgs[i].data_ptr<float>();
+    float* v = exp_avg_sqs[i].data_ptr<float>();
+    const float* g0 = grads[0][i].data_ptr<float>();
+    const float* g1 = grads.size() > 1 ? grads[1][i].data_ptr<float>() : nullptr;
+    std::vector<const float*> more;  // a third slice's gradients and on (more than two threads)
+    for (size_t l = 2; l < grads.size(); ++l) more.push_back(grads[l][i].data_ptr<float>());
+    const int64_t count = params[i].numel();
+    #pragma omp simd
+    for (int64_t j = 0; j < count; ++j) {
+      float g = g1 ? g0[j] + g1[j] : g0[j];
+      for (const float* gl : more) g += gl[j];
+      m[j] = m[j] * b1 + g * c1;
+      v[j] = v[j] * b2 + g * g * c2;
+      p[j] -= s * m[j] / (std::sqrt(v[j]) / root + e);
+    }
+  }
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
   m.def("stack_forward", &stack_forward, py::call_guard<py::gil_scoped_release>());
   m.def("stack_backward", &stack_backward, py::call_guard<py::gil_scoped_release>());
   m.def("train_step", &train_step, py::call_guard<py::gil_scoped_release>());
+  m.def("adam_step", &adam_step, py::call_guard<py::gil_scoped_release>());
 }
 """
 
@@ -1094,6 +1147,25 @@ def train_step(
         start, weight, TRAIN_STEP_LOSSES[loss], CELLS[cell],
     )
     return losses, grads
+
+
+def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.optim.Adam) -> None:
+    """``optimizer.step()`` for ``params`` with gradients ``sum(grads[k][i] for k)``, in one compiled
+    pass per parameter that releases the GIL, for a ``torch.optim.Adam`` whose one parameter group
+    holds ``params`` (each with state already: after its first step) and has amsgrad, maximize and
+    weight decay off (training.native_adam_applies checks). Updates the parameters and the
+    optimizer's state in place (``state_dict`` stays valid); equal to ``torch.optim.Adam`` up to
+    float rounding. Call only when :func:`available` is True."""
+    if _load() is None:
+        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    group = optimizer.param_groups[0]
+    states = [optimizer.state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    _module.adam_step(
+        [p.detach() for p in params], [[g.contiguous() for g in gs] for gs in grads],
+        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
+        float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+    )
 
 
 class _NativeStack(torch.autograd.Function):

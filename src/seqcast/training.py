@@ -481,9 +481,19 @@ class _BatchSplitter:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator) -> torch.Tensor:
         """Set ``.grad`` of every parameter for the batch ``(x, y)``, its dropout masks drawn from
-        ``dropper``; return its mean loss. Each slice draws its own part of the masks on its own
-        thread: drawn whole on this thread, NumPy's masks took 3 ms of a 23 ms seed-config batch
-        while the other core waited (benchmarks/README.md, 2026-12-06)."""
+        ``dropper``; return its mean loss."""
+        loss, grads = self.gradients(x, y, dropper)
+        set_summed_grads(self.params, grads)
+        return loss
+
+    def gradients(
+        self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator
+    ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
+        """The batch ``(x, y)``'s mean loss and each slice's gradients for ``self.params`` (their sum
+        is the batch's gradient; None where a parameter got none), its dropout masks drawn from
+        ``dropper``. Each slice draws its own part of the masks on its own thread: drawn whole on
+        this thread, NumPy's masks took 3 ms of a 23 ms seed-config batch while the other core
+        waited (benchmarks/README.md, 2026-12-06)."""
         n = len(x)
         seed = self.model.batch_mask_seed(dropper)
         k = min(self.workers, n)
@@ -491,10 +501,59 @@ class _BatchSplitter:
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
         futures = [self.pool.submit(self._slice, x, y, seed, *job) for job in jobs[1:]]
         results = [self._slice(x, y, seed, *jobs[0])] + [f.result() for f in futures]
-        for index, param in enumerate(self.params):
-            parts = [grads[index] for _, grads in results if grads[index] is not None]
-            param.grad = None if not parts else sum(parts[1:], parts[0])
-        return sum(loss for loss, _ in results)
+        return sum(loss for loss, _ in results), [list(grads) for _, grads in results]
+
+
+def native_adam_applies(optimizer: torch.optim.Optimizer, clip_norm: float | None) -> bool:
+    """Whether this fit's optimizer steps may run as :func:`seqcast.native.adam_step` (the slices'
+    gradient sum and Adam's update in one compiled pass, no ``.grad`` set): a ``torch.optim.Adam``
+    with one parameter group of float32 CPU parameters, amsgrad, maximize and weight decay off, no
+    step hooks (its own or global), no gradient clipping (which needs the summed gradient first),
+    where the compiled module is available. The caller also waits for the optimizer's first step,
+    which creates its state (:func:`adam_started`)."""
+    from torch.optim import optimizer as optimizer_module
+
+    if clip_norm is not None or type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    if group["amsgrad"] or group["maximize"] or group["weight_decay"] != 0:
+        return False
+    if group.get("differentiable") or group.get("capturable") or group.get("decoupled_weight_decay"):
+        return False
+    hooks = (
+        optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
+        optimizer_module._global_optimizer_pre_hooks, optimizer_module._global_optimizer_post_hooks,
+    )
+    if any(hooks):
+        return False
+    return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in group["params"]) and native.available()
+
+
+def adam_started(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> bool:
+    """Whether ``optimizer`` holds Adam's state (step, moments) for every one of ``params``."""
+    return all(p in optimizer.state and "step" in optimizer.state[p] for p in params)
+
+
+def set_summed_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:
+    """Set ``params[i].grad`` to the sum of ``grads[k][i]`` over the lists ``k`` (None where all are)."""
+    for index, param in enumerate(params):
+        parts = [part[index] for part in grads if part[index] is not None]
+        param.grad = None if not parts else sum(parts[1:], parts[0])
+
+
+def apply_gradients(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]],
+    in_place_adam: bool,
+) -> bool:
+    """The gradient of ``params`` is the sum of the lists ``grads`` (a split batch's slices, or one
+    list): run Adam's update with it in one compiled pass (:func:`seqcast.native.adam_step`) and
+    return True where ``in_place_adam`` (:func:`native_adam_applies`) and the optimizer has its
+    state; else set ``.grad`` and return False (the caller then clips and calls ``step()``)."""
+    if in_place_adam and adam_started(optimizer, params) and all(g is not None for part in grads for g in part):
+        native.adam_step(params, grads, optimizer)
+        return True
+    set_summed_grads(params, grads)
+    return False
 
 
 def epoch_progress(verbose: int) -> Progress:
@@ -644,6 +703,7 @@ def train_model(
     # compiled layer (native.train_step): the indicators preset's fits 1.42x faster, whose batches
     # were mostly autograd's Python and dispatch (benchmarks/README.md, 2026-12-06).
     compiled = splitter is None and compiled_steps_apply(model, loss_fn)
+    in_place_adam = native_adam_applies(optim, clip_norm)
     params = list(model.parameters())
     try:
         with progress, intra_op_threads(1 if splitter else threads):
@@ -660,20 +720,22 @@ def train_model(
                     index = order[start : start + batch_size]
                     optim.zero_grad(set_to_none=True)
                     x, target = X_t[index], y_t[index]
+                    stepped = False  # Adam's update already run by apply_gradients
                     if splitter is not None:
-                        batch_loss = splitter.step(x, target, dropper)
+                        batch_loss, grads = splitter.gradients(x, target, dropper)
+                        stepped = apply_gradients(optim, splitter.params, grads, in_place_adam)
                     elif compiled and compiled_step_fits(model, x, target):
                         # batch_mask_seed draws what batch_masks would
                         batch_loss, grads = compiled_step(model, x, target, model.batch_mask_seed(dropper), loss)
-                        for param, grad in zip(params, grads):
-                            param.grad = grad
+                        stepped = apply_gradients(optim, params, [grads], in_place_adam)
                     else:
                         out = model(x, model.batch_masks(len(x), x.shape[1], x.device, dropper)) if masked else model(x)
                         batch_loss = loss_fn(out, target)
                         batch_loss.backward()
-                    if clip_norm is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-                    optim.step()
+                    if not stepped:
+                        if clip_norm is not None:
+                            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                        optim.step()
                     # Accumulated on the device so the loop never waits for a .item() per batch.
                     total += batch_loss.detach().double() * len(index)
                 epoch_loss = total.item() / n_samples
