@@ -241,6 +241,39 @@ def test_float64_models_train_without_the_float32_only_compiled_layer(cell):
         torch.testing.assert_close(a.float(), b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell,nonlinearity", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "relu"), ("rnn", "tanh")])
+def test_inference_on_the_compiled_layers_gives_torch_s_predictions(monkeypatch, cell, nonlinearity):
+    # Without gradients and dropout a forward pass runs native.native_infer; the reference is the
+    # same model through nn.LSTM/GRU/RNN (infers_natively turned off).
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    model = build_model(3, cell=cell, nonlinearity=nonlinearity, layers=3, units=20, dropout=0.3, horizon=2, seed=1)
+    x = torch.randn(17, 25, 3, generator=torch.Generator().manual_seed(2))
+    calls = []
+    real = native.native_infer
+    monkeypatch.setattr(native, "native_infer", lambda *a: calls.append(a[0].shape) or real(*a))
+    model.eval()
+    with torch.no_grad():
+        got = model(x)
+        assert calls == [(25, 1, 17, 3)]
+        with monkeypatch.context() as m:
+            m.setattr(models.StackedRNN, "infers_natively", lambda *a: False)
+            want = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Not with gradients, not in training with dropout, not for float64 or empty batches.
+    assert not model.infers_natively(x)
+    model.train()
+    with torch.no_grad():
+        model(x)
+        assert len(calls) == 1
+        assert not model.infers_natively(torch.zeros(0, 25, 3)) and not model.infers_natively(x.double())
+        assert model.infers_natively(x)  # the check itself: dropout is forward's to exclude
+    quiet = build_model(3, cell=cell, nonlinearity=nonlinearity, layers=1, units=8, dropout=0.0, horizon=1)
+    with torch.no_grad():
+        quiet(x)  # training mode without dropout: no masks, so the compiled inference
+    assert len(calls) == 2
+
+
 def test_lstm_layers_train_natively_up_to_the_measured_bounds():
     if not native.available():
         pytest.skip(f"seqcast.native did not build here: {native.unavailable_reason()}")

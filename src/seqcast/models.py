@@ -92,6 +92,9 @@ class StackedRNN(nn.Module):
         generator. Passing them lets a batch be split across threads with the masks it would have
         had whole (training.train_model)."""
         dropping = self._dropping()
+        if not dropping and self.infers_natively(x):
+            last = native.native_infer(x.transpose(0, 1).unsqueeze(1), self.layer_weights(), self.native_cell)[0]
+            return self.head(last)
         if dropping and masks is None:
             masks = self.batch_masks(x.shape[0], x.shape[1], x.device)
         if self.uses_fused_path(x) or self.trains_by_hand(x):
@@ -246,6 +249,8 @@ class StackedRNN(nn.Module):
         return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
+            and x.shape[0] > 0
+            and x.shape[1] > 0
             and torch.is_grad_enabled()
             and self.trains_natively_at(x.shape[0], x.shape[1])
         )
@@ -259,6 +264,25 @@ class StackedRNN(nn.Module):
             self._float32()
             and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell)
             and native.available()
+        )
+
+    def infers_natively(self, x: Tensor) -> bool:
+        """Whether a forward pass on ``x`` without gradients and without dropout (inference:
+        ``predict``, validation losses) runs on :mod:`seqcast.native`'s compiled layers
+        (:func:`seqcast.native.native_infer`) rather than ``nn.LSTM/GRU/RNN``: float32 on the CPU,
+        where the layers are within the training bounds (:func:`seqcast.native.suits` on this
+        thread's intra-op threads). Forward only, one thread, against torch's module (2026-12-06,
+        interleaved, benchmarks/README.md): the seed config's 20 January windows 2.61 → 1.92 ms,
+        500 windows 1.21x, 4xGRU(50) 20 windows 7.01 → 1.89 ms, 4xRNN(50) 2.18 → 0.71 ms; on two
+        threads torch's kernels, which use both, win for large layers, hence the bounds."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.dim() == 3
+            and x.shape[0] > 0  # no windows, or no steps: torch's module handles those
+            and x.shape[1] > 0
+            and not torch.is_grad_enabled()
+            and self.trains_natively_at(x.shape[0], x.shape[1])
         )
 
     def _float32(self) -> bool:

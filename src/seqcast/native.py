@@ -185,19 +185,21 @@ static Tensor masked_output(const Tensor& mask, const Tensor& h_all) {
 
 // x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o;
 // mask: undefined, or a dropout mask (K, T, B, U) for the output. Returns h_all (K, T, B, U), for the
-// backward pass c_all, tanh(c_all) and the gates' activations, and h_all * mask (undefined without a
-// mask), written in the gate pass rather than in a pass of its own.
-std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask) {
+// backward pass c_all, tanh(c_all) and the gates' activations (without keep, the last step's only),
+// and h_all * mask (undefined without a mask), written in the gate pass rather than in a pass of its own.
+std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask, bool keep) {
   check_layer(x, w_ih, w_hh, b_ih, b_hh, 4);
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
-  Tensor acts = at::empty({K, T, B, G}, x.options());
+  // Without keep (inference: nothing for a backward pass) one step's gate buffer serves every step.
+  const int TA = keep ? T : 1;
+  Tensor acts = at::empty({K, TA, B, G}, x.options());
   Tensor h_all = at::empty({K, T, B, U}, x.options());
   Tensor c_all = at::empty({K, T, B, U}, x.options());
   Tensor tc_all = at::empty({K, T, B, U}, x.options());
   const Tensor masked = masked_output(mask, h_all);
   std::vector<float> zeros((size_t)B * U, 0.f);
   for (int k = 0; k < K; ++k) {
-    float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
+    float* a0 = acts.data_ptr<float>() + (int64_t)k * TA * B * G;
     const float* bi = b_ih.data_ptr<float>() + (int64_t)k * G;
     const float* bh = b_hh.data_ptr<float>() + (int64_t)k * G;
     // Per gate column: its bias, and sigmoid (scale 1, offset 0) or tanh(z) = 2 sigmoid(2z) - 1 (g).
@@ -214,7 +216,7 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     for (int t = 0; t < T; ++t) {
-      float* ap = a0 + (int64_t)t * B * G;
+      float* ap = a0 + (int64_t)(keep ? t : 0) * B * G;
       const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
       step_gemm(B, G, I, xk + (int64_t)t * B * I, I, wi_t.data(), G, false, ap, G);  // gates = x_t w_ih^T
       if (t) step_gemm(B, G, U, h0 + (int64_t)(t - 1) * B * U, U, wh_t.data(), G, true, ap, G);  // gates += h_prev w_hh^T
@@ -398,16 +400,18 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
 // by itself), in a per-step buffer. Returns h_all (K, T, B, U), then for the backward pass hn_all
 // (h w_hn + b_hn per step), an empty tensor (the LSTM's tc_all slot) and r, z, n (acts), and h_all *
 // mask (undefined without a mask).
-std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask) {
+std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask, bool keep) {
   check_layer(x, w_ih, w_hh, b_ih, b_hh, 3);
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
-  Tensor acts = at::empty({K, T, B, G}, x.options());
+  // Without keep (inference: nothing for a backward pass) one step's gate buffer serves every step.
+  const int TA = keep ? T : 1;
+  Tensor acts = at::empty({K, TA, B, G}, x.options());
   Tensor h_all = at::empty({K, T, B, U}, x.options());
   Tensor hn_all = at::empty({K, T, B, U}, x.options());
   const Tensor masked = masked_output(mask, h_all);
   std::vector<float> zeros((size_t)B * G, 0.f), hid((size_t)B * G);
   for (int k = 0; k < K; ++k) {
-    float* a0 = acts.data_ptr<float>() + (int64_t)k * T * B * G;
+    float* a0 = acts.data_ptr<float>() + (int64_t)k * TA * B * G;
     const float* bi = b_ih.data_ptr<float>() + (int64_t)k * G;
     const float* bh = b_hh.data_ptr<float>() + (int64_t)k * G;
     // r and z: both biases on the input side; n: b_in there, b_hn inside r (...).
@@ -421,7 +425,7 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     for (int t = 0; t < T; ++t) {
-      float* ap = a0 + (int64_t)t * B * G;
+      float* ap = a0 + (int64_t)(keep ? t : 0) * B * G;
       const float* hp = t ? h0 + (int64_t)(t - 1) * B * U : zeros.data();
       step_gemm(B, G, I, xk + (int64_t)t * B * I, I, wi_t.data(), G, false, ap, G);  // x_t w_ih^T
       const float* hd = zeros.data();
@@ -727,7 +731,9 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
 // layer, K-leading; masks: none, or L - 1 tensors (K, T, B, U) applied to each layer's output but
 // the last. Returns the last layer's last step (K, B, U), then per layer what its backward reads:
 // its input, then the layer's first four returns (LSTM: h_all, c_all, tc_all, acts; GRU: h_all,
-// hn_all, an empty tensor, acts; RNN: h_all and three empty tensors).
+// hn_all, an empty tensor, acts; RNN: h_all and three empty tensors). Without keep (inference) only
+// the last step: each layer's buffers are freed once the next has read its output, and the gates
+// of one step at a time are kept (1,000 seed-config windows would keep ~80 MB per layer otherwise).
 // A single model's weights may come without the model axis (a StackedRNN's own parameters: no
 // unsqueeze node per weight in the autograd graph, each with its Python and dispatch cost); they are
 // viewed with it here, and stack_backward returns their gradients in their own shape.
@@ -737,8 +743,10 @@ static std::vector<Tensor> with_model_axis(std::vector<Tensor> weights) {
   return weights;
 }
 
-std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks, int64_t cell) {
+std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::vector<Tensor> masks, int64_t cell,
+                                  bool keep) {
   TORCH_CHECK(cell >= 0 && cell <= 3, "stack_forward: cell must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN ReLU)");
+  TORCH_CHECK(x.dim() == 4 && x.numel() > 0, "stack_forward: x must be (models, steps, windows, features), none of them 0");
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && weights.size() == 4 * L && (masks.empty() || masks.size() == L - 1), "stack_forward: bad arguments");
   weights = with_model_axis(weights);
@@ -747,11 +755,13 @@ std::vector<Tensor> stack_forward(Tensor x, std::vector<Tensor> weights, std::ve
   for (size_t l = 0; l < L; ++l) {
     const Tensor mask = l + 1 < L && !masks.empty() ? masks[l] : Tensor();
     const Tensor &w_ih = weights[4 * l], &w_hh = weights[4 * l + 1], &b_ih = weights[4 * l + 2], &b_hh = weights[4 * l + 3];
-    std::vector<Tensor> r = cell == 0   ? lstm_forward(in, w_ih, w_hh, b_ih, b_hh, mask)
-                            : cell == 1 ? gru_forward(in, w_ih, w_hh, b_ih, b_hh, mask)
+    std::vector<Tensor> r = cell == 0   ? lstm_forward(in, w_ih, w_hh, b_ih, b_hh, mask, keep)
+                            : cell == 1 ? gru_forward(in, w_ih, w_hh, b_ih, b_hh, mask, keep)
                                         : rnn_forward(in, w_ih, w_hh, b_ih, b_hh, mask, cell == 3);
-    out.push_back(in);
-    out.insert(out.end(), r.begin(), r.begin() + 4);
+    if (keep) {
+      out.push_back(in);
+      out.insert(out.end(), r.begin(), r.begin() + 4);
+    }
     if (l + 1 < L) in = mask.defined() ? r[4] : r[0];
     else out[0] = r[0].select(1, r[0].size(1) - 1).contiguous();
   }
@@ -829,7 +839,7 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
     for (size_t l = 0; l + 1 < L; ++l) masks.push_back(draw(T, (int64_t)l * layer_size + start * U, batch * U).view({K, T, B, U}));
     last_mask = draw(1, (int64_t)(L - 1) * layer_size + start * U, 0).view({K, B, U});
   }
-  std::vector<Tensor> forward = stack_forward(xt, weights, masks, cell);
+  std::vector<Tensor> forward = stack_forward(xt, weights, masks, cell, true);
   const Tensor& last = forward[0];  // (K, B, U)
   const Tensor lm = last_mask.defined() ? last * last_mask : last;
   const Tensor diff = at::baddbmm(hb.unsqueeze(1), lm, hw.transpose(1, 2)) - y;  // (K, B, H)
@@ -1176,7 +1186,7 @@ class _NativeStack(torch.autograd.Function):
     def forward(ctx, cell: int, x: Tensor, masks: list[Tensor], *weights: Tensor) -> Tensor:
         weights = [w.contiguous() for w in weights]
         masks = [m.contiguous() for m in masks]
-        last, *saved = _module.stack_forward(x.contiguous(), weights, masks, cell)
+        last, *saved = _module.stack_forward(x.contiguous(), weights, masks, cell, True)
         ctx.save_for_backward(*saved, *weights, *masks)
         ctx.sizes = (len(saved), len(weights))
         ctx.cell = cell
@@ -1226,6 +1236,17 @@ def native_rnn(
     """:func:`native_lstm`'s contract for vanilla RNN stacks with ``nonlinearity`` ``"tanh"`` or
     ``"relu"`` (PyTorch-layout RNN weights)."""
     return _native_stack(f"rnn_{nonlinearity}", x, weights, masks)
+
+
+def native_infer(x: Tensor, weights: list[tuple[Tensor, Tensor, Tensor, Tensor]], cell: str) -> Tensor:
+    """The last step ``(K, B, U)`` of K models' ``cell`` stacks (a :data:`CELLS` name) on time-major
+    ``x (T, K, B, F)``, without dropout and without anything kept for a backward pass: inference
+    (``StackedRNN.infers_natively``). Call only when :func:`available` is True."""
+    if _load() is None:
+        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    with torch.no_grad():
+        flat = [w.detach().contiguous() for layer in weights for w in layer]
+        return _module.stack_forward(x.transpose(0, 1).contiguous(), flat, [], CELLS[cell], False)[0]
 
 
 def _native_stack(cell: str, x: Tensor, weights: list, masks: list[Tensor] | None) -> Tensor:
