@@ -270,11 +270,12 @@ class StackedRNN(nn.Module):
         """Whether a forward pass on ``x`` without gradients and without dropout (inference:
         ``predict``, validation losses) runs on :mod:`seqcast.native`'s compiled layers
         (:func:`seqcast.native.native_infer`) rather than ``nn.LSTM/GRU/RNN``: float32 on the CPU,
-        where the layers are within the training bounds (:func:`seqcast.native.suits` on this
-        thread's intra-op threads). Forward only, one thread, against torch's module (2026-12-06,
-        interleaved, benchmarks/README.md): the seed config's 20 January windows 2.61 → 1.92 ms,
-        500 windows 1.21x, 4xGRU(50) 20 windows 7.01 → 1.89 ms, 4xRNN(50) 2.18 → 0.71 ms; on two
-        threads torch's kernels, which use both, win for large layers, hence the bounds."""
+        where the layers are within the bounds measured for inference (:func:`seqcast.native.suits`
+        with ``inference``, on this thread's intra-op threads). Forward only, one thread, against
+        torch's module (2026-12-06, interleaved, benchmarks/README.md): the seed config's 20
+        January windows 2.61 → 1.92 ms, 500 windows 1.21x, 4xGRU(50) 20 windows 7.01 → 1.89 ms,
+        4xRNN(50) 2.18 → 0.71 ms; on two threads torch's kernels, which use both, win for large
+        layers, hence the bounds."""
         return (
             x.device.type == "cpu"
             and x.dtype == torch.float32
@@ -282,7 +283,12 @@ class StackedRNN(nn.Module):
             and x.shape[0] > 0  # no windows, or no steps: torch's module handles those
             and x.shape[1] > 0
             and not torch.is_grad_enabled()
-            and self.trains_natively_at(x.shape[0], x.shape[1])
+            and self._float32()
+            and native.suits(
+                x.shape[1], x.shape[0], max(self.n_features, self.units), self.units, None, self.native_cell,
+                inference=True,
+            )
+            and native.available()
         )
 
     def _float32(self) -> bool:

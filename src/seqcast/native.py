@@ -1035,6 +1035,19 @@ _BOUNDS = {
 }
 
 
+# The bounds for inference (forward only, nothing kept; native_infer) against nn.LSTM/GRU/RNN,
+# forward FLOPs of a layer call as layer_flops counts them, one thread / two (benchmarks/README.md,
+# 2026-12-06 17:25): LSTM 48 MFLOP 1.36/1.80, 66 1.21/0.93, 328 1.11/0.74, 1,200 1.21/0.96, 7,900
+# 1.11/0.78; GRU 36 3.72/3.96, 49 2.34/2.54, 900 1.94/1.77, 5,900 1.92/1.15, 23,600 1.37/0.86;
+# RNN 12 3.08/4.12, 300 1.40/1.40, 7,900 1.42/0.93.
+_INFER_BOUNDS = {
+    "lstm": (8e9, 50e6),
+    "gru": (24e9, 6e9),
+    "rnn_tanh": (8e9, 500e6),
+    "rnn_relu": (8e9, 500e6),
+}
+
+
 def layer_flops(steps: int, batch: int, n_in: int, units: int, cell: str = "lstm") -> float:
     """Forward FLOPs of the gate GEMMs of one layer call of ``cell`` (a :data:`CELLS` name; the
     per-window, per-layer count of ``StackedRNN.forward_flops`` times the batch):
@@ -1042,13 +1055,17 @@ def layer_flops(steps: int, batch: int, n_in: int, units: int, cell: str = "lstm
     return 2.0 * steps * batch * (n_in + units) * _GATES[cell] * units
 
 
-def suits(steps: int, batch: int, n_in: int, units: int, threads: int | None = None, cell: str = "lstm") -> bool:
+def suits(
+    steps: int, batch: int, n_in: int, units: int, threads: int | None = None, cell: str = "lstm",
+    inference: bool = False,
+) -> bool:
     """Whether a ``cell`` layer (a :data:`CELLS` name) of this size gains from the compiled layer on
-    ``threads`` intra-op threads (None: torch's count on the calling thread): for an LSTM at most
-    :data:`MAX_LAYER_FLOPS_ONE_THREAD` on one, :data:`MAX_LAYER_FLOPS` on more; for a GRU and an
-    RNN the ``MAX_GRU_…`` and ``MAX_RNN_…`` bounds."""
+    ``threads`` intra-op threads (None: torch's count on the calling thread): in training, for an
+    LSTM at most :data:`MAX_LAYER_FLOPS_ONE_THREAD` on one, :data:`MAX_LAYER_FLOPS` on more; for a
+    GRU and an RNN the ``MAX_GRU_…`` and ``MAX_RNN_…`` bounds; with ``inference``, the bounds
+    measured for :func:`native_infer`."""
     threads = torch.get_num_threads() if threads is None else threads
-    one, more = _BOUNDS[cell]
+    one, more = (_INFER_BOUNDS if inference else _BOUNDS)[cell]
     return layer_flops(steps, batch, n_in, units, cell) <= (one if threads <= 1 else more)
 
 
