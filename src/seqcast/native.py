@@ -272,15 +272,17 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
 
 // The weight and input gradients of one model's layer from the gradients of its pre-activations,
 // as GEMMs over all steps: d_in (T*B, G) of the input side's (x w_ih^T + b_ih), d_hid of the hidden
-// side's (h w_hh^T + b_hh); the same for an LSTM, different in a GRU's n gate. grad_w_ih (G, I) and
-// grad_w_hh (G, U) are written whole; grad_x (T*B, I) when not null. The weight gradients come as
+// side's (h w_hh^T + b_hh); the same for an LSTM and an RNN. grad_w_ih (G, I) is written whole,
+// grad_w_hh (G, U) too unless d_hid is null (the GRU computes it itself); grad_x (T*B, I) when not null. The weight gradients come as
 // their transposes, x^T d and h^T d, then transposed back: MKL ran these layouts 1.2-1.4x faster at
 // the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06). The gradients came
 // out identical to the bit in the A/B runs compared there.
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d_in,
                              const float* d_hid, const float* w_ih, float* grad_w_ih, float* grad_w_hh, float* grad_x,
                              float* wt) {
-  if (T > 1) {
+  if (!d_hid) {
+    // the caller computes grad_w_hh (the GRU's hidden side's gradients are not one matrix)
+  } else if (T > 1) {
     gemm(true, false, U, G, (T - 1) * B, h_all, U, d_hid + (int64_t)B * G, G, 0.f, wt, G);
     for (int a = 0; a < U; ++a)
       for (int b = 0; b < G; ++b) grad_w_hh[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
@@ -490,8 +492,11 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
   check(grad_h, 4, "grad_h");
   check_mask(mask, grad_h, "grad_h");
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
+  // The hidden side's pre-activation gradients are d_in's for r and z; only n's differs (times r),
+  // so it alone is stored (d_hn), and the products that read the hidden side's gradients take the
+  // r, z columns from d_in and the n columns from d_hn.
   Tensor d_in = at::empty({K, T, B, G}, x.options());
-  Tensor d_hid = at::empty({K, T, B, G}, x.options());
+  Tensor d_hn = at::empty({K, T, B, U}, x.options());
   Tensor grad_w_ih = at::empty({K, G, I}, x.options());
   Tensor grad_w_hh = at::empty({K, G, U}, x.options());
   Tensor grad_b_ih = at::zeros({K, G}, x.options());
@@ -508,8 +513,10 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
     const float* hn0 = hn_all.data_ptr<float>() + hk;
     const float* a0 = acts.data_ptr<float>() + gk;
     float* di0 = d_in.data_ptr<float>() + gk;
-    float* dd0 = d_hid.data_ptr<float>() + gk;
+    float* dn0 = d_hn.data_ptr<float>() + hk;
     const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    float* gbi = grad_b_ih.data_ptr<float>() + (int64_t)k * G;
+    float* gbh = grad_b_hh.data_ptr<float>() + (int64_t)k * G;
     std::fill(dh_next.begin(), dh_next.end(), 0.f);
     float* dhn = dh_next.data();
     for (int t = T - 1; t >= 0; --t) {
@@ -520,17 +527,18 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       const float* hp = t ? h0 + o - (int64_t)B * U : zeros.data();
       const float* ap = a0 + (int64_t)t * B * G;
       float* dip = di0 + (int64_t)t * B * G;
-      float* ddp = dd0 + (int64_t)t * B * G;
+      float* dnp = dn0 + o;
       for (int r = 0; r < B; ++r) {
         const float* ar = ap + (int64_t)r * G;
         float* di = dip + (int64_t)r * G;
-        float* dd = ddp + (int64_t)r * G;
         const int64_t q0 = (int64_t)r * U;
 #if defined(__AVX512F__)
+        // adding each gradient into the bias gradients as it goes (no pass of their own)
         const __m512 one = _mm512_set1_ps(1.f);
         for (int j = 0; j < U; j += 16) {
           const __mmask16 m = lanes(U - j);
           auto ld = [m](const float* p) { return _mm512_maskz_loadu_ps(m, p); };
+          auto add = [m, &ld](float* p, __m512 v) { _mm512_mask_storeu_ps(p, m, _mm512_add_ps(ld(p), v)); };
           const __m512 rv = ld(ar + j), zv = ld(ar + U + j), nv = ld(ar + 2 * U + j);
           const __m512 dh = _mm512_fmadd_ps(ld(gh + q0 + j), ld(mk + q0 + j), ld(dhn + q0 + j));
           const __m512 dn = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(one, zv)), _mm512_fnmadd_ps(nv, nv, one));
@@ -541,10 +549,12 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
           _mm512_mask_storeu_ps(di + j, m, dr);
           _mm512_mask_storeu_ps(di + U + j, m, dz);
           _mm512_mask_storeu_ps(di + 2 * U + j, m, dn);
-          _mm512_mask_storeu_ps(dd + j, m, dr);
-          _mm512_mask_storeu_ps(dd + U + j, m, dz);
-          _mm512_mask_storeu_ps(dd + 2 * U + j, m, dhn_n);
+          _mm512_mask_storeu_ps(dnp + q0 + j, m, dhn_n);
           _mm512_mask_storeu_ps(dhn + q0 + j, m, _mm512_mul_ps(dh, zv));
+          add(gbi + j, dr);
+          add(gbi + U + j, dz);
+          add(gbi + 2 * U + j, dn);
+          add(gbh + 2 * U + j, dhn_n);
         }
 #else
         #pragma omp simd
@@ -558,30 +568,40 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
           di[j] = dr;
           di[U + j] = dz;
           di[2 * U + j] = dn;
-          dd[j] = dr;
-          dd[U + j] = dz;
-          dd[2 * U + j] = dn * rv;
+          dnp[q] = dn * rv;
           dhn[q] = dh * zv;
         }
 #endif
       }
-      if (t) step_gemm(B, U, G, ddp, G, wh, U, true, dhn, U);  // dh_prev = dh z + d_hid[t] w_hh
-    }
-    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h0, di0, dd0,
-                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
-                     grad_w_hh.data_ptr<float>() + (int64_t)k * G * U,
-                     needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
-    float* gbi = grad_b_ih.data_ptr<float>() + (int64_t)k * G;
-    float* gbh = grad_b_hh.data_ptr<float>() + (int64_t)k * G;
-    for (int64_t r = 0; r < (int64_t)T * B; ++r) {
-      const float* a = di0 + r * G;
-      const float* b = dd0 + r * G;
-      #pragma omp simd
-      for (int j = 0; j < G; ++j) {
-        gbi[j] += a[j];
-        gbh[j] += b[j];
+      if (t) {  // dh_prev = dh z + d_hid[t] w_hh, the r, z columns and the n columns apart
+        step_gemm(B, U, 2 * U, dip, G, wh, U, true, dhn, U);
+        step_gemm(B, U, U, dnp, U, wh + (int64_t)2 * U * U, U, true, dhn, U);
       }
     }
+    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, nullptr, di0, nullptr,
+                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
+                     nullptr, needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
+    // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
+    float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    if (T > 1) {
+      gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
+      gemm(true, false, U, U, (T - 1) * B, h0, U, dn0 + (int64_t)B * U, U, 0.f, wt.data() + 2 * U, G);
+      for (int a = 0; a < U; ++a)
+        for (int b = 0; b < G; ++b) gw[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
+    } else {
+      std::fill(gw, gw + (int64_t)G * U, 0.f);
+    }
+#if !defined(__AVX512F__)  // the AVX-512 loop above added them up
+    for (int64_t r = 0; r < (int64_t)T * B; ++r) {
+      const float* a = di0 + r * G;
+      const float* b = dn0 + r * U;
+      #pragma omp simd
+      for (int j = 0; j < G; ++j) gbi[j] += a[j];
+      #pragma omp simd
+      for (int j = 0; j < U; ++j) gbh[2 * U + j] += b[j];
+    }
+#endif
+    std::copy(gbi, gbi + 2 * U, gbh);  // r and z: the same on both sides
   }
   return {grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
