@@ -326,23 +326,23 @@ def test_gru_and_rnn_layers_train_natively_up_to_the_measured_bounds():
     assert native.layer_flops(60, 64, 256, 256, "gru") == 2 * 60 * 64 * 512 * 768
     seed_shape = build_model(1, cell="gru", layers=4, units=50, dropout=0.2, horizon=1, seed=0)
     assert seed_shape.trains_natively_at(64, 60, threads=2) and seed_shape.trains_natively_at(32, 60, threads=1)
-    assert seed_shape.hand_written_stack(None, 64, 60, 2) is native.native_gru
+    assert seed_shape.hand_written_stack(True) is native.native_gru
     # 2xGRU(256) at batch 64 (3.0 GFLOP per layer call) gains on one thread, not on two; 1xGRU(512)
     # (6.1 GFLOP) on neither: fused_gru, whose per-step products use every thread.
     wide = build_model(1, cell="gru", layers=2, units=256, dropout=0.0, horizon=1)
     assert wide.trains_natively_at(64, 60, threads=1) and not wide.trains_natively_at(64, 60, threads=2)
     widest = build_model(1, cell="gru", layers=1, units=512, dropout=0.0, horizon=1)
     assert not widest.trains_natively_at(64, 60, threads=1)
-    assert widest.hand_written_stack(None, 64, 60, 1) is models.fused_gru
+    assert widest.hand_written_stack(False) is models.fused_gru
     assert widest.trains_by_hand_at(64, 60, threads=1)  # still by hand, as every GRU
     # RNNs: 2xRNN(256) at batch 64 (1.0 GFLOP) on one thread, not on two; 1xRNN(1024) on neither.
     assert native.layer_flops(60, 64, 256, 256, "rnn_relu") == 2 * 60 * 64 * 512 * 256
     rnn = build_model(1, cell="rnn", nonlinearity="relu", layers=2, units=256, dropout=0.0, horizon=1)
     assert rnn.native_cell == "rnn_relu"
     assert rnn.trains_natively_at(64, 60, threads=1) and not rnn.trains_natively_at(64, 60, threads=2)
-    assert rnn.hand_written_stack(None, 64, 60, 1).func is native.native_rnn
-    assert rnn.hand_written_stack(None, 64, 60, 2).func is models.fused_rnn
-    assert rnn.hand_written_stack(None, 64, 60, 2).keywords == {"nonlinearity": "relu"}
+    assert rnn.hand_written_stack(True).func is native.native_rnn
+    assert rnn.hand_written_stack(False).func is models.fused_rnn
+    assert rnn.hand_written_stack(False).keywords == {"nonlinearity": "relu"}
     widest = build_model(1, cell="rnn", layers=1, units=1024, dropout=0.0, horizon=1)
     assert not widest.trains_natively_at(64, 60, threads=1) and widest.trains_by_hand_at(64, 60, threads=1)
 

@@ -317,7 +317,7 @@ def _train_group(
     native_layer = stack is None and torch_device.type == "cpu" and template.trains_natively_at(
         batch_size, X_t.shape[1], threads
     )
-    stack = stack or template.hand_written_stack(torch_device, batch_size, X_t.shape[1], threads)
+    stack = stack or template.hand_written_stack(native_layer)
     n_samples, k = len(X_t), len(models)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.

@@ -100,7 +100,7 @@ class StackedRNN(nn.Module):
         if self.uses_fused_path(x) or self.trains_by_hand(x):
             fused = self.uses_fused_path(x)
             natively = not fused and self.trains_natively(x)
-            stack = fused_lstm if fused else self.hand_written_stack(x.device, compiled=natively)
+            stack = fused_lstm if fused else self.hand_written_stack(natively)
             last = stack(
                 x.transpose(0, 1).unsqueeze(1),
                 # the compiled layer takes the parameters themselves: no unsqueeze node per weight to run
@@ -203,23 +203,11 @@ class StackedRNN(nn.Module):
         oneDNN's faster forward and CUDA keeps cuDNN."""
         return self.fused and self.cell == "lstm" and x.device.type == "cpu" and torch.is_grad_enabled()
 
-    def hand_written_stack(
-        self, device: torch.device | None = None, batch: int | None = None, steps: int | None = None,
-        threads: int | None = None, *, compiled: bool | None = None,
-    ) -> Callable[..., Tensor]:
-        """The hand-written stack of this model's cell, K models at a time, on ``device`` (None: the
-        CPU), for batches of ``batch`` windows of ``steps`` on ``threads`` intra-op threads (None:
-        torch's count now): the compiled :func:`seqcast.native.native_lstm`,
-        :func:`seqcast.native.native_gru` or :func:`seqcast.native.native_rnn` where ``compiled``
-        (None: on the CPU where :meth:`trains_natively_at`; without a ``batch``, wherever it
-        compiled and the model is float32), else :func:`fused_lstm`, :func:`fused_gru` or
+    def hand_written_stack(self, compiled: bool) -> Callable[..., Tensor]:
+        """The hand-written stack of this model's cell, K models at a time: with ``compiled`` (where
+        :meth:`trains_natively_at`) :func:`seqcast.native.native_lstm`, :func:`seqcast.native.native_gru`
+        or :func:`seqcast.native.native_rnn`, else :func:`fused_lstm`, :func:`fused_gru` or
         :func:`fused_rnn` (RNNs with this model's nonlinearity)."""
-        if compiled is None:
-            on_cpu = device is None or torch.device(device).type == "cpu"
-            if batch is None:
-                compiled = on_cpu and self._float32() and native.available()
-            else:
-                compiled = on_cpu and self.trains_natively_at(batch, steps, threads)
         if self.cell == "lstm":
             return native.native_lstm if compiled else fused_lstm
         if self.cell == "gru":
@@ -246,25 +234,14 @@ class StackedRNN(nn.Module):
     def trains_natively(self, x: Tensor) -> bool:
         """Whether a training forward pass on ``x`` runs the compiled layer: :meth:`trains_natively_at`
         on the CPU with gradients enabled and ``x`` float32."""
-        return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.shape[0] > 0
-            and x.shape[1] > 0
-            and torch.is_grad_enabled()
-            and self.trains_natively_at(x.shape[0], x.shape[1])
-        )
+        return torch.is_grad_enabled() and self._native_input(x) and self.trains_natively_at(x.shape[0], x.shape[1])
 
     def trains_natively_at(self, batch: int, steps: int, threads: int | None = None) -> bool:
         """Whether this stack trains with :mod:`seqcast.native`'s compiled layer at this batch size
         and lookback on ``threads`` intra-op threads (None: torch's count now): a float32 model (the
         compiled layer computes in float32 only), where it compiled and the layers are small enough
         to gain (:func:`seqcast.native.suits`)."""
-        return (
-            self._float32()
-            and native.suits(steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell)
-            and native.available()
-        )
+        return self._compiled_layer_suits(batch, steps, threads, inference=False)
 
     def infers_natively(self, x: Tensor) -> bool:
         """Whether a forward pass on ``x`` without gradients and without dropout (inference:
@@ -277,22 +254,25 @@ class StackedRNN(nn.Module):
         4xRNN(50) 2.18 → 0.71 ms; on two threads torch's kernels, which use both, win for large
         layers, hence the bounds."""
         return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.dim() == 3
-            and x.shape[0] > 0  # no windows, or no steps: torch's module handles those
-            and x.shape[1] > 0
-            and not torch.is_grad_enabled()
-            and self._float32()
+            not torch.is_grad_enabled()
+            and self._native_input(x)
+            and self._compiled_layer_suits(x.shape[0], x.shape[1], None, inference=True)
+        )
+
+    @staticmethod
+    def _native_input(x: Tensor) -> bool:
+        """Windows the compiled layer takes: float32 on the CPU, at least one window and one step
+        (torch's modules handle empty inputs)."""
+        return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 3 and x.shape[0] > 0 and x.shape[1] > 0
+
+    def _compiled_layer_suits(self, batch: int, steps: int, threads: int | None, inference: bool) -> bool:
+        return (
+            all(p.dtype == torch.float32 for p in self.parameters())
             and native.suits(
-                x.shape[1], x.shape[0], max(self.n_features, self.units), self.units, None, self.native_cell,
-                inference=True,
+                steps, batch, max(self.n_features, self.units), self.units, threads, self.native_cell, inference
             )
             and native.available()
         )
-
-    def _float32(self) -> bool:
-        return all(p.dtype == torch.float32 for p in self.parameters())
 
     @property
     def native_cell(self) -> str:

@@ -1089,6 +1089,12 @@ def suits(
     return layer_flops(steps, batch, n_in, units, cell) <= (one if threads <= 1 else more)
 
 
+def _require() -> None:
+    """Raise unless the compiled module is loaded (building it on the first call)."""
+    if _load() is None:
+        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+
+
 def available() -> bool:
     """Whether :func:`native_lstm` can run here (compiles it on the first call of the process)."""
     return _load() is not None
@@ -1185,8 +1191,7 @@ def train_step(
     and bias, each in its weight's shape: what ``torch.autograd.grad`` gives through
     ``StackedRNN.forward`` with ``StackedRNN.dropout_masks(seed, batch, T, start, start + B)``, up
     to float rounding. Call only when :func:`available` is True."""
-    if _load() is None:
-        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    _require()
     threshold, scale = (0, 1.0) if seeds is None else _mask_threshold(keep)
     losses, *grads = _module.train_step(
         x.contiguous(), y.contiguous(), [w for layer in weights for w in layer], head_weight, head_bias,
@@ -1203,8 +1208,7 @@ def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.
     weight decay off (training.native_adam_applies checks). Updates the parameters and the
     optimizer's state in place (``state_dict`` stays valid); equal to ``torch.optim.Adam`` up to
     float rounding. Call only when :func:`available` is True."""
-    if _load() is None:
-        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    _require()
     group = optimizer.param_groups[0]
     states = [optimizer.state[p] for p in params]
     beta1, beta2 = group["betas"]
@@ -1279,15 +1283,13 @@ def native_infer(x: Tensor, weights: list[tuple[Tensor, Tensor, Tensor, Tensor]]
     """The last step ``(K, B, U)`` of K models' ``cell`` stacks (a :data:`CELLS` name) on time-major
     ``x (T, K, B, F)``, without dropout and without anything kept for a backward pass: inference
     (``StackedRNN.infers_natively``). Call only when :func:`available` is True."""
-    if _load() is None:
-        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    _require()
     with torch.no_grad():
         flat = [w.detach().contiguous() for layer in weights for w in layer]
         return _module.stack_forward(x.transpose(0, 1).contiguous(), flat, [], CELLS[cell], False)[0]
 
 
 def _native_stack(cell: str, x: Tensor, weights: list, masks: list[Tensor] | None) -> Tensor:
-    if _load() is None:
-        raise RuntimeError(f"seqcast's compiled layer is not available ({_failure})")
+    _require()
     between = [] if masks is None else [m.transpose(0, 1) for m in masks[: len(weights) - 1]]
     return _NativeStack.apply(CELLS[cell], x.transpose(0, 1), between, *(w for layer in weights for w in layer))

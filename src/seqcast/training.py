@@ -699,7 +699,7 @@ def train_model(
         rows = -(-min(batch_size, n_samples) // workers)
         model.trains_natively_at(rows, X_t.shape[1], 1 if workers > 1 else threads)
     splitter = _BatchSplitter(model, loss_fn, workers) if workers > 1 else None
-    # An unsplit batch of an LSTM stack runs as one compiled call where it suits the
+    # An unsplit batch of a small stack runs as one compiled call where it suits the
     # compiled layer (native.train_step): the indicators preset's fits 1.42x faster, whose batches
     # were mostly autograd's Python and dispatch (benchmarks/README.md, 2026-12-06).
     compiled = splitter is None and compiled_steps_apply(model, loss_fn)
