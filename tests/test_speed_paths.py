@@ -663,6 +663,36 @@ def train_many_against_separate_fits(shape, fit, threads=None):
     return together
 
 
+def test_train_many_of_seed_sized_lstms_trains_groups_on_one_thread_each(monkeypatch):
+    # The seed config's layers (153.6 MFLOP per 64-window call) suit the compiled layer on one
+    # thread, not on two: train_many shares the models out as one group per thread, each group on one
+    # thread, so it trains them jointly with compiled steps rather than fit after fit; each model
+    # still equals its own (split) train_model fit.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    shape = dict(cell="lstm", layers=2, units=50, dropout=0.2, horizon=1)
+    assert native.layer_flops(60, 64, 50, 50) == 153.6e6
+    assert ensemble.trains_in_groups(build_model(1, **shape), 3, 2, 64, 60, "cpu")
+    assert not ensemble.trains_in_groups(build_model(1, **shape), 1, 2, 64, 60, "cpu")  # one model: its own fit
+    X, y = noisy_sine_windows(lookback=60, n=128)
+    seeds = [3, 11, 12]
+    fit = dict(epochs=2, batch_size=64, lr=3e-3)
+    separate = []
+    for seed in seeds:
+        model = build_model(1, seed=seed, **shape)
+        separate.append((model, train_model(model, X, y, seed=seed, threads=2, **fit)))
+    groups, steps = [], []
+    real_group, real_step = ensemble._train_group, native.train_step
+    monkeypatch.setattr(ensemble, "_train_group", lambda m, *a, **k: groups.append((len(m), k["threads"])) or real_group(m, *a, **k))
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: steps.append(len(a[0])) or real_step(*a, **k))
+    together, histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, threads=2, **fit)
+    assert sorted(groups) == [(1, 1), (2, 1)] and sorted(set(steps)) == [1, 2]
+    for (alone, history), joint, joint_history in zip(separate, together, histories):
+        np.testing.assert_allclose(joint_history.loss, history.loss, rtol=1e-5)
+        for (name, a), b in zip(alone.named_parameters(), joint.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=4e-5, msg=name)
+
+
 @pytest.mark.parametrize("clip_norm,optimizer", [(None, "adam"), (0.05, "adam"), (None, "rmsprop")])
 def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeypatch, onednn_lstm, clip_norm, optimizer):
     # LSTMs are stacked by the hand-written fused_lstm off the CPU; here that path runs on the CPU,
