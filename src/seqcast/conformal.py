@@ -62,12 +62,12 @@ def _check_level(level) -> float:
 
 def _trains_together(template: Forecaster) -> bool:
     """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: on the
-    CPU, without validation rows or early stopping, which train_many lacks. There GRU and vanilla
-    RNN members train K at once in one group per thread (1.7-3.9× the throughput of one-by-one fits
-    at the indicators preset's shape), and so do LSTM members too small to split their batches:
-    K per call of seqcast.native's compiled layer where it built (2.3-3.0× since their batches, like
-    single fits', run as one compiled training step each), else as block-diagonal
-    oneDNN LSTMs (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after another."""
+    CPU, without validation rows or early stopping, which train_many lacks. There members train K
+    at once in one group per thread, K per call of seqcast.native's compiled layers where their
+    layers suit them on one thread (at the indicators preset's shape 2.3-3.7× the throughput of
+    one-by-one fits in 2026-12-06's runs, GRU and RNN 2.4-4.1×; the seed config's 1.19-1.24×), else
+    GRUs and RNNs through their TorchScript layers and small LSTMs as block-diagonal oneDNN LSTMs
+    (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after another."""
     return (
         not template.val_fraction
         and template.early_stopping is None

@@ -270,29 +270,36 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
   return {h_all, c_all, tc_all, acts, masked};
 }
 
-// The weight and input gradients of one model's layer from the gradients of its pre-activations,
-// as GEMMs over all steps: d_in (T*B, G) of the input side's (x w_ih^T + b_ih), d_hid of the hidden
-// side's (h w_hh^T + b_hh); the same for an LSTM and an RNN. grad_w_ih (G, I) is written whole,
-// grad_w_hh (G, U) too unless d_hid is null (the GRU computes it itself); grad_x (T*B, I) when not null. The weight gradients come as
-// their transposes, x^T d and h^T d, then transposed back: MKL ran these layouts 1.2-1.4x faster at
-// the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06). The gradients came
-// out identical to the bit in the A/B runs compared there.
-static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d_in,
-                             const float* d_hid, const float* w_ih, float* grad_w_ih, float* grad_w_hh, float* grad_x,
-                             float* wt) {
-  if (!d_hid) {
-    // the caller computes grad_w_hh (the GRU's hidden side's gradients are not one matrix)
-  } else if (T > 1) {
-    gemm(true, false, U, G, (T - 1) * B, h_all, U, d_hid + (int64_t)B * G, G, 0.f, wt, G);
-    for (int a = 0; a < U; ++a)
-      for (int b = 0; b < G; ++b) grad_w_hh[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
+// The weight gradients come as their transposes, a^T d, then transposed back: MKL ran these layouts
+// 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06).
+// The gradients came out identical to the bit in the A/B runs compared there. transpose_back turns
+// that transpose, wt (N x G), into grad_w (G x N).
+static void transpose_back(const float* wt, int N, int G, float* grad_w) {
+  for (int a = 0; a < N; ++a)
+    for (int b = 0; b < G; ++b) grad_w[(int64_t)b * N + a] = wt[(int64_t)a * G + b];
+}
+
+// The input side's gradients of one model's layer from d_in (T*B, G), the gradients of its input
+// pre-activations (x w_ih^T + b_ih): grad_w_ih (G, I) and, when not null, grad_x (T*B, I).
+static void input_gradients(int T, int B, int I, int G, const float* x, const float* d_in, const float* w_ih,
+                            float* grad_w_ih, float* grad_x, float* wt) {
+  gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
+  transpose_back(wt, I, G, grad_w_ih);
+  if (grad_x) gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
+}
+
+// The layer's weight and input gradients where the hidden side's pre-activations (h w_hh^T + b_hh)
+// have the input side's gradients, d (T*B, G): an LSTM's and an RNN's. grad_w_hh (G, U) reads the
+// steps after the first (the first step's h_prev is 0).
+static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
+                             const float* w_ih, float* grad_w_ih, float* grad_w_hh, float* grad_x, float* wt) {
+  if (T > 1) {
+    gemm(true, false, U, G, (T - 1) * B, h_all, U, d + (int64_t)B * G, G, 0.f, wt, G);
+    transpose_back(wt, U, G, grad_w_hh);
   } else {
     std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
   }
-  gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
-  for (int a = 0; a < I; ++a)
-    for (int b = 0; b < G; ++b) grad_w_ih[(int64_t)b * I + a] = wt[(int64_t)a * G + b];
-  if (grad_x) gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
+  input_gradients(T, B, I, G, x, d, w_ih, grad_w_ih, grad_x, wt);
 }
 
 // grad_h (K, T, B, U): the loss's gradient for every output (times mask, where it is defined: the
@@ -305,7 +312,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
   Tensor d_pre = at::empty({K, T, B, G}, x.options());
   Tensor grad_w_ih = at::empty({K, G, I}, x.options());
-  Tensor grad_w_hh = at::zeros({K, G, U}, x.options());
+  Tensor grad_w_hh = at::empty({K, G, U}, x.options());
   Tensor grad_b = at::zeros({K, G}, x.options());
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
   std::vector<float> dh_next((size_t)B * U), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
@@ -381,7 +388,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       }
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
-    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h_all.data_ptr<float>() + hk, dp0, dp0,
+    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h_all.data_ptr<float>() + hk, dp0,
                      w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
                      grad_w_hh.data_ptr<float>() + (int64_t)k * G * U,
                      needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
@@ -485,8 +492,9 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
 }
 
 // gru_forward's backward pass, lstm_backward's contract (grad_h times mask where it is defined).
-// Per step the gradients of the input side's pre-activations (r, z, n) go to d_in and those of the
-// hidden side's (h w_hh^T + b_hh: r and z the same, n's times r) to d_hid; dh_prev = dh z + d_hid w_hh.
+// Per step the gradients of the input side's pre-activations (r, z, n) go to d_in; those of the
+// hidden side's (h w_hh^T + b_hh) are d_in's for r and z and n's times r (d_hn);
+// dh_prev = dh z + [d_in's r, z | d_hn] w_hh.
 std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor hn_all,
                                  Tensor acts, Tensor mask, bool needs_x) {
   check(grad_h, 4, "grad_h");
@@ -573,21 +581,20 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
         }
 #endif
       }
-      if (t) {  // dh_prev = dh z + d_hid[t] w_hh, the r, z columns and the n columns apart
+      if (t) {  // dh_prev = dh z + (the hidden side's gradients) w_hh: d_in's r, z columns, then d_hn
         step_gemm(B, U, 2 * U, dip, G, wh, U, true, dhn, U);
         step_gemm(B, U, U, dnp, U, wh + (int64_t)2 * U * U, U, true, dhn, U);
       }
     }
-    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, nullptr, di0, nullptr,
-                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
-                     nullptr, needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
+    input_gradients(T, B, I, G, x.data_ptr<float>() + (int64_t)k * T * B * I, di0,
+                    w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
+                    needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
     // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
     float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
     if (T > 1) {
       gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
       gemm(true, false, U, U, (T - 1) * B, h0, U, dn0 + (int64_t)B * U, U, 0.f, wt.data() + 2 * U, G);
-      for (int a = 0; a < U; ++a)
-        for (int b = 0; b < G; ++b) gw[(int64_t)b * U + a] = wt[(int64_t)a * G + b];
+      transpose_back(wt.data(), U, G, gw);
     } else {
       std::fill(gw, gw + (int64_t)G * U, 0.f);
     }
@@ -697,7 +704,7 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       }
       if (t) step_gemm(B, U, U, dp, U, wh, U, false, dhn, U);  // dh_prev = d[t] w_hh
     }
-    weight_gradients(T, B, I, U, U, x.data_ptr<float>() + (int64_t)k * T * B * I, h0, dp0, dp0,
+    weight_gradients(T, B, I, U, U, x.data_ptr<float>() + (int64_t)k * T * B * I, h0, dp0,
                      w_ih.data_ptr<float>() + (int64_t)k * U * I, grad_w_ih.data_ptr<float>() + (int64_t)k * U * I,
                      grad_w_hh.data_ptr<float>() + (int64_t)k * U * U,
                      needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
@@ -897,7 +904,7 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
 // v = beta2 v + (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
 // One pass per parameter instead of a sum of the slices' gradients and then the optimizer's kernel
 // after a split batch, while the other core waits: 0.27 against 0.90 ms per seed-config batch in
-// real fits (benchmarks/README.md, 2026-12-06, 17:10-17:40 UTC).
+// real fits (benchmarks/README.md, section 2026-12-06, 16:25-17:30 UTC).
 void adam_step(std::vector<Tensor> params, std::vector<std::vector<Tensor>> grads, std::vector<Tensor> exp_avgs,
                std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr, double beta1, double beta2,
                double eps) {
@@ -999,9 +1006,9 @@ def _load():
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             _failure = f"{type(error).__name__}: {first}"
             warnings.warn(
-                f"seqcast could not compile its LSTM/GRU/RNN kernel ({_failure[:300]}); LSTMs train with PyTorch's "
-                "oneDNN kernel and GRUs and RNNs with TorchScript loops instead, which is slower. Install a C++ compiler and ninja to get it, or set "
-                "SEQCAST_NATIVE=0 to skip the attempt.",
+                f"seqcast could not compile its LSTM/GRU/RNN kernel ({_failure[:300]}); LSTMs train with "
+                "PyTorch's oneDNN kernel and GRUs and RNNs with TorchScript loops instead, which is slower. "
+                "Install a C++ compiler and ninja to get it, or set SEQCAST_NATIVE=0 to skip the attempt.",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -1028,7 +1035,7 @@ MAX_LAYER_FLOPS_ONE_THREAD = 160e6
 
 # The same bounds for a GRU layer (native_gru), against the hand-written GRU of models.fused_gru
 # (TorchScript time loops), which is what a GRU trains with otherwise. Forward+backward of one stack,
-# fused_gru's time over native_gru's, 60 steps (benchmarks/README.md, 2026-12-06, 16:50-17:10 UTC):
+# fused_gru's time over native_gru's, 60 steps (benchmarks/README.md, section 2026-12-06, 16:25-17:30 UTC):
 # one thread: a seed-config slice of 4xGRU(50) (layer 57.6 MFLOP) 2.72, a whole batch 2.22,
 # 1xGRU(32) at lookback 20 (batch 32, 9 features) 4.51, 2xGRU(128) at batch 64 (755 MFLOP) 1.62,
 # 2xGRU(256) (3.0 GFLOP) 1.30, 1xGRU(512) (6.1 GFLOP) 0.83; two threads: 2.73, 2.22, 4.25, 1.46,
@@ -1038,7 +1045,7 @@ MAX_GRU_LAYER_FLOPS = 2e9
 MAX_GRU_LAYER_FLOPS_ONE_THREAD = 4e9
 
 # The same for a vanilla RNN layer (native_rnn) against models.fused_rnn, tanh, 60 steps, batch 64
-# unless said (benchmarks/README.md, 2026-12-06, 16:50-17:10 UTC): one thread: a seed-config slice of
+# unless said (benchmarks/README.md, section 2026-12-06, 16:25-17:30 UTC): one thread: a seed-config slice of
 # 4xRNN(50) (batch 32, layer 19.2 MFLOP) 1.98, a whole batch 1.63, 1xRNN(32) at lookback 20 (batch
 # 32, 3 features) 2.55, 2xRNN(128) (252 MFLOP) 1.32, 2xRNN(256) (1.0 GFLOP) 1.12, 2xRNN(512) (4.0
 # GFLOP) 1.03, 1xRNN(1024) (16 GFLOP) 0.70; two threads: 1.94, 1.63, 2.91, 1.18, 0.89, 0.72, 0.36.
@@ -1057,7 +1064,7 @@ _BOUNDS = {
 
 # The bounds for inference (forward only, nothing kept; native_infer) against nn.LSTM/GRU/RNN,
 # forward FLOPs of a layer call as layer_flops counts them, one thread / two (benchmarks/README.md,
-# 2026-12-06 17:25): LSTM 48 MFLOP 1.36/1.80, 66 1.21/0.93, 328 1.11/0.74, 1,200 1.21/0.96, 7,900
+# section 2026-12-06, 16:25-17:30 UTC): LSTM 48 MFLOP 1.36/1.80, 66 1.21/0.93, 328 1.11/0.74, 1,200 1.21/0.96, 7,900
 # 1.11/0.78; GRU 36 3.72/3.96, 49 2.34/2.54, 900 1.94/1.77, 5,900 1.92/1.15, 23,600 1.37/0.86;
 # RNN 12 3.08/4.12, 300 1.40/1.40, 7,900 1.42/0.93.
 _INFER_BOUNDS = {
@@ -1178,8 +1185,8 @@ def train_step(
     loss: str = "mse",
     cell: str = "lstm",
 ) -> tuple[Tensor, list[Tensor]]:
-    """Forward and backward of one training step of K LSTM or GRU stacks (``cell``, one of
-    :data:`CELLS`) with linear heads and ``loss``
+    """Forward and backward of one training step of K LSTM, GRU or vanilla RNN stacks (``cell``, one
+    of :data:`CELLS`) with linear heads and ``loss``
     (``"mse"``, ``"mae"`` or ``"huber"``: ``F.mse_loss``, ``F.l1_loss``, ``F.huber_loss``),
     in one compiled call that releases the GIL. ``x (K, B, T, F)`` and ``y (K, B, H)``: each
     model's windows ``start:start+B`` of a batch of ``batch`` (None: B) and their targets;
@@ -1220,7 +1227,7 @@ def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.
 
 
 class _NativeStack(torch.autograd.Function):
-    """A whole LSTM or GRU stack (``cell``, a :data:`CELLS` code) of K models, dropout masks between
+    """A whole LSTM, GRU or vanilla RNN stack (``cell``, a :data:`CELLS` code) of K models, dropout masks between
     its layers: x (K, T, B, I); returns the last layer's last step (K, B, U)."""
 
     @staticmethod
@@ -1284,9 +1291,8 @@ def native_infer(x: Tensor, weights: list[tuple[Tensor, Tensor, Tensor, Tensor]]
     ``x (T, K, B, F)``, without dropout and without anything kept for a backward pass: inference
     (``StackedRNN.infers_natively``). Call only when :func:`available` is True."""
     _require()
-    with torch.no_grad():
-        flat = [w.detach().contiguous() for layer in weights for w in layer]
-        return _module.stack_forward(x.transpose(0, 1).contiguous(), flat, [], CELLS[cell], False)[0]
+    flat = [w.detach().contiguous() for layer in weights for w in layer]
+    return _module.stack_forward(x.detach().transpose(0, 1).contiguous(), flat, [], CELLS[cell], False)[0]
 
 
 def _native_stack(cell: str, x: Tensor, weights: list, masks: list[Tensor] | None) -> Tensor:

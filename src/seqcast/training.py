@@ -441,7 +441,8 @@ def compiled_step(
 
 class _BatchSplitter:
     """Forward and backward of one batch as ``workers`` slices in parallel threads, one intra-op
-    thread each; their gradients are summed in a fixed order.
+    thread each; :meth:`gradients` returns each slice's gradients, which the caller sums in slice
+    order (:func:`apply_gradients`).
 
     Why: a batch of 64 windows gives GEMMs of 64×100 by 100×200 per step, too small for two
     OpenMP threads to share well (the second core added ×1.2-1.45 to oneDNN's LSTM here), while
@@ -470,7 +471,7 @@ class _BatchSplitter:
         self.pool.shutdown()
 
     def _slice(self, x, y, seed, start, stop, weight):
-        if self.compiled and compiled_step_fits(self.model, x[start:stop], y):
+        if self.compiled and compiled_step_fits(self.model, x[start:stop], y[start:stop]):
             return compiled_step(
                 self.model, x[start:stop], y[start:stop], seed, self.loss_name, batch=len(x), start=start, weight=weight
             )
@@ -478,13 +479,6 @@ class _BatchSplitter:
         loss = self.loss_fn(self.model(x[start:stop], masks), y[start:stop])
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
-
-    def step(self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator) -> torch.Tensor:
-        """Set ``.grad`` of every parameter for the batch ``(x, y)``, its dropout masks drawn from
-        ``dropper``; return its mean loss."""
-        loss, grads = self.gradients(x, y, dropper)
-        set_summed_grads(self.params, grads)
-        return loss
 
     def gradients(
         self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator
