@@ -74,28 +74,54 @@ def cpu_model() -> str | None:
     return None
 
 
-def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
+def _gemm_rates(size: int, repeats: int) -> list[float]:
+    """GFLOP/s of `repeats` size² fp32 products, after one untimed (the first after a change of
+    thread count wakes or starts threads)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    times = []
+    rates = []
     for _ in range(repeats):
         started = time.perf_counter()
         torch.mm(a, b)
-        times.append(time.perf_counter() - started)
-    rates = [2.0 * size**3 / t / 1e9 for t in times]
-    return {"size": size, "gflops": spread(rates)}
+        rates.append(2.0 * size**3 / (time.perf_counter() - started) / 1e9)
+    return rates
+
+
+def gemm_rate(size: int = 2048, repeats: int = 7) -> dict:
+    return {"size": size, "gflops": spread(_gemm_rates(size, repeats))}
+
+
+def gemm_burst(threads: int, size: int = 2048, repeats: int = 3) -> float:
+    """The fp32 GEMM rate now on `threads` threads, in GFLOP/s: the median of `repeats` 2048²
+    products (~0.1-0.2 s). train_model runs a split fit's epochs, and so its on_epoch callback, with
+    one intra-op thread; that count is put back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return statistics.median(_gemm_rates(size, repeats))
+    finally:
+        torch.set_num_threads(before)
 
 
 def bench_training(
     X, y, *, cell: str, layers: int, units: int, epochs: int, gemm: float, fused: bool = False, split: bool = True
 ) -> dict:
     model = build_model(1, cell=cell, layers=layers, units=units, dropout=0.2, horizon=1, seed=0, fused=fused)
+    # This host's speed moves by up to 1.6x within minutes, so the GEMM rate of the run's start
+    # need not be the one an epoch ran beside: a short GEMM burst after every epoch (outside the
+    # epoch's timing) gives each timed epoch its own reference, the mean of the bursts on either side.
+    beside: list[float] = []
+    threads = torch.get_num_threads()
     # One warm-up epoch (oneDNN primitive creation, allocator growth), then `epochs` timed ones.
-    history = train_model(model, X, y, epochs=epochs + 1, batch_size=64, seed=0, split_batches=split)
+    history = train_model(
+        model, X, y, epochs=epochs + 1, batch_size=64, seed=0, split_batches=split,
+        on_epoch=lambda *_: beside.append(gemm_burst(threads)),
+    )
     seconds = history.epoch_seconds[1:]
     # Backward ≈ 2 × forward (module docstring), so an epoch is 3 × forward over every window.
     flops = 3.0 * model.forward_flops(X.shape[1]) * len(X)
     median = statistics.median(seconds)
+    references = [(before + after) / 2 for before, after in zip(beside, beside[1:])]
     path = " fused" if fused else ("" if split else " unsplit")
     return {
         "config": f"{layers}x{cell.upper()}({units}){path}, lookback {X.shape[1]}, {len(X)} windows, batch 64",
@@ -105,6 +131,8 @@ def bench_training(
         "gflop_per_epoch": flops / 1e9,
         "gflops": flops / median / 1e9,
         "fraction_of_gemm": flops / median / 1e9 / gemm,
+        "gemm_beside_epochs": spread(beside),
+        "fraction_of_gemm_beside": spread([flops / t / 1e9 / ref for t, ref in zip(seconds, references)]),
         "final_loss": history.loss[-1],
     }
 
@@ -414,7 +442,10 @@ def main(argv: list[str] | None = None) -> None:
             s = r["seconds_per_epoch"]
             print(f"{r['config']}: {s['median']:.3f} s/epoch (min {s['min']:.3f}, max {s['max']:.3f}, n {s['n']}), "
                   f"{r['windows_per_second']:.0f} windows/s, {r['gflops']:.1f} GFLOP/s = "
-                  f"{100 * r['fraction_of_gemm']:.0f}% of GEMM", flush=True)
+                  f"{100 * r['fraction_of_gemm']:.0f}% of GEMM; {100 * r['fraction_of_gemm_beside']['median']:.0f}% "
+                  f"({100 * r['fraction_of_gemm_beside']['min']:.0f}-{100 * r['fraction_of_gemm_beside']['max']:.0f}) "
+                  f"of the GEMM rate beside each epoch ({r['gemm_beside_epochs']['min']:.0f}-"
+                  f"{r['gemm_beside_epochs']['max']:.0f} GFLOP/s)", flush=True)
     if "ab" in sections:
         r = bench_seed_ab(X, y, rounds=args.ab_rounds, threads=args.threads)
         results["seed_ab"] = r
