@@ -185,17 +185,19 @@ static Tensor masked_output(const Tensor& mask, const Tensor& h_all) {
 
 // x (K, T, B, I); w_ih (K, G, I), w_hh (K, G, U), b_ih and b_hh (K, G), G = 4U, gates i, f, g, o;
 // mask: undefined, or a dropout mask (K, T, B, U) for the output. Returns h_all (K, T, B, U), for the
-// backward pass c_all, tanh(c_all) and the gates' activations (without keep, the last step's only),
+// backward pass c_all, tanh(c_all) and the gates' activations (without keep, only the last steps':
+// two of c_all and tc_all, one of the gates),
 // and h_all * mask (undefined without a mask), written in the gate pass rather than in a pass of its own.
 std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask, bool keep) {
   check_layer(x, w_ih, w_hh, b_ih, b_hh, 4);
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 4;
-  // Without keep (inference: nothing for a backward pass) one step's gate buffer serves every step.
-  const int TA = keep ? T : 1;
+  // Without keep (inference: nothing for a backward pass) one step's gate buffer serves every step,
+  // and two steps' cell states (the step's and the one before) every step.
+  const int TA = keep ? T : 1, TC = keep ? T : 2;
   Tensor acts = at::empty({K, TA, B, G}, x.options());
   Tensor h_all = at::empty({K, T, B, U}, x.options());
-  Tensor c_all = at::empty({K, T, B, U}, x.options());
-  Tensor tc_all = at::empty({K, T, B, U}, x.options());
+  Tensor c_all = at::empty({K, TC, B, U}, x.options());
+  Tensor tc_all = at::empty({K, TC, B, U}, x.options());
   const Tensor masked = masked_output(mask, h_all);
   std::vector<float> zeros((size_t)B * U, 0.f);
   for (int k = 0; k < K; ++k) {
@@ -211,18 +213,19 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
     const std::vector<float> wi_t = transposed(w_ih.data_ptr<float>() + (int64_t)k * G * I, G, I);  // I x G
     const std::vector<float> wh_t = transposed(w_hh.data_ptr<float>() + (int64_t)k * G * U, G, U);  // U x G
     float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
-    float* c0 = c_all.data_ptr<float>() + (int64_t)k * T * B * U;
-    float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    float* c0 = c_all.data_ptr<float>() + (int64_t)k * TC * B * U;
+    float* tc0 = tc_all.data_ptr<float>() + (int64_t)k * TC * B * U;
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     for (int t = 0; t < T; ++t) {
       float* ap = a0 + (int64_t)(keep ? t : 0) * B * G;
-      const float* cp = t ? c0 + (int64_t)(t - 1) * B * U : zeros.data();
+      const int ct = keep ? t : t % 2;  // this step's slot of c_all and tc_all
+      const float* cp = t ? c0 + (int64_t)(keep ? t - 1 : 1 - ct) * B * U : zeros.data();
       step_gemm(B, G, I, xk + (int64_t)t * B * I, I, wi_t.data(), G, false, ap, G);  // gates = x_t w_ih^T
       if (t) step_gemm(B, G, U, h0 + (int64_t)(t - 1) * B * U, U, wh_t.data(), G, true, ap, G);  // gates += h_prev w_hh^T
-      float* cn = c0 + (int64_t)t * B * U;
+      float* cn = c0 + (int64_t)ct * B * U;
       float* hn = h0 + (int64_t)t * B * U;
-      float* tcn = tc0 + (int64_t)t * B * U;
+      float* tcn = tc0 + (int64_t)ct * B * U;
       const float* mkn = mk0 ? mk0 + (int64_t)t * B * U : nullptr;
       float* mon = mo0 ? mo0 + (int64_t)t * B * U : nullptr;
       for (int r = 0; r < B; ++r) {
@@ -412,11 +415,12 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
 std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, Tensor mask, bool keep) {
   check_layer(x, w_ih, w_hh, b_ih, b_hh, 3);
   const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
-  // Without keep (inference: nothing for a backward pass) one step's gate buffer serves every step.
+  // Without keep (inference: nothing for a backward pass) one step's gate buffer and one step's
+  // hidden-side n product serve every step.
   const int TA = keep ? T : 1;
   Tensor acts = at::empty({K, TA, B, G}, x.options());
   Tensor h_all = at::empty({K, T, B, U}, x.options());
-  Tensor hn_all = at::empty({K, T, B, U}, x.options());
+  Tensor hn_all = at::empty({K, TA, B, U}, x.options());
   const Tensor masked = masked_output(mask, h_all);
   std::vector<float> zeros((size_t)B * G, 0.f), hid((size_t)B * G);
   for (int k = 0; k < K; ++k) {
@@ -430,7 +434,7 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
     const std::vector<float> wi_t = transposed(w_ih.data_ptr<float>() + (int64_t)k * G * I, G, I);  // I x G
     const std::vector<float> wh_t = transposed(w_hh.data_ptr<float>() + (int64_t)k * G * U, G, U);  // U x G
     float* h0 = h_all.data_ptr<float>() + (int64_t)k * T * B * U;
-    float* hn0 = hn_all.data_ptr<float>() + (int64_t)k * T * B * U;
+    float* hn0 = hn_all.data_ptr<float>() + (int64_t)k * TA * B * U;
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     float* mo0 = mask.defined() ? masked.data_ptr<float>() + (int64_t)k * T * B * U : nullptr;
     for (int t = 0; t < T; ++t) {
@@ -444,7 +448,7 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
       }
       const int64_t o = (int64_t)t * B * U;
       float* hn = h0 + o;
-      float* hnn = hn0 + o;
+      float* hnn = hn0 + (keep ? o : 0);
       const float* mkn = mk0 ? mk0 + o : nullptr;
       float* mon = mo0 ? mo0 + o : nullptr;
       for (int r = 0; r < B; ++r) {
@@ -760,7 +764,8 @@ Tensor dropout_masks(int64_t seed, int64_t rows, int64_t length, int64_t base, i
 // its input, then the layer's first four returns (LSTM: h_all, c_all, tc_all, acts; GRU: h_all,
 // hn_all, an empty tensor, acts; RNN: h_all and three empty tensors). Without keep (inference) only
 // the last step: each layer's buffers are freed once the next has read its output, and the gates
-// of one step at a time are kept (1,000 seed-config windows would keep ~80 MB per layer otherwise).
+// of one step at a time are kept (1,000 seed-config windows would keep ~80 MB per layer otherwise), and
+// of an LSTM's cell state and its tanh two steps, of a GRU's hidden-side n product one.
 // A single model's weights may come without the model axis (a StackedRNN's own parameters: no
 // unsqueeze node per weight in the autograd graph, each with its Python and dispatch cost); they are
 // viewed with it here, and stack_backward returns their gradients in their own shape.
