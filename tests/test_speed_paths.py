@@ -461,6 +461,88 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(
     assert not splitter.compiled
 
 
+@pytest.mark.parametrize("cell,dropout", [("lstm", 0.25), ("gru", 0.25), ("lstm", 0.0)])
+def test_a_split_batch_as_one_compiled_pair_equals_its_two_slices_to_the_bit(monkeypatch, cell, dropout):
+    # Two compiled slices run as one native.train_step_pair call, the second on the module's own
+    # C++ thread; the reference is each slice as its own native.train_step call (the path a Python
+    # pool thread runs), which must give the same losses and gradients bit for bit.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    generator = torch.Generator().manual_seed(5)
+    model = build_model(2, cell=cell, layers=2, units=12, dropout=dropout, horizon=2, seed=3)
+    model.train()
+    x = torch.randn(11, 9, 2, generator=generator)
+    y = torch.randn(11, 2, generator=generator)
+    splits = []
+    real = native.train_step_pair
+    monkeypatch.setattr(native, "train_step_pair", lambda *a, **k: splits.append(k["split"]) or real(*a, **k))
+    splitter = _BatchSplitter(model, LOSSES["mse"], 2)
+    try:
+        loss, grads = splitter.gradients(x, y, torch.Generator().manual_seed(4))
+        again, _ = splitter.gradients(x, y, torch.Generator().manual_seed(4))  # the same thread, reused
+        seed = model.batch_mask_seed(torch.Generator().manual_seed(4))
+        want = [splitter._slice(x, y, seed, 0, 5, 5 / 11), splitter._slice(x, y, seed, 5, 11, 6 / 11)]
+    finally:
+        splitter.close()
+    assert splits == [5, 5] and splitter.worker is None
+    assert torch.equal(loss, want[0][0] + want[1][0]) and torch.equal(again, loss)
+    assert len(grads) == 2
+    for got_slice, (_, want_slice) in zip(grads, want):
+        assert len(got_slice) == len(want_slice) == len(list(model.parameters()))
+        for g, w in zip(got_slice, want_slice):
+            assert torch.equal(g, w)
+
+
+def test_a_compiled_pair_that_fails_raises_and_its_thread_stays_usable():
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    model = build_model(1, cell="lstm", layers=2, units=8, dropout=0.0, horizon=1, seed=0)
+    x, y = torch.randn(1, 6, 5, 1), torch.randn(1, 6, 1)
+    weights = model.layer_weights()
+    worker = native.slice_worker()
+    with pytest.raises(RuntimeError, match="split must leave windows on both sides"):
+        native.train_step_pair(worker, x, y, weights, model.head.weight, model.head.bias, seeds=None, split=6)
+    # A head of the wrong width fails on both threads; the call raises instead of hanging.
+    wide = torch.zeros(3, 8)
+    with pytest.raises(RuntimeError, match="the heads"):
+        native.train_step_pair(worker, x, y, weights, wide, model.head.bias, seeds=None, split=3)
+    (loss0, grads0), (loss1, grads1) = native.train_step_pair(
+        worker, x, y, weights, model.head.weight, model.head.bias, seeds=None, split=2
+    )
+    first = native.train_step(x[:, :2], y[:, :2], weights, model.head.weight, model.head.bias, seeds=None,
+                              batch=6, start=0, weight=2 / 6)
+    second = native.train_step(x[:, 2:], y[:, 2:], weights, model.head.weight, model.head.bias, seeds=None,
+                               batch=6, start=2, weight=4 / 6)
+    assert torch.equal(loss0, first[0]) and torch.equal(loss1, second[0])
+    assert all(torch.equal(a, b) for a, b in zip(grads0 + grads1, first[1] + second[1]))
+    del worker
+    for _ in range(30):  # threads started and joined, idle or just used
+        worker = native.slice_worker()
+        if _ % 2:
+            native.train_step_pair(worker, x, y, weights, model.head.weight, model.head.bias, seeds=None, split=3)
+        del worker
+
+
+def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monkeypatch):
+    # The pair's thread sets one intra-op thread for itself when it starts; it starts inside the
+    # fit's own thread setting, so the caller's count is what it was afterwards.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+    calls = []
+    real = native.train_step_pair
+    monkeypatch.setattr(native, "train_step_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
+    X, y = noisy_sine_windows(n=40)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        model = build_model(1, cell="lstm", layers=1, units=4, dropout=0.2, horizon=1, seed=0)
+        train_model(model, X, y, epochs=2, batch_size=8, threads=2)
+        assert calls and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def assert_same_fit(got_loss, got, want_loss, want):
     """Two fits' loss histories within 1e-5 relative, and each parameter within 1e-5 of its scale."""
     assert got_loss == pytest.approx(want_loss, rel=1e-5)

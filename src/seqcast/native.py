@@ -19,7 +19,9 @@ per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the
 the masks (a further 1.065x). Its calls release the GIL, so a split batch's slices and train_many's
 thread groups run in parallel. It also draws the dropout masks (:func:`dropout_masks`), and runs a
 whole training step of stacks with linear heads, masks to gradients, as one call
-(:func:`train_step`: no autograd graph, and no Python between the parts).
+(:func:`train_step`: no autograd graph, and no Python between the parts), and a split batch's two
+slices as one call with a thread of its own for the second (:func:`train_step_pair`,
+:func:`slice_worker`).
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; about 30 s once per machine, then loaded from torch's extension cache, which
@@ -59,8 +61,20 @@ SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/native/CPUBlas.h>
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void spin_pause() { _mm_pause(); }
+#else
+static inline void spin_pause() { std::this_thread::yield(); }
+#endif
 using at::Tensor;
 
 // MKL's Fortran GEMM, exported by PyTorch's CPU build (libtorch_cpu).
@@ -954,8 +968,113 @@ void adam_step(std::vector<Tensor> params, std::vector<std::vector<Tensor>> grad
   }
 }
 
+
+// The thread that runs a split batch's second slice (training._BatchSplitter, two threads): the
+// calling thread posts the slice and runs the first, then waits for the second by spinning, and
+// the worker spins for its next job for up to 2 ms (about the Python between two batches) before
+// it sleeps. So neither slice waits for the OS to wake a thread, and the second runs without
+// Python: from a Python pool thread it started a median 0.27-0.33 ms after the first, and its
+// Python then queued for the GIL (benchmarks/README.md, 2026-12-06, 18:20 UTC section). Created
+// on the thread count of the fit that uses it (at::set_num_threads(1) is what
+// training.one_thread_pool's threads run first too); destroying it joins the thread.
+class SliceWorker {
+ public:
+  SliceWorker() : thread_([this] { loop(); }) {}
+  ~SliceWorker() {
+    {
+      std::lock_guard<std::mutex> guard(mutex_);
+      stop_ = true;
+      posted_.fetch_add(1);
+    }
+    wake_.notify_one();
+    thread_.join();
+  }
+  SliceWorker(const SliceWorker&) = delete;
+  SliceWorker& operator=(const SliceWorker&) = delete;
+  void post(std::function<void()> job) {
+    {
+      // posted_ changes under the lock, so a worker about to sleep cannot miss it
+      std::lock_guard<std::mutex> guard(mutex_);
+      job_ = std::move(job);
+      error_ = nullptr;
+      posted_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_one();
+  }
+  // Waits until the posted job has run, then rethrows what it threw.
+  void wait() {
+    const int64_t target = posted_.load(std::memory_order_acquire);
+    while (finished_.load(std::memory_order_acquire) < target) spin_pause();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void loop() {
+    at::set_num_threads(1);
+    int64_t seen = 0;
+    for (;;) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+      while (posted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) spin_pause();
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return posted_.load() != seen; });
+        seen = posted_.load();
+        if (stop_) return;
+        job = std::move(job_);
+      }
+      try {
+        job();
+      } catch (...) {
+        error_ = std::current_exception();
+      }
+      finished_.store(seen, std::memory_order_release);
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::function<void()> job_;
+  std::exception_ptr error_;
+  bool stop_ = false;
+  std::atomic<int64_t> posted_{0}, finished_{0};
+  std::thread thread_;  // last: started once the members above exist
+};
+
+// One split batch's training step as train_step's two slices, windows 0..split on this thread and
+// split..n on the worker, with the batch's dropout seeds: the two slices' train_step results, in
+// that order (what the splitter's two train_step calls return; the same to the bit).
+std::vector<std::vector<Tensor>> train_step_pair(SliceWorker& worker, Tensor x, Tensor y, std::vector<Tensor> weights,
+                                                 Tensor head_w, Tensor head_b, std::vector<int64_t> seeds,
+                                                 int64_t threshold, double scale, int64_t split, int64_t loss_kind,
+                                                 int64_t cell) {
+  check(x, 4, "x"); check(y, 3, "y");
+  const int64_t n = x.size(1);
+  TORCH_CHECK(0 < split && split < n && y.size(1) == n, "train_step_pair: split must leave windows on both sides");
+  const Tensor x1 = x.narrow(1, split, n - split).contiguous(), y1 = y.narrow(1, split, n - split).contiguous();
+  std::vector<Tensor> second;
+  worker.post([&] {
+    second = train_step(x1, y1, weights, head_w, head_b, seeds, threshold, scale, n, split, double(n - split) / n,
+                        loss_kind, cell);
+  });
+  std::vector<Tensor> first;
+  try {
+    first = train_step(x.narrow(1, 0, split).contiguous(), y.narrow(1, 0, split).contiguous(), weights, head_w, head_b,
+                       seeds, threshold, scale, n, 0, double(split) / n, loss_kind, cell);
+  } catch (...) {
+    try {
+      worker.wait();  // the job reads this frame's tensors
+    } catch (...) {
+    }
+    throw;
+  }
+  worker.wait();
+  return {first, second};
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<SliceWorker>(m, "SliceWorker").def(py::init<>());
+  m.def("train_step_pair", &train_step_pair, py::call_guard<py::gil_scoped_release>());
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
   m.def("stack_forward", &stack_forward, py::call_guard<py::gil_scoped_release>());
   m.def("stack_backward", &stack_backward, py::call_guard<py::gil_scoped_release>());
@@ -1204,13 +1323,56 @@ def train_step(
     ``StackedRNN.forward`` with ``StackedRNN.dropout_masks(seed, batch, T, start, start + B)``, up
     to float rounding. Call only when :func:`available` is True."""
     _require()
-    threshold, scale = (0, 1.0) if seeds is None else _mask_threshold(keep)
     losses, *grads = _module.train_step(
-        x.contiguous(), y.contiguous(), [w for layer in weights for w in layer], head_weight, head_bias,
-        [] if seeds is None else [int(s) for s in seeds], threshold, scale, x.shape[1] if batch is None else batch,
+        *_step_arguments(x, y, weights, head_weight, head_bias, seeds, keep), x.shape[1] if batch is None else batch,
         start, weight, TRAIN_STEP_LOSSES[loss], CELLS[cell],
     )
     return losses, grads
+
+
+def _step_arguments(x, y, weights, head_weight, head_bias, seeds, keep) -> list:
+    """The C++ train_step's and train_step_pair's leading arguments: the windows, targets, flat
+    weights, heads, seeds and the dropout threshold and scale."""
+    threshold, scale = (0, 1.0) if seeds is None else _mask_threshold(keep)
+    flat = [w for layer in weights for w in layer]
+    return [x.contiguous(), y.contiguous(), flat, head_weight, head_bias,
+            [] if seeds is None else [int(s) for s in seeds], threshold, scale]
+
+
+def slice_worker():
+    """A thread of the compiled module's for :func:`train_step_pair`'s second slice (the C++
+    ``SliceWorker``): it runs torch on one intra-op thread, so create it where the fit's thread
+    count is already set (inside ``training.intra_op_threads``), and drop it to end the thread.
+    Call only when :func:`available` is True."""
+    _require()
+    return _module.SliceWorker()
+
+
+def train_step_pair(
+    worker,
+    x: Tensor,
+    y: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    *,
+    split: int,
+    seeds: list[int] | None,
+    keep: float = 1.0,
+    loss: str = "mse",
+    cell: str = "lstm",
+) -> list[tuple[Tensor, list[Tensor]]]:
+    """:func:`train_step` for a batch ``x (K, B, T, F)``, ``y (K, B, H)`` split at window
+    ``split``: windows ``0:split`` on this thread and ``split:B`` on ``worker``
+    (:func:`slice_worker`) at the same time, in one call that releases the GIL. Returns each
+    slice's ``(losses, gradients)`` as :func:`train_step` returns them for that slice of a batch
+    of B (``batch=B``, ``start``, ``weight`` its share of the windows): the same to the bit."""
+    _require()
+    first, second = _module.train_step_pair(
+        worker, *_step_arguments(x, y, weights, head_weight, head_bias, seeds, keep), split, TRAIN_STEP_LOSSES[loss],
+        CELLS[cell],
+    )
+    return [(first[0], first[1:]), (second[0], second[1:])]
 
 
 def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.optim.Adam) -> None:

@@ -449,6 +449,9 @@ class _BatchSplitter:
     two independent halves keep both cores busy with one synchronisation per batch instead of one
     per kernel call (×1.46-1.66 over that per epoch in interleaved runs, benchmarks/README.md).
     Autograd runs a CPU backward on the thread that calls it, so the halves really run in parallel.
+    Two slices that both take the compiled step run as one call of
+    :func:`seqcast.native.train_step_pair`, the second slice on a C++ thread of the compiled module's
+    (started on the first such batch, joined by :meth:`close`) instead of this pool's Python thread.
 
     The result is the batch's own: the slice losses are the batch mean loss weighted by slice size,
     so the summed gradient is the gradient of the batch mean (the same as unsplit up to float
@@ -466,8 +469,12 @@ class _BatchSplitter:
         # No autograd graph, and no Python on the GIL that the other slice's thread waits for.
         self.compiled = compiled_steps_apply(model, loss_fn)
         self.loss_name = loss_name(loss_fn)
+        # Two compiled slices run as one call with a C++ thread for the second
+        # (native.train_step_pair): started on the first such batch, inside the fit's thread setting.
+        self.worker = None
 
     def close(self) -> None:
+        self.worker = None  # joins its thread
         self.pool.shutdown()
 
     def _slice(self, x, y, seed, start, stop, weight):
@@ -492,6 +499,21 @@ class _BatchSplitter:
         seed = self.model.batch_mask_seed(dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
+        if k == 2 and self.compiled and all(
+            compiled_step_fits(self.model, x[a:b], y[a:b]) for a, b in zip(edges, edges[1:])
+        ):
+            # Both slices in one compiled call, the second on a C++ thread that spins for its
+            # work rather than a Python pool thread woken for it: 1.02-1.06x per seed-config epoch
+            # (benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same gradients to the bit.
+            if self.worker is None:
+                self.worker = native.slice_worker()
+            model = self.model
+            (loss0, grads0), (loss1, grads1) = native.train_step_pair(
+                self.worker, x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
+                seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, split=edges[1],
+                loss=self.loss_name, cell=model.native_cell,
+            )
+            return loss0[0] + loss1[0], [list(grads0), list(grads1)]
         jobs = [(start, stop, (stop - start) / n) for start, stop in zip(edges, edges[1:])]
         futures = [self.pool.submit(self._slice, x, y, seed, *job) for job in jobs[1:]]
         results = [self._slice(x, y, seed, *jobs[0])] + [f.result() for f in futures]
