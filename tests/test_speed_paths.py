@@ -523,15 +523,42 @@ def test_a_compiled_pair_that_fails_raises_and_its_thread_stays_usable():
         del worker
 
 
+def test_adam_on_the_pair_s_two_threads_equals_adam_on_one_to_the_bit():
+    # native.adam_step with a worker shares the parameters out between two threads; each is
+    # updated as on one thread, so parameters, moments and step counts must agree exactly.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    generator = torch.Generator().manual_seed(8)
+    runs = []
+    for worker in (None, native.slice_worker()):
+        model = build_model(3, cell="gru", layers=3, units=10, dropout=0.0, horizon=2, seed=4)
+        params = list(model.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()  # Adam's state exists from the first step on
+        generator.manual_seed(8)
+        for _ in range(3):
+            grads = [[torch.randn(p.shape, generator=generator) for p in params] for _ in range(2)]
+            native.adam_step(params, grads, optimizer, worker)
+        state = [optimizer.state[p] for p in params]
+        runs.append([t.detach().clone() for p, st in zip(params, state) for t in (p, st["exp_avg"], st["exp_avg_sq"], st["step"])])
+        del worker
+    assert len(runs[0]) == len(runs[1]) == 4 * 14  # 3 layers of 4 weights and the head's 2
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert not torch.equal(runs[0][0], build_model(3, cell="gru", layers=3, units=10, dropout=0.0, horizon=2, seed=4).rnn.weight_ih_l0)
+
+
 def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monkeypatch):
     # The pair's thread sets one intra-op thread for itself when it starts; it starts inside the
     # fit's own thread setting, so the caller's count is what it was afterwards.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
-    calls = []
-    real = native.train_step_pair
+    calls, adam = [], []
+    real, real_adam = native.train_step_pair, native.adam_step
     monkeypatch.setattr(native, "train_step_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(native, "adam_step", lambda *a: adam.append(a[3] is not None) or real_adam(*a))
     X, y = noisy_sine_windows(n=40)
     before = torch.get_num_threads()
     try:
@@ -539,6 +566,7 @@ def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monk
         model = build_model(1, cell="lstm", layers=1, units=4, dropout=0.2, horizon=1, seed=0)
         train_model(model, X, y, epochs=2, batch_size=8, threads=2)
         assert calls and torch.get_num_threads() == 2
+        assert adam and all(adam)  # Adam's update on the pair's two threads too
     finally:
         torch.set_num_threads(before)
 
@@ -590,7 +618,7 @@ def test_adam_in_the_compiled_pass_trains_like_torch_adam(monkeypatch, cell, spl
     y = torch.randn(70, 1, generator=generator)
     calls = []
     real = native.adam_step
-    monkeypatch.setattr(native, "adam_step", lambda params, grads, optim: calls.append(len(grads)) or real(params, grads, optim))
+    monkeypatch.setattr(native, "adam_step", lambda params, grads, optim, worker=None: calls.append(len(grads)) or real(params, grads, optim, worker))
 
     def fit():
         model = build_model(2, cell=cell, layers=2, units=8, dropout=0.2, horizon=1, seed=3)

@@ -1071,8 +1071,55 @@ std::vector<std::vector<Tensor>> train_step_pair(SliceWorker& worker, Tensor x, 
   return {first, second};
 }
 
+// adam_step with the parameters shared out between this thread and worker's (about half the
+// floats each, whole parameters), as the split batch's two slices were: each parameter is updated
+// as adam_step updates it, so the result is the same to the bit.
+void adam_step_pair(SliceWorker& worker, std::vector<Tensor> params, std::vector<std::vector<Tensor>> grads,
+                    std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr,
+                    double beta1, double beta2, double eps) {
+  const size_t n = params.size();
+  TORCH_CHECK(exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n && !grads.empty(),
+              "adam_step_pair: bad arguments");
+  for (const auto& list : grads) TORCH_CHECK(list.size() == n, "adam_step_pair: one gradient per parameter in each list");
+  // Largest parameters first, each to the side with fewer floats so far.
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return params[a].numel() > params[b].numel(); });
+  struct Part {
+    std::vector<Tensor> params, exp_avgs, exp_avg_sqs, steps;
+    std::vector<std::vector<Tensor>> grads;
+    int64_t floats = 0;
+  } parts[2];
+  for (auto& part : parts) part.grads.resize(grads.size());
+  for (size_t i : order) {
+    Part& part = parts[0].floats <= parts[1].floats ? parts[0] : parts[1];
+    part.params.push_back(params[i]);
+    part.exp_avgs.push_back(exp_avgs[i]);
+    part.exp_avg_sqs.push_back(exp_avg_sqs[i]);
+    part.steps.push_back(steps[i]);
+    for (size_t l = 0; l < grads.size(); ++l) part.grads[l].push_back(grads[l][i]);
+    part.floats += params[i].numel();
+  }
+  auto run = [&](Part& part) {
+    if (!part.params.empty())
+      adam_step(part.params, part.grads, part.exp_avgs, part.exp_avg_sqs, part.steps, lr, beta1, beta2, eps);
+  };
+  worker.post([&] { run(parts[1]); });
+  try {
+    run(parts[0]);
+  } catch (...) {
+    try {
+      worker.wait();
+    } catch (...) {
+    }
+    throw;
+  }
+  worker.wait();
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("adam_step_pair", &adam_step_pair, py::call_guard<py::gil_scoped_release>());
   py::class_<SliceWorker>(m, "SliceWorker").def(py::init<>());
   m.def("train_step_pair", &train_step_pair, py::call_guard<py::gil_scoped_release>());
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
@@ -1375,22 +1422,28 @@ def train_step_pair(
     return [(first[0], first[1:]), (second[0], second[1:])]
 
 
-def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.optim.Adam) -> None:
+def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.optim.Adam, worker=None) -> None:
     """``optimizer.step()`` for ``params`` with gradients ``sum(grads[k][i] for k)``, in one compiled
     pass per parameter that releases the GIL, for a ``torch.optim.Adam`` whose one parameter group
     holds ``params`` (each with state already: after its first step) and has amsgrad, maximize and
     weight decay off (training.native_adam_applies checks). Updates the parameters and the
     optimizer's state in place (``state_dict`` stays valid); equal to ``torch.optim.Adam`` up to
-    float rounding. Call only when :func:`available` is True."""
+    float rounding. With ``worker`` (:func:`slice_worker`) the parameters are shared out between
+    this thread and the worker's, about half the floats each (the same result to the bit). Call only
+    when :func:`available` is True."""
     _require()
     group = optimizer.param_groups[0]
     states = [optimizer.state[p] for p in params]
     beta1, beta2 = group["betas"]
-    _module.adam_step(
+    arguments = (
         [p.detach() for p in params], [[g.contiguous() for g in gs] for gs in grads],
         [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
         float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
     )
+    if worker is None:
+        _module.adam_step(*arguments)
+    else:
+        _module.adam_step_pair(worker, *arguments)
 
 
 class _NativeStack(torch.autograd.Function):

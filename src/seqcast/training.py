@@ -472,6 +472,7 @@ class _BatchSplitter:
         # Two compiled slices run as one call with a C++ thread for the second
         # (native.train_step_pair): started on the first such batch, inside the fit's thread setting.
         self.worker = None
+        self._pairs: dict[tuple, bool] = {}  # batch shapes -> whether both slices take the compiled step
 
     def close(self) -> None:
         self.worker = None  # joins its thread
@@ -487,6 +488,15 @@ class _BatchSplitter:
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
 
+    def _pair_fits(self, x: torch.Tensor, y: torch.Tensor, edges: list[int]) -> bool:
+        """Whether both slices of a two-way split take the compiled step (:func:`compiled_step_fits`),
+        remembered per batch shape: the answer depends on shapes, dtypes, the device and grad mode,
+        which batches of one fit share, and asking cost ~80 us of a seed-config batch's Python."""
+        key = (tuple(x.shape), tuple(y.shape), x.dtype, y.dtype, x.device, torch.is_grad_enabled())
+        if key not in self._pairs:
+            self._pairs[key] = all(compiled_step_fits(self.model, x[a:b], y[a:b]) for a, b in zip(edges, edges[1:]))
+        return self._pairs[key]
+
     def gradients(
         self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator
     ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
@@ -499,9 +509,7 @@ class _BatchSplitter:
         seed = self.model.batch_mask_seed(dropper)
         k = min(self.workers, n)
         edges = [n * i // k for i in range(k + 1)]
-        if k == 2 and self.compiled and all(
-            compiled_step_fits(self.model, x[a:b], y[a:b]) for a, b in zip(edges, edges[1:])
-        ):
+        if k == 2 and self.compiled and self._pair_fits(x, y, edges):
             # Both slices in one compiled call, the second on a C++ thread that spins for its
             # work rather than a Python pool thread woken for it: 1.02-1.06x per seed-config epoch
             # (benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same gradients to the bit.
@@ -559,14 +567,15 @@ def set_summed_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor |
 
 def apply_gradients(
     optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]],
-    in_place_adam: bool,
+    in_place_adam: bool, worker=None,
 ) -> bool:
     """The gradient of ``params`` is the sum of the lists ``grads`` (a split batch's slices, or one
     list): run Adam's update with it in one compiled pass (:func:`seqcast.native.adam_step`) and
     return True where ``in_place_adam`` (:func:`native_adam_applies`) and the optimizer has its
-    state; else set ``.grad`` and return False (the caller then clips and calls ``step()``)."""
+    state; else set ``.grad`` and return False (the caller then clips and calls ``step()``). With
+    ``worker`` (a split batch's :func:`seqcast.native.slice_worker`) that update runs on two threads."""
     if in_place_adam and adam_started(optimizer, params) and all(g is not None for part in grads for g in part):
-        native.adam_step(params, grads, optimizer)
+        native.adam_step(params, grads, optimizer, worker)
         return True
     set_summed_grads(params, grads)
     return False
@@ -739,7 +748,7 @@ def train_model(
                     stepped = False  # Adam's update already run by apply_gradients
                     if splitter is not None:
                         batch_loss, grads = splitter.gradients(x, target, dropper)
-                        stepped = apply_gradients(optim, splitter.params, grads, in_place_adam)
+                        stepped = apply_gradients(optim, splitter.params, grads, in_place_adam, splitter.worker)
                     elif compiled and compiled_step_fits(model, x, target):
                         # batch_mask_seed draws what batch_masks would
                         batch_loss, grads = compiled_step(model, x, target, model.batch_mask_seed(dropper), loss)
