@@ -287,6 +287,54 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
   return {h_all, c_all, tc_all, acts, masked};
 }
 
+// Work that nothing waits for until the optimizer step: an LSTM layer's weight-gradient GEMMs.
+// Inside train_step_pair (tls_sink set on both threads) they are queued rather than run, and each
+// thread, once its slice's forward and backward are done, runs queued ones, its own or the other
+// slice's, until none are left: a thread that finishes first takes over part of the slower one's
+// work instead of waiting (the two slices ended a median 1-3 ms apart per batch in slow phases of
+// the 2-core host, benchmarks/README.md, 2026-12-06 18:20 UTC section). Each GEMM is the same call
+// on the same data whichever thread runs it, so the gradients are the same to the bit.
+struct TaskSink {
+  std::mutex mutex;
+  std::vector<std::function<void()>> tasks;
+  size_t next = 0;
+  std::atomic<int> running{2};  // slices still in their forward and backward
+  std::exception_ptr error;
+  void push(std::function<void()> task) {
+    std::lock_guard<std::mutex> guard(mutex);
+    tasks.push_back(std::move(task));
+  }
+  // Runs queued tasks until the queue is empty and both slices are done.
+  void drain() {
+    for (;;) {
+      std::function<void()> task;
+      bool done;
+      {
+        std::lock_guard<std::mutex> guard(mutex);
+        if (next < tasks.size()) task = std::move(tasks[next++]);
+        done = !task && running.load() == 0;  // nothing is queued once both slices are done
+      }
+      if (task) {
+        try {
+          task();
+        } catch (...) {
+          std::lock_guard<std::mutex> guard(mutex);
+          if (!error) error = std::current_exception();
+        }
+      } else if (done) {
+        return;
+      } else {
+        spin_pause();
+      }
+    }
+  }
+};
+static thread_local TaskSink* tls_sink = nullptr;
+static void run_or_defer(std::function<void()> task) {
+  if (tls_sink) tls_sink->push(std::move(task));
+  else task();
+}
+
 // The weight gradients come as their transposes, a^T d, then transposed back: MKL ran these layouts
 // 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06).
 // The gradients came out identical to the bit in the A/B runs compared there. transpose_back turns
@@ -334,7 +382,6 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
   std::vector<float> dh_next((size_t)B * U), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
-  std::vector<float> wt((size_t)std::max(I, U) * G);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
     const float* gh0 = grad_h.data_ptr<float>() + hk;
@@ -405,10 +452,17 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       }
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
-    weight_gradients(T, B, I, U, G, x.data_ptr<float>() + (int64_t)k * T * B * I, h_all.data_ptr<float>() + hk, dp0,
-                     w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
-                     grad_w_hh.data_ptr<float>() + (int64_t)k * G * U,
-                     needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
+    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
+    const float* wik = w_ih.data_ptr<float>() + (int64_t)k * G * I;
+    if (needs_x) gemm(false, false, T * B, I, G, dp0, G, wik, I, 0.f, grad_x.data_ptr<float>() + (int64_t)k * T * B * I, I);
+    float* gwi = grad_w_ih.data_ptr<float>() + (int64_t)k * G * I;
+    float* gwh = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    const float* hk0 = h_all.data_ptr<float>() + hk;
+    // The tensors are captured to keep their memory alive while the work waits in a queue.
+    run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh}]() {
+      std::vector<float> scratch((size_t)std::max(I, U) * G);
+      weight_gradients(T, B, I, U, G, xk, hk0, dp0, wik, gwi, gwh, nullptr, scratch.data());
+    });
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -1051,15 +1105,35 @@ std::vector<std::vector<Tensor>> train_step_pair(SliceWorker& worker, Tensor x, 
   const int64_t n = x.size(1);
   TORCH_CHECK(0 < split && split < n && y.size(1) == n, "train_step_pair: split must leave windows on both sides");
   const Tensor x1 = x.narrow(1, split, n - split).contiguous(), y1 = y.narrow(1, split, n - split).contiguous();
+  TaskSink sink;  // the slices' weight-gradient GEMMs, run by whichever thread is free (see TaskSink)
+  // A slice's forward and backward with its deferrable work queued, then the queue drained.
+  auto slice = [&](auto&& step) {
+    tls_sink = &sink;
+    try {
+      step();
+    } catch (...) {
+      tls_sink = nullptr;
+      --sink.running;
+      sink.drain();
+      throw;
+    }
+    tls_sink = nullptr;
+    --sink.running;
+    sink.drain();
+  };
   std::vector<Tensor> second;
   worker.post([&] {
-    second = train_step(x1, y1, weights, head_w, head_b, seeds, threshold, scale, n, split, double(n - split) / n,
-                        loss_kind, cell);
+    slice([&] {
+      second = train_step(x1, y1, weights, head_w, head_b, seeds, threshold, scale, n, split, double(n - split) / n,
+                          loss_kind, cell);
+    });
   });
   std::vector<Tensor> first;
   try {
-    first = train_step(x.narrow(1, 0, split).contiguous(), y.narrow(1, 0, split).contiguous(), weights, head_w, head_b,
-                       seeds, threshold, scale, n, 0, double(split) / n, loss_kind, cell);
+    slice([&] {
+      first = train_step(x.narrow(1, 0, split).contiguous(), y.narrow(1, 0, split).contiguous(), weights, head_w,
+                         head_b, seeds, threshold, scale, n, 0, double(split) / n, loss_kind, cell);
+    });
   } catch (...) {
     try {
       worker.wait();  // the job reads this frame's tensors
@@ -1068,6 +1142,7 @@ std::vector<std::vector<Tensor>> train_step_pair(SliceWorker& worker, Tensor x, 
     throw;
   }
   worker.wait();
+  if (sink.error) std::rethrow_exception(sink.error);
   return {first, second};
 }
 
@@ -1120,7 +1195,8 @@ void adam_step_pair(SliceWorker& worker, std::vector<Tensor> params, std::vector
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adam_step_pair", &adam_step_pair, py::call_guard<py::gil_scoped_release>());
-  py::class_<SliceWorker>(m, "SliceWorker").def(py::init<>());
+  // module_local: another build of this module in the process (another seqcast) registers its own
+  py::class_<SliceWorker>(m, "SliceWorker", py::module_local()).def(py::init<>());
   m.def("train_step_pair", &train_step_pair, py::call_guard<py::gil_scoped_release>());
   m.def("dropout_masks", &dropout_masks, py::call_guard<py::gil_scoped_release>());
   m.def("stack_forward", &stack_forward, py::call_guard<py::gil_scoped_release>());
