@@ -461,7 +461,7 @@ def test_a_compiled_slice_gives_the_autograd_slice_loss_and_gradients(
     assert not splitter.compiled
 
 
-@pytest.mark.parametrize("cell,dropout", [("lstm", 0.25), ("gru", 0.25), ("lstm", 0.0)])
+@pytest.mark.parametrize("cell,dropout", [("lstm", 0.25), ("gru", 0.25), ("rnn", 0.25), ("lstm", 0.0)])
 def test_a_split_batch_as_one_compiled_pair_equals_its_two_slices_to_the_bit(monkeypatch, cell, dropout):
     # Two compiled slices run as one native.train_step_pair call, the second on the module's own
     # C++ thread; the reference is each slice as its own native.train_step call (the path a Python

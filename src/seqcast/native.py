@@ -287,7 +287,7 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
   return {h_all, c_all, tc_all, acts, masked};
 }
 
-// Work that nothing waits for until the optimizer step: an LSTM layer's weight-gradient GEMMs.
+// Work that nothing waits for until the optimizer step: a layer's weight-gradient GEMMs.
 // Inside train_step_pair (tls_sink set on both threads) they are queued rather than run, and each
 // thread, once its slice's forward and backward are done, runs queued ones, its own or the other
 // slice's, until none are left: a thread that finishes first takes over part of the slower one's
@@ -344,27 +344,50 @@ static void transpose_back(const float* wt, int N, int G, float* grad_w) {
     for (int b = 0; b < G; ++b) grad_w[(int64_t)b * N + a] = wt[(int64_t)a * G + b];
 }
 
-// The input side's gradients of one model's layer from d_in (T*B, G), the gradients of its input
-// pre-activations (x w_ih^T + b_ih): grad_w_ih (G, I) and, when not null, grad_x (T*B, I).
-static void input_gradients(int T, int B, int I, int G, const float* x, const float* d_in, const float* w_ih,
-                            float* grad_w_ih, float* grad_x, float* wt) {
+// One model's layer's gradients from d_in (T*B, G), the gradients of its input pre-activations
+// (x w_ih^T + b_ih): the gradient it passes down, grad_x (T*B, I) = d_in w_ih, and its input
+// weights', grad_w_ih (G, I) (wt: scratch of I x G).
+static void input_gradient(int T, int B, int I, int G, const float* d_in, const float* w_ih, float* grad_x) {
+  gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
+}
+static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
+                                   float* wt) {
   gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
   transpose_back(wt, I, G, grad_w_ih);
-  if (grad_x) gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
 }
 
-// The layer's weight and input gradients where the hidden side's pre-activations (h w_hh^T + b_hh)
-// have the input side's gradients, d (T*B, G): an LSTM's and an RNN's. grad_w_hh (G, U) reads the
-// steps after the first (the first step's h_prev is 0).
+// The layer's weight gradients where the hidden side's pre-activations (h w_hh^T + b_hh) have the
+// input side's gradients, d (T*B, G): an LSTM's and an RNN's. grad_w_hh (G, U) reads the steps
+// after the first (the first step's h_prev is 0).
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
-                             const float* w_ih, float* grad_w_ih, float* grad_w_hh, float* grad_x, float* wt) {
+                             float* grad_w_ih, float* grad_w_hh, float* wt) {
   if (T > 1) {
     gemm(true, false, U, G, (T - 1) * B, h_all, U, d + (int64_t)B * G, G, 0.f, wt, G);
     transpose_back(wt, U, G, grad_w_hh);
   } else {
     std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
   }
-  input_gradients(T, B, I, G, x, d, w_ih, grad_w_ih, grad_x, wt);
+  input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt);
+}
+
+// Model k's input gradient now (the layer below waits for it), then its weight gradients, queued in
+// a pair call (see TaskSink) or run now: an LSTM's or an RNN's layer, d (K, T, B, G) the gradients
+// of its pre-activations, grad_x undefined where none is wanted. The queued work holds the tensors,
+// so their memory outlives this call.
+static void layer_gradients(int64_t k, int T, int B, int I, int U, int G, const Tensor& x, const Tensor& h_all,
+                            const Tensor& d, const Tensor& w_ih, const Tensor& grad_w_ih, const Tensor& grad_w_hh,
+                            const Tensor& grad_x) {
+  const float* xk = x.data_ptr<float>() + k * T * B * I;
+  const float* hk = h_all.data_ptr<float>() + k * T * B * U;
+  const float* dk = d.data_ptr<float>() + k * T * B * G;
+  const float* wik = w_ih.data_ptr<float>() + k * G * I;
+  if (grad_x.defined()) input_gradient(T, B, I, G, dk, wik, grad_x.data_ptr<float>() + k * T * B * I);
+  float* gwi = grad_w_ih.data_ptr<float>() + k * G * I;
+  float* gwh = grad_w_hh.data_ptr<float>() + k * G * U;
+  run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d, grad_w_ih, grad_w_hh}]() {
+    std::vector<float> wt((size_t)std::max(I, U) * G);
+    weight_gradients(T, B, I, U, G, xk, hk, dk, gwi, gwh, wt.data());
+  });
 }
 
 // grad_h (K, T, B, U): the loss's gradient for every output (times mask, where it is defined: the
@@ -452,17 +475,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       }
       if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
     }
-    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
-    const float* wik = w_ih.data_ptr<float>() + (int64_t)k * G * I;
-    if (needs_x) gemm(false, false, T * B, I, G, dp0, G, wik, I, 0.f, grad_x.data_ptr<float>() + (int64_t)k * T * B * I, I);
-    float* gwi = grad_w_ih.data_ptr<float>() + (int64_t)k * G * I;
-    float* gwh = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
-    const float* hk0 = h_all.data_ptr<float>() + hk;
-    // The tensors are captured to keep their memory alive while the work waits in a queue.
-    run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh}]() {
-      std::vector<float> scratch((size_t)std::max(I, U) * G);
-      weight_gradients(T, B, I, U, G, xk, hk0, dp0, wik, gwi, gwh, nullptr, scratch.data());
-    });
+    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh, grad_x);
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -584,7 +597,6 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
   std::vector<float> dh_next((size_t)B * U), zeros((size_t)B * U, 0.f);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
-  std::vector<float> wt((size_t)std::max(I, U) * G);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
     const float* gh0 = grad_h.data_ptr<float>() + hk;
@@ -658,18 +670,25 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
         step_gemm(B, U, U, dnp, U, wh + (int64_t)2 * U * U, U, true, dhn, U);
       }
     }
-    input_gradients(T, B, I, G, x.data_ptr<float>() + (int64_t)k * T * B * I, di0,
-                    w_ih.data_ptr<float>() + (int64_t)k * G * I, grad_w_ih.data_ptr<float>() + (int64_t)k * G * I,
-                    needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
-    // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
+    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
+    const float* wik = w_ih.data_ptr<float>() + (int64_t)k * G * I;
+    if (needs_x) input_gradient(T, B, I, G, di0, wik, grad_x.data_ptr<float>() + (int64_t)k * T * B * I);
+    float* gwi = grad_w_ih.data_ptr<float>() + (int64_t)k * G * I;
     float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
-    if (T > 1) {
-      gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
-      gemm(true, false, U, U, (T - 1) * B, h0, U, dn0 + (int64_t)B * U, U, 0.f, wt.data() + 2 * U, G);
-      transpose_back(wt.data(), U, G, gw);
-    } else {
-      std::fill(gw, gw + (int64_t)G * U, 0.f);
-    }
+    // The weight gradients, queued in a pair call (see TaskSink) or run now; the queued work holds
+    // the tensors, so their memory outlives this call.
+    run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_in, d_hn, grad_w_ih, grad_w_hh}]() {
+      std::vector<float> wt((size_t)std::max(I, U) * G);
+      input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data());
+      // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
+      if (T > 1) {
+        gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
+        gemm(true, false, U, U, (T - 1) * B, h0, U, dn0 + (int64_t)B * U, U, 0.f, wt.data() + 2 * U, G);
+        transpose_back(wt.data(), U, G, gw);
+      } else {
+        std::fill(gw, gw + (int64_t)G * U, 0.f);
+      }
+    });
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* a = di0 + r * G;
@@ -753,7 +772,6 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
   std::vector<float> dh_next((size_t)B * U);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
-  std::vector<float> wt((size_t)std::max(I, U) * U);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U;
     const float* gh0 = grad_h.data_ptr<float>() + hk;
@@ -776,10 +794,7 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       }
       if (t) step_gemm(B, U, U, dp, U, wh, U, false, dhn, U);  // dh_prev = d[t] w_hh
     }
-    weight_gradients(T, B, I, U, U, x.data_ptr<float>() + (int64_t)k * T * B * I, h0, dp0,
-                     w_ih.data_ptr<float>() + (int64_t)k * U * I, grad_w_ih.data_ptr<float>() + (int64_t)k * U * I,
-                     grad_w_hh.data_ptr<float>() + (int64_t)k * U * U,
-                     needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr, wt.data());
+    layer_gradients(k, T, B, I, U, U, x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh, grad_x);
     float* gb = grad_b.data_ptr<float>() + (int64_t)k * U;
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* d = dp0 + r * U;
