@@ -1037,7 +1037,6 @@ void adam_step(std::vector<Tensor> params, std::vector<std::vector<Tensor>> grad
   }
 }
 
-
 // The thread that runs a split batch's second slice (training._BatchSplitter, two threads): the
 // calling thread posts the slice and runs the first, then waits for the second by spinning, and
 // the worker spins for its next job for up to 2 ms (about the Python between two batches) before
@@ -1109,6 +1108,23 @@ class SliceWorker {
   std::thread thread_;  // last: started once the members above exist
 };
 
+// Runs first on this thread and second on worker at the same time and returns when both are done,
+// rethrowing first's exception if it threw, else second's (second may read first's frame, so it is
+// waited for either way).
+static void run_both(SliceWorker& worker, const std::function<void()>& first, std::function<void()> second) {
+  worker.post(std::move(second));
+  try {
+    first();
+  } catch (...) {
+    try {
+      worker.wait();
+    } catch (...) {
+    }
+    throw;
+  }
+  worker.wait();
+}
+
 // One split batch's training step as train_step's two slices, windows 0..split on this thread and
 // split..n on the worker, with the batch's dropout seeds: the two slices' train_step results, in
 // that order (what the splitter's two train_step calls return; the same to the bit).
@@ -1136,27 +1152,21 @@ std::vector<std::vector<Tensor>> train_step_pair(SliceWorker& worker, Tensor x, 
     --sink.running;
     sink.drain();
   };
-  std::vector<Tensor> second;
-  worker.post([&] {
-    slice([&] {
-      second = train_step(x1, y1, weights, head_w, head_b, seeds, threshold, scale, n, split, double(n - split) / n,
-                          loss_kind, cell);
-    });
-  });
-  std::vector<Tensor> first;
-  try {
-    slice([&] {
-      first = train_step(x.narrow(1, 0, split).contiguous(), y.narrow(1, 0, split).contiguous(), weights, head_w,
-                         head_b, seeds, threshold, scale, n, 0, double(split) / n, loss_kind, cell);
-    });
-  } catch (...) {
-    try {
-      worker.wait();  // the job reads this frame's tensors
-    } catch (...) {
-    }
-    throw;
-  }
-  worker.wait();
+  std::vector<Tensor> first, second;
+  run_both(
+      worker,
+      [&] {
+        slice([&] {
+          first = train_step(x.narrow(1, 0, split).contiguous(), y.narrow(1, 0, split).contiguous(), weights, head_w,
+                             head_b, seeds, threshold, scale, n, 0, double(split) / n, loss_kind, cell);
+        });
+      },
+      [&] {
+        slice([&] {
+          second = train_step(x1, y1, weights, head_w, head_b, seeds, threshold, scale, n, split,
+                              double(n - split) / n, loss_kind, cell);
+        });
+      });
   if (sink.error) std::rethrow_exception(sink.error);
   return {first, second};
 }
@@ -1194,17 +1204,7 @@ void adam_step_pair(SliceWorker& worker, std::vector<Tensor> params, std::vector
     if (!part.params.empty())
       adam_step(part.params, part.grads, part.exp_avgs, part.exp_avg_sqs, part.steps, lr, beta1, beta2, eps);
   };
-  worker.post([&] { run(parts[1]); });
-  try {
-    run(parts[0]);
-  } catch (...) {
-    try {
-      worker.wait();
-    } catch (...) {
-    }
-    throw;
-  }
-  worker.wait();
+  run_both(worker, [&] { run(parts[0]); }, [&] { run(parts[1]); });
 }
 
 // The calls release the GIL: train_many runs its groups in Python threads.

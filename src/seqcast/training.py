@@ -511,8 +511,10 @@ class _BatchSplitter:
         edges = [n * i // k for i in range(k + 1)]
         if k == 2 and self.compiled and self._pair_fits(x, y, edges):
             # Both slices in one compiled call, the second on a C++ thread that spins for its
-            # work rather than a Python pool thread woken for it: 1.02-1.06x per seed-config epoch
-            # (benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same gradients to the bit.
+            # work rather than a Python pool thread woken for it, their weight-gradient GEMMs run by
+            # whichever thread is free, then Adam on both threads (apply_gradients): 1.087x per
+            # seed-config epoch (benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same
+            # gradients to the bit.
             if self.worker is None:
                 self.worker = native.slice_worker()
             model = self.model
