@@ -493,6 +493,34 @@ def test_a_split_batch_as_one_compiled_pair_equals_its_two_slices_to_the_bit(mon
             assert torch.equal(g, w)
 
 
+@pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru")])
+def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
+    # After the first batch a split fit runs its batches BATCHES_PER_CALL at a time in one compiled
+    # call (native.train_batches_pair); the reference is the same fit batch by batch (train_step_pair
+    # and the two-thread Adam, each called from Python), which must give the same losses and weights.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
+    X, y = noisy_sine_windows(n=100)
+    batches = -(-len(X) // 16)
+    assert 2 < batches <= training.BATCHES_PER_CALL and len(X) % 16 > 1  # a short last batch, split too
+    shape = dict(cell=cell, layers=2, units=8, dropout=dropout, horizon=1)
+    fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=2, threads=2)
+    chunks = []
+    real = native.train_batches_pair
+    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
+    model = build_model(1, seed=2, **shape)
+    history = train_model(model, X, y, **fit)
+    assert chunks == [batches - 1, batches, batches]
+    monkeypatch.setattr(_BatchSplitter, "run_batches", lambda *a: 0)
+    alone = build_model(1, seed=2, **shape)
+    alone_history = train_model(alone, X, y, **fit)
+    assert len(chunks) == 3  # the second fit took none
+    assert history.loss == alone_history.loss
+    for a, b in zip(model.parameters(), alone.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_a_compiled_pair_that_fails_raises_and_its_thread_stays_usable():
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -555,18 +583,22 @@ def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monk
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
-    calls, adam = [], []
-    real, real_adam = native.train_step_pair, native.adam_step
+    calls, chunks = [], []
+    real, real_chunk = native.train_step_pair, native.train_batches_pair
     monkeypatch.setattr(native, "train_step_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(native, "adam_step", lambda *a: adam.append(a[3] is not None) or real_adam(*a))
+    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: chunks.append(k["count"]) or real_chunk(*a, **k))
     X, y = noisy_sine_windows(n=40)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         model = build_model(1, cell="lstm", layers=1, units=4, dropout=0.2, horizon=1, seed=0)
         train_model(model, X, y, epochs=2, batch_size=8, threads=2)
-        assert calls and torch.get_num_threads() == 2
-        assert adam and all(adam)  # Adam's update on the pair's two threads too
+        assert torch.get_num_threads() == 2
+        # The first batch alone (torch's Adam creates its state), then the rest in compiled calls
+        # of up to BATCHES_PER_CALL (8) batches each.
+        batches = -(-len(X) // 8)
+        assert 2 < batches <= training.BATCHES_PER_CALL
+        assert calls == [1] and chunks == [batches - 1, batches]
     finally:
         torch.set_num_threads(before)
 
@@ -617,8 +649,10 @@ def test_adam_in_the_compiled_pass_trains_like_torch_adam(monkeypatch, cell, spl
     X = torch.randn(70, 12, 2, generator=generator)
     y = torch.randn(70, 1, generator=generator)
     calls = []
-    real = native.adam_step
+    real, real_chunk = native.adam_step, native.train_batches_pair
     monkeypatch.setattr(native, "adam_step", lambda params, grads, optim, worker=None: calls.append(len(grads)) or real(params, grads, optim, worker))
+    # A split fit's batches after the first run in compiled calls of several (each slice pair, then Adam).
+    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: calls.extend([2] * k["count"]) or real_chunk(*a, **k))
 
     def fit():
         model = build_model(2, cell=cell, layers=2, units=8, dropout=0.2, horizon=1, seed=3)
@@ -717,8 +751,15 @@ def test_each_slice_draws_its_part_of_the_whole_batch_masks(units, batch, cuts):
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
     split_steps = []
-    real_step = _BatchSplitter.gradients
+    real_step, real_batches = _BatchSplitter.gradients, _BatchSplitter.run_batches
     monkeypatch.setattr(_BatchSplitter, "gradients", lambda self, *a: split_steps.append(len(a[0])) or real_step(self, *a))
+
+    def run_batches(self, *a):
+        done = real_batches(self, *a)
+        split_steps.append(("compiled batches", done))
+        return done
+
+    monkeypatch.setattr(_BatchSplitter, "run_batches", run_batches)
     X, y = noisy_sine_windows()
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=4)
@@ -729,8 +770,10 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
         model = build_model(1, seed=4, **shape)
         runs.append((model, train_model(model, X, y, threads=2, **fit)))
     (split, split_history), (again, again_history) = runs
-    # Both split fits really went through the splitter: 3 epochs of 9 batches (130 windows, batch 16).
-    assert split_steps == ([16] * 8 + [2]) * 3 * 2
+    # Both split fits really went through the splitter: 3 epochs of 9 batches (130 windows, batch 16),
+    # the first alone (torch's Adam creates its state), the others in compiled calls of up to 8.
+    chunks = [("compiled batches", 8), ("compiled batches", 1)]
+    assert split_steps == ([16, ("compiled batches", 8)] + chunks * 2) * 2
     np.testing.assert_allclose(split_history.loss, whole_history.loss, rtol=1e-5)
     for (name, a), b in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

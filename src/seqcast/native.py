@@ -1207,8 +1207,39 @@ void adam_step_pair(SliceWorker& worker, std::vector<Tensor> params, std::vector
   run_both(worker, [&] { run(parts[0]); }, [&] { run(parts[1]); });
 }
 
+// count consecutive batches of an epoch, each a train_step_pair and an adam_step_pair, with no Python
+// between them: the batch starting at window first + b * batch of the shuffled order, its windows
+// X[order[...]] and targets Y[order[...]] (X (N, T, F), Y (N, H)), split in half; seeds one mask seed
+// per batch (empty: no dropout). Adds each batch's loss times its windows to total (float64), as
+// training.train_model's loop does, in the same order, so the fit is the same to the bit.
+void train_batches_pair(SliceWorker& worker, Tensor X, Tensor Y, Tensor order, int64_t first, int64_t batch, int64_t count,
+                        std::vector<int64_t> seeds, int64_t threshold, double scale, std::vector<Tensor> weights,
+                        Tensor head_w, Tensor head_b, int64_t loss_kind, int64_t cell, std::vector<Tensor> params,
+                        std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps,
+                        double lr, double beta1, double beta2, double eps, Tensor total) {
+  TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 1 && order.scalar_type() == at::kLong &&
+                  (seeds.empty() || (int64_t)seeds.size() == count) && total.scalar_type() == at::kDouble &&
+                  total.numel() == 1,
+              "train_batches_pair: bad arguments");
+  const int64_t N = order.size(0);
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t start = first + b * batch, n = std::min(batch, N - start);
+    TORCH_CHECK(n >= 2, "train_batches_pair: a batch needs two windows");
+    const Tensor index = order.narrow(0, start, n);
+    const std::vector<int64_t> seed = seeds.empty() ? std::vector<int64_t>{} : std::vector<int64_t>{seeds[b]};
+    std::vector<std::vector<Tensor>> pair =
+        train_step_pair(worker, X.index_select(0, index).unsqueeze(0), Y.index_select(0, index).unsqueeze(0), weights,
+                        head_w, head_b, seed, threshold, scale, n / 2, loss_kind, cell);
+    const Tensor loss = pair[0][0][0] + pair[1][0][0];
+    std::vector<std::vector<Tensor>> grads{{pair[0].begin() + 1, pair[0].end()}, {pair[1].begin() + 1, pair[1].end()}};
+    adam_step_pair(worker, params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
+    total.add_(loss.to(at::kDouble) * (double)n);
+  }
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("train_batches_pair", &train_batches_pair, py::call_guard<py::gil_scoped_release>());
   m.def("adam_step_pair", &adam_step_pair, py::call_guard<py::gil_scoped_release>());
   // module_local: another build of this module in the process (another seqcast) registers its own
   py::class_<SliceWorker>(m, "SliceWorker", py::module_local()).def(py::init<>());
@@ -1513,6 +1544,52 @@ def train_step_pair(
     return [(first[0], first[1:]), (second[0], second[1:])]
 
 
+def train_batches_pair(
+    worker,
+    X: Tensor,
+    y: Tensor,
+    order: Tensor,
+    weights: list[tuple[Tensor, Tensor, Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    params: list[Tensor],
+    optimizer: torch.optim.Adam,
+    total: Tensor,
+    *,
+    first: int,
+    batch: int,
+    count: int,
+    seeds: list[int] | None,
+    keep: float = 1.0,
+    loss: str = "mse",
+    cell: str = "lstm",
+) -> None:
+    """``count`` training batches of a split fit in one call that releases the GIL: batch b holds the
+    windows ``X[order[s:s + batch]]`` and targets ``y[...]``, ``s = first + b * batch``; each runs
+    as :func:`train_step_pair` on ``worker`` (halves of the batch, ``seeds[b]`` its mask seed) and
+    then :func:`adam_step` of ``optimizer`` (whose state must exist, for ``params`` in gradient
+    order) on both threads, and adds its loss times its windows to ``total`` (float64): what
+    ``training.train_model``'s loop does for those batches, the same to the bit."""
+    _require()
+    x, y, flat, _, _, seeds, threshold, scale = _step_arguments(X, y, weights, head_weight, head_bias, seeds, keep)
+    _module.train_batches_pair(
+        worker, x, y, order, first, batch, count, seeds, threshold, scale, flat, head_weight, head_bias,
+        TRAIN_STEP_LOSSES[loss], CELLS[cell], *_adam_arguments(params, optimizer), total,
+    )
+
+
+def _adam_arguments(params: list[Tensor], optimizer: torch.optim.Adam) -> list:
+    """The C++ adam_step's arguments after the gradients: ``params``, the optimizer's moments and
+    step counts for them, and its lr, betas and eps."""
+    group = optimizer.param_groups[0]
+    states = [optimizer.state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    return [
+        [p.detach() for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+        [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+    ]
+
+
 def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.optim.Adam, worker=None) -> None:
     """``optimizer.step()`` for ``params`` with gradients ``sum(grads[k][i] for k)``, in one compiled
     pass per parameter that releases the GIL, for a ``torch.optim.Adam`` whose one parameter group
@@ -1523,14 +1600,8 @@ def adam_step(params: list[Tensor], grads: list[list[Tensor]], optimizer: torch.
     this thread and the worker's, about half the floats each (the same result to the bit). Call only
     when :func:`available` is True."""
     _require()
-    group = optimizer.param_groups[0]
-    states = [optimizer.state[p] for p in params]
-    beta1, beta2 = group["betas"]
-    arguments = (
-        [p.detach() for p in params], [[g.contiguous() for g in gs] for gs in grads],
-        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states],
-        float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-    )
+    detached, *state = _adam_arguments(params, optimizer)
+    arguments = (detached, [[g.contiguous() for g in gs] for gs in grads], *state)
     if worker is None:
         _module.adam_step(*arguments)
     else:
