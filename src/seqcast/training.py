@@ -494,6 +494,13 @@ class _BatchSplitter:
         grads = torch.autograd.grad(loss * weight, self.params, allow_unused=True)
         return loss.detach() * weight, grads
 
+    def _worker(self):
+        """The C++ thread for the second slice (:func:`seqcast.native.slice_worker`), started on first
+        use, so inside the fit's thread setting."""
+        if self.worker is None:
+            self.worker = native.slice_worker()
+        return self.worker
+
     def _pair_fits(self, x: torch.Tensor, y: torch.Tensor, edges: list[int]) -> bool:
         """Whether both slices of a two-way split take the compiled step (:func:`compiled_step_fits`),
         remembered per batch shape: the answer depends on shapes, dtypes, the device and grad mode,
@@ -516,22 +523,22 @@ class _BatchSplitter:
         ``dropper``, the same gradients and update, its loss times its windows added to ``total``,
         to the bit; the Python between batches is gone: 1.049x and 1.053x per seed-config epoch in
         two runs of 14 interleaved rounds (benchmarks/README.md, 2026-12-06, 18:20 UTC section)."""
+        if self.workers != 2 or not self.compiled:
+            return 0
         n_samples = len(order)
         count = 0
         while count < BATCHES_PER_CALL and start + count * batch_size < n_samples:
             n = min(batch_size, n_samples - start - count * batch_size)
-            if self.workers != 2 or n < 2 or not self._pair_fits(X[:n], y[:n], [0, n // 2, n]):
+            if n < 2 or not self._pair_fits(X[:n], y[:n], [0, n // 2, n]):
                 break
             count += 1
         if count == 0:
             return 0
-        if self.worker is None:
-            self.worker = native.slice_worker()
         model = self.model
         seeds = [model.batch_mask_seed(dropper) for _ in range(count)]
         optimizer.zero_grad(set_to_none=True)
         native.train_batches_pair(
-            self.worker, X, y, order, model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer,
+            self._worker(), X, y, order, model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer,
             total, first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
             keep=1.0 - model.dropout_rate, loss=self.loss_name, cell=model.native_cell,
         )
@@ -552,14 +559,12 @@ class _BatchSplitter:
         if k == 2 and self.compiled and self._pair_fits(x, y, edges):
             # Both slices in one compiled call, the second on a C++ thread that spins for its
             # work rather than a Python pool thread woken for it, their weight-gradient GEMMs run by
-            # whichever thread is free, then Adam on both threads (apply_gradients): 1.087x per
-            # seed-config epoch (benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same
-            # gradients to the bit.
-            if self.worker is None:
-                self.worker = native.slice_worker()
+            # whichever thread is free (with Adam on both threads, 1.087x per seed-config epoch;
+            # benchmarks/README.md, 2026-12-06, 18:20 UTC section), the same gradients to the bit.
+            # Once Adam's state exists, train_model runs most batches through run_batches instead.
             model = self.model
             (loss0, grads0), (loss1, grads1) = native.train_step_pair(
-                self.worker, x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
+                self._worker(), x[None], y[None], model.layer_weights(), model.head.weight, model.head.bias,
                 seeds=None if seed is None else [seed], keep=1.0 - model.dropout_rate, split=edges[1],
                 loss=self.loss_name, cell=model.native_cell,
             )
@@ -609,15 +614,14 @@ def set_summed_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor |
 
 def apply_gradients(
     optimizer: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]],
-    in_place_adam: bool, worker=None,
+    in_place_adam: bool,
 ) -> bool:
     """The gradient of ``params`` is the sum of the lists ``grads`` (a split batch's slices, or one
     list): run Adam's update with it in one compiled pass (:func:`seqcast.native.adam_step`) and
     return True where ``in_place_adam`` (:func:`native_adam_applies`) and the optimizer has its
-    state; else set ``.grad`` and return False (the caller then clips and calls ``step()``). With
-    ``worker`` (a split batch's :func:`seqcast.native.slice_worker`) that update runs on two threads."""
+    state; else set ``.grad`` and return False (the caller then clips and calls ``step()``)."""
     if in_place_adam and adam_started(optimizer, params) and all(g is not None for part in grads for g in part):
-        native.adam_step(params, grads, optimizer, worker)
+        native.adam_step(params, grads, optimizer)
         return True
     set_summed_grads(params, grads)
     return False
@@ -787,7 +791,7 @@ def train_model(
                 while position < len(starts):
                     raise_if_cancelled()
                     start = starts[position]
-                    if splitter is not None and splitter.compiled and in_place_adam and adam_started(optim, splitter.params):
+                    if splitter is not None and in_place_adam and adam_started(optim, splitter.params):
                         done = splitter.run_batches(X_t, y_t, order, start, batch_size, dropper, optim, total)
                         if done:
                             position += done
@@ -799,7 +803,7 @@ def train_model(
                     stepped = False  # Adam's update already run by apply_gradients
                     if splitter is not None:
                         batch_loss, grads = splitter.gradients(x, target, dropper)
-                        stepped = apply_gradients(optim, splitter.params, grads, in_place_adam, splitter.worker)
+                        stepped = apply_gradients(optim, splitter.params, grads, in_place_adam)
                     elif compiled and compiled_step_fits(model, x, target):
                         # batch_mask_seed draws what batch_masks would
                         batch_loss, grads = compiled_step(model, x, target, model.batch_mask_seed(dropper), loss)
