@@ -821,20 +821,74 @@ def train_many_against_separate_fits(shape, fit, threads=None):
     return together
 
 
-def test_train_many_of_seed_sized_lstms_trains_groups_on_one_thread_each(monkeypatch):
-    # The seed config's layers (153.6 MFLOP per 64-window call) suit the compiled layer on one
-    # thread, not on two: train_many shares the models out as one group per thread, each group on one
-    # thread, so it trains them jointly with compiled steps rather than fit after fit; each model
-    # still equals its own (split) train_model fit.
+def test_train_many_fits_models_whose_split_batches_cost_enough_one_after_another():
+    # 8 seed-config models trained in per-core groups took 1.14x the time of 8 split fits one
+    # after another (ensemble.SEQUENTIAL_FIT_FLOPS): such models are never grouped, whatever the
+    # cell; smaller ones that split still are where the cell trains by hand.
+    cpu = torch.device("cpu")
+    seed = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
+    assert seed.forward_flops(60) * 64 == pytest.approx(5.39e8, rel=1e-3)
+    for cell in ("lstm", "gru", "rnn"):
+        model = build_model(1, cell=cell, layers=4, units=50, dropout=0.2, horizon=1)
+        assert ensemble.fits_one_after_another(model, 2, 64, 60, cpu), cell
+        assert not ensemble.trains_in_groups(model, 8, 2, 64, 60, "cpu"), cell
+        assert not ensemble.fits_one_after_another(model, 1, 64, 60, cpu), cell  # one thread: no split
+    small = build_model(1, cell="gru", layers=2, units=32, dropout=0.2, horizon=1)
+    assert training.batch_split_workers(small, cpu, 2, True, 32, 60) == 2  # it splits, but costs less
+    assert not ensemble.fits_one_after_another(small, 2, 32, 60, cpu)
+    assert ensemble.trains_in_groups(small, 8, 2, 32, 60, "cpu")
+
+
+def fits_on_threads(monkeypatch):
+    """Record (thread, threads) of each train_model call train_many makes, and make a grouped fit
+    fail; returns the record and the real train_model."""
+    fits = []
+    real_fit = ensemble.train_model
+
+    def spy(model, *args, **kwargs):
+        fits.append((threading.get_ident(), kwargs["threads"]))
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "train_model", spy)
+    monkeypatch.setattr(ensemble, "_train_group", None)
+    return fits, real_fit
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_train_many_fits_costly_split_models_one_after_another_each_as_alone(monkeypatch, cell):
+    monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # every batch splits over both threads
+    monkeypatch.setattr(ensemble, "SEQUENTIAL_FIT_FLOPS", 1.0)  # and costs enough
+    fits, real_fit = fits_on_threads(monkeypatch)
+    shape = dict(cell=cell, layers=2, units=8, dropout=0.25, horizon=1)
+    fit = dict(epochs=2, batch_size=16, lr=3e-3)
+    X, y = noisy_sine_windows()
+    seeds = [3, 11, 12]
+    together, histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, threads=2, **fit)
+    assert fits == [(threading.get_ident(), 2)] * 3  # on the calling thread, each on both threads
+    for seed, joint, history in zip(seeds, together, histories):
+        alone = build_model(1, seed=seed, **shape)
+        # The same split fit as train_model's own, to the bit.
+        assert real_fit(alone, X, y, seed=seed, threads=2, **fit).loss == history.loss
+        for a, b in zip(alone.parameters(), joint.parameters()):
+            assert torch.equal(a, b)
+    assert not torch.allclose(together[0].head.weight, together[1].head.weight)
+
+
+def test_train_many_of_split_lstms_below_the_cost_trains_groups_on_one_thread_each(monkeypatch):
+    # 2xLSTM(32), lookback 60, batch 32 splits its batches over 2 threads but costs 4.8e7 FLOPs a
+    # batch forward, under ensemble.SEQUENTIAL_FIT_FLOPS (grouped 1.15x faster than one after
+    # another); its layers suit the compiled layer on one thread: train_many shares the models out
+    # as one group per thread, each group on one thread, with compiled steps; each model still
+    # equals its own (split) train_model fit.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
-    shape = dict(cell="lstm", layers=2, units=50, dropout=0.2, horizon=1)
-    assert native.layer_flops(60, 64, 50, 50) == 153.6e6
-    assert ensemble.trains_in_groups(build_model(1, **shape), 3, 2, 64, 60, "cpu")
-    assert not ensemble.trains_in_groups(build_model(1, **shape), 1, 2, 64, 60, "cpu")  # one model: its own fit
-    X, y = noisy_sine_windows(lookback=60, n=128)
+    shape = dict(cell="lstm", layers=2, units=32, dropout=0.2, horizon=1)
+    fit = dict(epochs=2, batch_size=32, lr=3e-3)
+    model = build_model(1, **shape)
+    assert training.batch_split_workers(model, torch.device("cpu"), 2, True, 32, 60) == 2
+    assert ensemble.trains_in_groups(model, 3, 2, 32, 60, "cpu")
+    X, y = noisy_sine_windows(lookback=60, n=96)
     seeds = [3, 11, 12]
-    fit = dict(epochs=2, batch_size=64, lr=3e-3)
     separate = []
     for seed in seeds:
         model = build_model(1, seed=seed, **shape)
@@ -873,15 +927,7 @@ def test_train_many_of_stacked_lstms_equals_separate_fits_model_by_model(monkeyp
 
 def test_train_many_fits_lstms_that_split_their_batches_one_after_another_each_as_alone(monkeypatch, onednn_lstm):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # big enough to split over both threads
-    fits = []
-    real_fit = ensemble.train_model
-
-    def spy(model, *args, **kwargs):
-        fits.append((threading.get_ident(), kwargs["threads"]))
-        return real_fit(model, *args, **kwargs)
-
-    monkeypatch.setattr(ensemble, "train_model", spy)
-    monkeypatch.setattr(ensemble, "_train_group", None)  # such LSTMs are never grouped
+    fits, _ = fits_on_threads(monkeypatch)  # such LSTMs are never grouped
     # Dropout: each fit draws its masks from its own generator.
     shape = dict(cell="lstm", layers=2, units=8, dropout=0.25, horizon=1)
     train_many_against_separate_fits(shape, dict(epochs=2, batch_size=16, lr=3e-3), threads=2)

@@ -65,9 +65,11 @@ def _trains_together(template: Forecaster) -> bool:
     CPU, without validation rows or early stopping, which train_many lacks. There members train K
     at once in one group per thread, K per call of seqcast.native's compiled layers where their
     layers suit them on one thread (at the indicators preset's shape 2.3-3.7× the throughput of
-    one-by-one fits in 2026-12-06's runs, GRU and RNN 2.4-4.1×; the seed config's 1.19-1.24×), else
-    GRUs and RNNs through their TorchScript layers and small LSTMs as block-diagonal oneDNN LSTMs
-    (2.4-3.0×; benchmarks/README.md); larger LSTM members fit one after another."""
+    one-by-one fits in 2026-12-06's runs, GRU and RNN 2.4-4.1×), else GRUs and RNNs through their
+    TorchScript layers and small LSTMs as block-diagonal oneDNN LSTMs (2.4-3.0×;
+    benchmarks/README.md); larger LSTM members, and members of any cell whose fits split their
+    batches at a cost of ``ensemble.SEQUENTIAL_FIT_FLOPS`` or more (the seed config's), fit one
+    after another."""
     return (
         not template.val_fraction
         and template.early_stopping is None

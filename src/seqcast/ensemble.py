@@ -19,11 +19,15 @@ Small LSTM models (``StackedRNN.trains_by_hand_at`` on the threads each group ge
 most ``native.MAX_LAYER_FLOPS_ONE_THREAD`` where the models are shared out as one group per thread,
 each on one thread, else ``native.MAX_LAYER_FLOPS``) train like the GRUs where ``seqcast.native``'s
 compiled layer built: K models per call of ``native.native_lstm``, which releases the GIL, one
-group per thread (each batch one call of ``native.train_step``, forward to gradients). That
-includes the seed config's (153.6 MFLOP per 64-window layer call): 8 such models trained 1.19× and
-1.24× the throughput of 8 sequential fits, which split each batch over both cores (two harness
-runs, 2026-12-06 17:45–17:55; 0.99–1.11× as sequential fits before). The rest of this paragraph
-is about the other LSTMs, and about every LSTM where it did not build.
+group per thread (each batch one call of ``native.train_step``, forward to gradients). The rest
+of this paragraph is about the other LSTMs, and about every LSTM where it did not build.
+
+Models of any cell whose batches split over the threads (``training.batch_split_workers``) and
+whose batch costs at least :data:`SEQUENTIAL_FIT_FLOPS` forward are not grouped: each is fitted by
+``train_model`` on all the threads, one after another. A split fit of such a model keeps both
+cores busy (its two slices, their weight gradients and Adam's update run as one compiled call on
+two threads), so per-core groups gain nothing there and lose to it (the seed config: 8 models
+grouped took 1.14× the time of 8 split fits; figures at the constant).
 
 Such LSTM models on the CPU are not batched by the hand-written Python layers: oneDNN's LSTM
 kernel, which ``train_model`` uses, beats them (8 seeds at the indicators preset's shape trained 1.0-1.6× faster
@@ -73,6 +77,24 @@ from seqcast.training import (
 
 _LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
+# A batch's forward cost (FLOPs, ``forward_flops(steps) * batch_size``) from which train_many fits
+# models whose batches split over the threads one after another, each on all of them, instead of
+# jointly in per-core groups. 8 models, 2 epochs, 2 threads, grouped against one after another in
+# 4 interleaved rounds (benchmarks/README.md, 2026-12-06 21:00 UTC), grouped's speed-up by cost:
+# the seed config's 4×LSTM(50), lookback 60, batch 64 (5.4e8) 0.88×; 4×GRU(50) (4.0e8) 0.86×;
+# 4×RNN(50) (1.35e8) 0.98×; 2×LSTM(50), lookback 60, batch 32 (1.16e8) 1.02×; 2×GRU(50) (8.7e7)
+# 1.02×; 2×LSTM(32) (4.8e7) 1.15×; 2×GRU(32) (3.6e7) 1.27×; 1×LSTM(64), lookback 20 (2.1e7) 1.56×.
+SEQUENTIAL_FIT_FLOPS = 1e8
+
+
+def fits_one_after_another(model: StackedRNN, workers: int, batch_size: int, steps: int, device: torch.device) -> bool:
+    """Whether :func:`train_model` fits of ``model`` on ``workers`` threads split each batch over
+    them and cost at least :data:`SEQUENTIAL_FIT_FLOPS` per batch forward: train_many then fits
+    such models one after another rather than jointly."""
+    if batch_split_workers(model, device, workers, True, batch_size, steps) < 2:
+        return False
+    return model.forward_flops(steps) * batch_size >= SEQUENTIAL_FIT_FLOPS
+
 
 def _check_same_shape(models: Sequence[StackedRNN]) -> None:
     if not models:
@@ -119,8 +141,10 @@ def train_many(
     (fit one by one when a model must stop on its own). ``threads`` (None: torch's intra-op count)
     is the number of CPU threads the call uses: one group of models per thread for GRU and RNN
     models, and for LSTM models too small to split their batches (in groups of at most
-    ``models.BLOCK_DIAGONAL_UNITS`` units); larger LSTM models are fitted one after another
-    (module docstring). Returns the models, left in eval mode, and one ``History`` per model. For
+    ``models.BLOCK_DIAGONAL_UNITS`` units). Models whose fits split their batches are fitted one
+    after another, each on all the threads, where a batch costs at least
+    :data:`SEQUENTIAL_FIT_FLOPS` forward (:func:`fits_one_after_another`), and LSTMs on oneDNN's
+    kernel at any cost (module docstring). Returns the models, left in eval mode, and one ``History`` per model. For
     grouped models ``epoch_seconds`` is the model's share of its group's joint epoch (the epoch's
     time over the group's size), so the histories add up to the groups' time, and ``verbose`` shows
     one progress bar on stderr: the first group's epochs and its models' mean loss. For LSTM models
@@ -142,6 +166,8 @@ def train_many(
         clip_norm=clip_norm, torch_device=torch_device,
     )
     workers = int(threads) if threads is not None else torch.get_num_threads()
+    if fits_one_after_another(models[0], workers, batch_size, X_t.shape[1], torch_device):
+        return _fit_side_by_side(models, seeds, X_t, y_t, workers=workers, verbose=verbose, **fit)
     lane_threads = _lane_threads(len(models), workers)
     if torch_device.type == "cpu" and not models[0].trains_by_hand_at(batch_size, X_t.shape[1], lane_threads):
         size = lstm_group_size(models[0], len(models), workers, batch_size, X_t.shape[1], torch_device)
@@ -216,6 +242,8 @@ def trains_in_groups(
     by its own ``train_model`` fit."""
     device = resolve_device(device)
     workers = int(threads) if threads is not None else torch.get_num_threads()
+    if fits_one_after_another(model, workers, batch_size, steps, device):
+        return False
     if device.type == "cpu" and not model.trains_by_hand_at(batch_size, steps, _lane_threads(k, workers)):
         return lstm_group_size(model, k, workers, batch_size, steps, device) > 1
     return True
@@ -277,7 +305,8 @@ def _fit_side_by_side(
     torch_device: torch.device,
     **fit,
 ) -> tuple[list[StackedRNN], list[History]]:
-    """train_many for LSTM models on the CPU that are not grouped (:func:`lstm_group_size` is 1):
+    """train_many for models on the CPU that are not grouped (:func:`fits_one_after_another`, or
+    LSTMs for which :func:`lstm_group_size` is 1):
     ``train_model`` per model, ``workers // w`` of them at once where ``w`` is the threads one fit
     uses: one after another for a model that splits its batches, side by side for one too big to
     group that does not. Only the calling thread's fits show progress bars (rich draws one live
