@@ -496,7 +496,7 @@ def test_a_split_batch_as_one_compiled_pair_equals_its_two_slices_to_the_bit(mon
 @pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru")])
 def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
     # After the first batch a split fit runs its batches BATCHES_PER_CALL at a time in one compiled
-    # call (native.train_batches_pair); the reference is the same fit batch by batch (train_step_pair
+    # call (native.train_batches on the pair's worker); the reference is the same fit batch by batch (train_step_pair
     # and the two-thread Adam, each called from Python), which must give the same losses and weights.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -507,8 +507,8 @@ def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeyp
     shape = dict(cell=cell, layers=2, units=8, dropout=dropout, horizon=1)
     fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=2, threads=2)
     chunks = []
-    real = native.train_batches_pair
-    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
+    real = native.train_batches
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
     model = build_model(1, seed=2, **shape)
     history = train_model(model, X, y, **fit)
     assert chunks == [batches - 1, batches, batches]
@@ -584,9 +584,9 @@ def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monk
         pytest.skip("seqcast.native did not build here")
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)
     calls, chunks = [], []
-    real, real_chunk = native.train_step_pair, native.train_batches_pair
+    real, real_chunk = native.train_step_pair, native.train_batches
     monkeypatch.setattr(native, "train_step_pair", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: chunks.append(k["count"]) or real_chunk(*a, **k))
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: chunks.append(k["count"]) or real_chunk(*a, **k))
     X, y = noisy_sine_windows(n=40)
     before = torch.get_num_threads()
     try:
@@ -621,8 +621,11 @@ def test_unsplit_fits_run_compiled_steps_like_autograd_ones(monkeypatch, dropout
     X = torch.randn(50, 12, 2, generator=generator)
     y = torch.randn(50, 2, generator=generator)
     calls = []
-    real = native.train_step
+    real, real_chunk = native.train_step, native.train_batches
     monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(len(a[0][0])) or real(*a, **k))
+    # After Adam's first step the batches run several per compiled call (native.train_batches).
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: calls.extend(
+        min(k["batch"], a[2].shape[1] - k["first"] - b * k["batch"]) for b in range(k["count"])) or real_chunk(*a, **k))
 
     def fit():
         model = build_model(2, cell=cell, layers=2, units=8, dropout=dropout, horizon=2, seed=3)
@@ -649,10 +652,11 @@ def test_adam_in_the_compiled_pass_trains_like_torch_adam(monkeypatch, cell, spl
     X = torch.randn(70, 12, 2, generator=generator)
     y = torch.randn(70, 1, generator=generator)
     calls = []
-    real, real_chunk = native.adam_step, native.train_batches_pair
+    real, real_chunk = native.adam_step, native.train_batches
     monkeypatch.setattr(native, "adam_step", lambda params, grads, optim, worker=None: calls.append(len(grads)) or real(params, grads, optim, worker))
-    # A split fit's batches after the first run in compiled calls of several (each slice pair, then Adam).
-    monkeypatch.setattr(native, "train_batches_pair", lambda *a, **k: calls.extend([2] * k["count"]) or real_chunk(*a, **k))
+    # A fit's batches after the first run in compiled calls of several (each step, or slice pair, then Adam).
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: calls.extend(
+        [1 if k.get("worker") is None else 2] * k["count"]) or real_chunk(*a, **k))
 
     def fit():
         model = build_model(2, cell=cell, layers=2, units=8, dropout=0.2, horizon=1, seed=3)
@@ -693,8 +697,9 @@ def test_a_hook_on_the_model_keeps_the_autograd_step(monkeypatch):
     # A compiled step would skip forward(), so its hooks; with one registered the fit goes through
     # autograd (here unsplit; the batch splitter asks the same compiled_steps_apply).
     calls = []
-    real = native.train_step
+    real, real_chunk = native.train_step, native.train_batches
     monkeypatch.setattr(native, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: calls.extend([1] * k["count"]) or real_chunk(*a, **k))
     X = torch.randn(40, 10, 1)
     y = torch.randn(40, 1)
     for hooked in (False, True):
@@ -1174,3 +1179,61 @@ def test_train_many_shows_one_progress_bar_on_stderr_when_verbose(capsys):
     assert captured.out == ""
     assert "epoch" in captured.err and "2/2" in captured.err and "(mean of 3 models)" in captured.err
     assert "(mean of models 1-1 of 3, in 2 threads)" in fit(threads=2, verbose=1).err
+
+
+@pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru"), (0.25, "rnn")])
+def test_unsplit_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
+    # After the first batch an unsplit fit on the compiled step runs its batches BATCHES_PER_CALL at
+    # a time in one compiled call (native.train_batches); the reference is the same fit batch by
+    # batch (native.train_step and the compiled Adam, each called from Python).
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    X, y = noisy_sine_windows(n=100)
+    batches = -(-len(X) // 16)
+    assert 2 < batches <= training.BATCHES_PER_CALL and len(X) % 16 > 0  # a short last batch too
+    shape = dict(cell=cell, layers=2, units=8, dropout=dropout, horizon=1)
+    fit = dict(epochs=3, batch_size=16, lr=3e-3, seed=2, threads=1)
+    chunks, steps = [], []
+    real, real_step = native.train_batches, native.train_step
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    model = build_model(1, seed=2, **shape)
+    history = train_model(model, X, y, **fit)
+    assert chunks == [batches - 1, batches, batches] and steps == [1]  # the first batch: torch's Adam
+    monkeypatch.setattr(training, "_run_compiled_batches", lambda *a: 0)
+    alone = build_model(1, seed=2, **shape)
+    alone_history = train_model(alone, X, y, **fit)
+    assert len(chunks) == 3 and len(steps) == 1 + 3 * batches  # the second fit: batch by batch
+    assert history.loss == alone_history.loss
+    for a, b in zip(model.parameters(), alone.parameters()):
+        assert torch.equal(a, b)
+    # Clipping keeps torch's optimizer step, and so batch by batch.
+    chunks.clear()
+    monkeypatch.setattr(training, "_run_compiled_batches", lambda *a: pytest.fail("clipped fits run batch by batch"))
+    train_model(build_model(1, seed=2, **shape), X, y, clip_norm=1.0, **fit)
+
+
+@pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru"), (0.25, "rnn")])
+def test_group_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
+    # train_many's groups on the compiled layers run their batches after the first BATCHES_PER_CALL at
+    # a time in one compiled call too; the reference is the group batch by batch.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    X, y = noisy_sine_windows(n=100)
+    batches = -(-len(X) // 16)
+    shape = dict(cell=cell, layers=2, units=8, dropout=dropout, horizon=1)
+    fit = dict(epochs=3, batch_size=16, lr=3e-3, threads=1)
+    seeds = [3, 11, 12]
+    chunks = []
+    real = native.train_batches
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
+    together, histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, **fit)
+    assert chunks == [batches - 1, batches, batches]
+    monkeypatch.setattr(ensemble, "adam_started", lambda *a: False)  # the batch-by-batch loop
+    again, again_histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, **fit)
+    assert len(chunks) == 3
+    for got, want, got_history, want_history in zip(together, again, histories, again_histories):
+        assert got_history.loss == want_history.loss
+        for a, b in zip(got.parameters(), want.parameters()):
+            assert torch.equal(a, b)
+    assert not torch.equal(together[0].head.weight, together[1].head.weight)

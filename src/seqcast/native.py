@@ -1237,8 +1237,40 @@ void train_batches_pair(SliceWorker& worker, Tensor X, Tensor Y, Tensor order, i
   }
 }
 
+// count consecutive batches of an epoch of K models on this thread, each a train_step and an
+// adam_step, with no Python between them: model k's batch b holds the windows X[order[k, ...]] and
+// targets Y[order[k, ...]] from first + b * batch of its shuffled order (order (K, N)); seeds K mask
+// seeds per batch, batch by batch (empty: no dropout). Adds each model's loss times the batch's
+// windows to total (K, float64), as training.train_model's and ensemble._train_group's loops do, in
+// the same order, so the fit is the same to the bit.
+void train_batches(Tensor X, Tensor Y, Tensor order, int64_t first, int64_t batch, int64_t count, std::vector<int64_t> seeds,
+                   int64_t threshold, double scale, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
+                   int64_t loss_kind, int64_t cell, std::vector<Tensor> params, std::vector<Tensor> exp_avgs,
+                   std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr, double beta1, double beta2,
+                   double eps, Tensor total) {
+  TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 2 && order.scalar_type() == at::kLong &&
+                  total.scalar_type() == at::kDouble && total.dim() == 1 && total.size(0) == order.size(0),
+              "train_batches: bad arguments");
+  const int64_t K = order.size(0), N = order.size(1);
+  TORCH_CHECK(seeds.empty() || (int64_t)seeds.size() == count * K, "train_batches: K seeds per batch");
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t start = first + b * batch, n = std::min(batch, N - start);
+    TORCH_CHECK(n >= 1, "train_batches: a batch past the windows");
+    const Tensor index = order.narrow(1, start, n).reshape({-1});
+    const std::vector<int64_t> seed =
+        seeds.empty() ? std::vector<int64_t>{} : std::vector<int64_t>(seeds.begin() + b * K, seeds.begin() + (b + 1) * K);
+    std::vector<Tensor> out = train_step(X.index_select(0, index).view({K, n, X.size(1), X.size(2)}),
+                                         Y.index_select(0, index).view({K, n, Y.size(1)}), weights, head_w, head_b, seed,
+                                         threshold, scale, n, 0, 1.0, loss_kind, cell);
+    std::vector<std::vector<Tensor>> grads{{out.begin() + 1, out.end()}};
+    adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
+    total.add_(out[0].to(at::kDouble) * (double)n);
+  }
+}
+
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("train_batches", &train_batches, py::call_guard<py::gil_scoped_release>());
   m.def("train_batches_pair", &train_batches_pair, py::call_guard<py::gil_scoped_release>());
   m.def("adam_step_pair", &adam_step_pair, py::call_guard<py::gil_scoped_release>());
   // module_local: another build of this module in the process (another seqcast) registers its own
@@ -1544,8 +1576,7 @@ def train_step_pair(
     return [(first[0], first[1:]), (second[0], second[1:])]
 
 
-def train_batches_pair(
-    worker,
+def train_batches(
     X: Tensor,
     y: Tensor,
     order: Tensor,
@@ -1563,19 +1594,31 @@ def train_batches_pair(
     keep: float = 1.0,
     loss: str = "mse",
     cell: str = "lstm",
+    worker=None,
 ) -> None:
-    """``count`` training batches of a split fit in one call that releases the GIL: batch b holds the
-    windows ``X[order[s:s + batch]]`` and targets ``y[...]``, ``s = first + b * batch``; each runs
-    as :func:`train_step_pair` on ``worker`` (halves of the batch, ``seeds[b]`` its mask seed) and
-    then :func:`adam_step` of ``optimizer`` (whose state must exist, for ``params`` in gradient
-    order) on both threads, and adds its loss times its windows to ``total`` (float64): what
-    ``training.train_model``'s loop does for those batches, the same to the bit."""
+    """``count`` training batches in one compiled call that releases the GIL: what
+    ``training.train_model``'s loop (split or not) and ``ensemble``'s group loop do for those
+    batches, the same to the bit. Each batch runs as :func:`train_step` (or, with ``worker``, as
+    :func:`train_step_pair`), then :func:`adam_step` of ``optimizer`` (whose state must exist, for
+    ``params`` in gradient order), and adds the loss times its windows to ``total`` (float64).
+
+    Without ``worker``: K models on this thread (``order`` (K, N), each model's shuffled windows;
+    ``weights`` and heads with a leading model axis as for :func:`train_step`, or a single model's
+    own with ``order`` (1, N)); model k's batch b holds ``X[order[k, s:s + batch]]`` and ``y[...]``,
+    ``s = first + b * batch``, ``seeds[b * K + k]`` its mask seed (None: no dropout), and ``total``
+    is (K,). With ``worker`` (:func:`slice_worker`): one model, ``order`` (N,), each batch split in
+    halves, the second on the worker's thread, Adam on both threads, ``seeds[b]`` the batch's mask
+    seed and ``total`` 0-dimensional."""
     _require()
     x, y, flat, _, _, seeds, threshold, scale = _step_arguments(X, y, weights, head_weight, head_bias, seeds, keep)
-    _module.train_batches_pair(
-        worker, x, y, order, first, batch, count, seeds, threshold, scale, flat, head_weight, head_bias,
+    rest = (
+        x, y, order, first, batch, count, seeds, threshold, scale, flat, head_weight, head_bias,
         TRAIN_STEP_LOSSES[loss], CELLS[cell], *_adam_arguments(params, optimizer), total,
     )
+    if worker is None:
+        _module.train_batches(*rest)
+    else:
+        _module.train_batches_pair(worker, *rest)
 
 
 def _adam_arguments(params: list[Tensor], optimizer: torch.optim.Adam) -> list:

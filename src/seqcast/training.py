@@ -439,10 +439,46 @@ def compiled_step(
     return losses[0], grads
 
 
-# Batches a split fit trains per compiled call once Adam's state exists (_BatchSplitter.run_batches):
+# Batches a fit trains per compiled call once Adam's state exists (_BatchSplitter.run_batches for a
+# split fit, _run_compiled_batches for an unsplit one, ensemble._train_group for a group):
 # between calls the loop checks for cancellation (training.cancel_on), about every 0.1-0.15 s for
 # the seed config.
 BATCHES_PER_CALL = 8
+
+
+def _run_compiled_batches(
+    model: StackedRNN, X: torch.Tensor, y: torch.Tensor, order: torch.Tensor, start: int, batch_size: int,
+    dropper: torch.Generator, optimizer: torch.optim.Optimizer, total: torch.Tensor, params: list[torch.Tensor],
+    loss: str, fits: dict[int, bool],
+) -> int:
+    """Train up to :data:`BATCHES_PER_CALL` unsplit batches from window ``start`` of the shuffled
+    ``order`` in one compiled call (:func:`seqcast.native.train_batches`) and return how many; 0
+    where none takes the compiled step (:func:`compiled_step_fits`, remembered per batch size in
+    ``fits``; then the caller trains the batch as before). The caller checks that the steps are
+    compiled (:func:`compiled_steps_apply`) and that Adam's update runs compiled with its state in
+    place (:func:`native_adam_applies`, :func:`adam_started`). Each batch is what the caller's loop
+    would do: the same mask seed from ``dropper``, the same gradients and update, its loss times
+    its windows added to ``total``, to the bit; only the Python between the batches is gone (the
+    indicators preset's batch spent 0.29 of 0.77 ms in it, benchmarks/README.md, 2026-12-06 21:10)."""
+    n_samples = len(order)
+    count = 0
+    while count < BATCHES_PER_CALL and start + count * batch_size < n_samples:
+        n = min(batch_size, n_samples - start - count * batch_size)
+        if n not in fits:
+            fits[n] = compiled_step_fits(model, X[:n], y[:n])
+        if not fits[n]:
+            break
+        count += 1
+    if count == 0:
+        return 0
+    seeds = [model.batch_mask_seed(dropper) for _ in range(count)]
+    optimizer.zero_grad(set_to_none=True)
+    native.train_batches(
+        X, y, order[None], model.layer_weights(), model.head.weight, model.head.bias, params, optimizer,
+        total.view(1), first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
+        keep=1.0 - model.dropout_rate, loss=loss, cell=model.native_cell,
+    )
+    return count
 
 
 class _BatchSplitter:
@@ -515,7 +551,7 @@ class _BatchSplitter:
         dropper: torch.Generator, optimizer: torch.optim.Optimizer, total: torch.Tensor,
     ) -> int:
         """Train up to :data:`BATCHES_PER_CALL` batches from window ``start`` of the shuffled
-        ``order`` in one compiled call (:func:`seqcast.native.train_batches_pair`) and return how
+        ``order`` in one compiled call (:func:`seqcast.native.train_batches` with the pair's worker) and return how
         many; 0 where that call does not apply (then the caller trains the batch as before). It
         applies where every one of them splits into two compiled slices and Adam's update runs
         compiled with its state in place (the caller checks :func:`native_adam_applies` and
@@ -537,10 +573,10 @@ class _BatchSplitter:
         model = self.model
         seeds = [model.batch_mask_seed(dropper) for _ in range(count)]
         optimizer.zero_grad(set_to_none=True)
-        native.train_batches_pair(
-            self._worker(), X, y, order, model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer,
-            total, first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
-            keep=1.0 - model.dropout_rate, loss=self.loss_name, cell=model.native_cell,
+        native.train_batches(
+            X, y, order, model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer, total,
+            first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
+            keep=1.0 - model.dropout_rate, loss=self.loss_name, cell=model.native_cell, worker=self._worker(),
         )
         return count
 
@@ -776,6 +812,7 @@ def train_model(
     compiled = splitter is None and compiled_steps_apply(model, loss_fn)
     in_place_adam = native_adam_applies(optim, clip_norm)
     params = list(model.parameters())
+    fits: dict[int, bool] = {}  # batch sizes -> whether compiled_step_fits (_run_compiled_batches)
     try:
         with progress, intra_op_threads(1 if splitter else threads):
             task = progress.add_task("train", total=epochs, completed=first_epoch - 1, loss="-", val_loss="")
@@ -793,6 +830,13 @@ def train_model(
                     start = starts[position]
                     if splitter is not None and in_place_adam and adam_started(optim, splitter.params):
                         done = splitter.run_batches(X_t, y_t, order, start, batch_size, dropper, optim, total)
+                        if done:
+                            position += done
+                            continue
+                    elif compiled and in_place_adam and adam_started(optim, params):
+                        done = _run_compiled_batches(
+                            model, X_t, y_t, order, start, batch_size, dropper, optim, total, params, loss, fits
+                        )
                         if done:
                             position += done
                             continue
