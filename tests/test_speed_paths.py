@@ -1237,3 +1237,29 @@ def test_group_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(m
         for a, b in zip(got.parameters(), want.parameters()):
             assert torch.equal(a, b)
     assert not torch.equal(together[0].head.weight, together[1].head.weight)
+
+
+def test_unsplit_compiled_fits_run_on_one_thread_unless_told(monkeypatch):
+    # A fit too small to split, on the compiled steps, runs its steps on one intra-op thread when
+    # the caller leaves threads to torch (as small predictions do), and on the count it is given.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    seen = []
+    real, real_chunk = native.train_step, native.train_batches
+    monkeypatch.setattr(native, "train_step", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: seen.append(torch.get_num_threads()) or real_chunk(*a, **k))
+    X, y = noisy_sine_windows(n=60)
+    before = torch.get_num_threads()
+    losses = {}
+    try:
+        torch.set_num_threads(2)
+        for threads in (None, 2):
+            seen.clear()
+            model = build_model(1, cell="lstm", layers=1, units=8, dropout=0.0, horizon=1, seed=0)
+            assert training.batch_split_workers(model, torch.device("cpu"), 2, True, 16, X.shape[1]) == 1
+            losses[threads] = train_model(model, X, y, epochs=2, batch_size=16, seed=1, threads=threads).loss
+            assert seen and set(seen) == {1 if threads is None else 2}
+            assert torch.get_num_threads() == 2  # put back
+    finally:
+        torch.set_num_threads(before)
+    assert losses[None] == pytest.approx(losses[2], rel=1e-6)

@@ -715,7 +715,9 @@ def train_model(
     gradients summed: the same optimizer steps on the same batches with the same dropout masks,
     equal to the unsplit step up to float rounding, and 1.4-1.7× faster on 2 cores
     (benchmarks/README.md). Otherwise ``threads`` sets torch's intra-op thread count for this
-    call only (restored afterwards); on a busy machine 1 thread can be several times faster.
+    call only (restored afterwards); on a busy machine 1 thread can be several times faster. An
+    unsplit fit on seqcast.native's compiled steps (small stacks, such as the indicators preset's)
+    runs on one thread unless ``threads`` is given: 1.14-1.19x faster than on two.
     The model is left in eval mode.
 
     With ``checkpoint_dir``, every ``checkpoint_every`` epochs (and on Ctrl-C, the last finished
@@ -813,8 +815,18 @@ def train_model(
     in_place_adam = native_adam_applies(optim, clip_norm)
     params = list(model.parameters())
     fits: dict[int, bool] = {}  # batch sizes -> whether compiled_step_fits (_run_compiled_batches)
+    # A split fit's slices each run on one intra-op thread; so does an unsplit fit on the compiled
+    # steps unless ``threads`` says otherwise, as small predictions do: its kernels run on one thread,
+    # and the second only made torch's and MKL's small ops wait for each other. The indicators
+    # preset's fits took 1.14x (LSTM), 1.19x (GRU) and 1.15x (RNN) as long per epoch at 2 threads as
+    # at 1, the same losses (6 interleaved rounds, benchmarks/README.md, 2026-12-06 21:15 UTC).
+    fit_threads = threads
+    if splitter is not None or (
+        compiled and threads is None and model.trains_natively_at(min(batch_size, n_samples), X_t.shape[1], 1)
+    ):
+        fit_threads = 1
     try:
-        with progress, intra_op_threads(1 if splitter else threads):
+        with progress, intra_op_threads(fit_threads):
             task = progress.add_task("train", total=epochs, completed=first_epoch - 1, loss="-", val_loss="")
             for epoch in range(first_epoch, epochs + 1):
                 started = time.perf_counter()
