@@ -64,8 +64,9 @@ def _trains_together(template: Forecaster) -> bool:
     """Whether members of ``template`` train as one :func:`seqcast.ensemble.train_many` call: on the
     CPU, without validation rows or early stopping, which train_many lacks. There members train K
     at once in one group per thread, K per call of seqcast.native's compiled layers where their
-    layers suit them on one thread (at the indicators preset's shape 2.3-3.7× the throughput of
-    one-by-one fits in 2026-12-06's runs, GRU and RNN 2.4-4.1×), else GRUs and RNNs through their
+    layers suit them on one thread (at the indicators preset's shape 2.1-2.8× the throughput of
+    one-by-one fits since those run their batches 8 per compiled call on one thread, 2.3-3.7×
+    before; benchmarks/README.md, 2026-12-06), else GRUs and RNNs through their
     TorchScript layers and small LSTMs as block-diagonal oneDNN LSTMs (2.4-3.0×;
     benchmarks/README.md); larger LSTM members, and members of any cell whose fits split their
     batches at a cost of ``ensemble.SEQUENTIAL_FIT_FLOPS`` or more (the seed config's), fit one
