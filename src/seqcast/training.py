@@ -822,7 +822,10 @@ def train_model(
     # at 1, the same losses (6 interleaved rounds, benchmarks/README.md, 2026-12-06 21:15 UTC).
     fit_threads = threads
     if splitter is not None or (
-        compiled and threads is None and model.trains_natively_at(min(batch_size, n_samples), X_t.shape[1], 1)
+        compiled
+        and threads is None
+        and torch_device.type == "cpu"
+        and model.trains_natively_at(min(batch_size, n_samples), X_t.shape[1], 1)
     ):
         fit_threads = 1
     try:
