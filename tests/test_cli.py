@@ -171,6 +171,26 @@ def test_forecast_a_monthly_non_stock_series(tmp_path, capsys):
     assert list(table["date"]) == list(pd.date_range("2020-01-01", periods=4, freq="MS"))
 
 
+def test_forecast_of_an_exchange_with_other_holidays_skips_the_dates_its_history_skips(tmp_path, capsys):
+    # Closed on 1 January, 1 May and 25-26 December, open on the NYSE's holidays: the forecast's dates
+    # skip the fixed dates the file leaves out every year, and the line says which.
+    days = pd.bdate_range("2012-01-02", "2016-12-20")  # 26 December on a weekday in 2012, 2013, 2014
+    days = days[~pd.Series([(d.month, d.day) in {(1, 1), (5, 1), (12, 25), (12, 26)} for d in days]).to_numpy()]
+    rng = np.random.default_rng(4)
+    close = 50 + np.cumsum(rng.normal(0, 0.5, len(days)))
+    data = tmp_path / "dax.csv"
+    pd.DataFrame({"Date": days.strftime("%Y-%m-%d"), "Open": close.round(2), "Close": close.round(2)}).to_csv(data, index=False)
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--out", str(model), "--horizon", "4", *FAST]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["forecast", "--model", str(model), "--data", str(data), "--horizon", "4", "--out", str(out)]) == 0
+    assert "business days without the dates the history skips every year: 01-01, 05-01, 12-25, 12-26" in (
+        capsys.readouterr().out
+    )
+    table = pd.read_csv(out, parse_dates=["date"])
+    assert [d.date().isoformat() for d in table["date"]] == ["2016-12-21", "2016-12-22", "2016-12-23", "2016-12-27"]
+
+
 def test_preset_fills_options_the_user_did_not_give(tmp_path, capsys):
     model = tmp_path / "model"
     assert main(["train", "--data", str(GOOGLE_TRAIN), "--adjust-splits", "--preset", "indicators", "--out", str(model), *FAST]) == 0

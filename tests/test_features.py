@@ -9,6 +9,7 @@ from seqcast.features import (
     SAME_DAY_SUFFIX,
     feature_matrix,
     NYSEHolidayCalendar,
+    fixed_closures,
     future_index,
     skips_exchange_holidays,
     inverse_target,
@@ -231,6 +232,34 @@ def test_future_dates_follow_each_series_calendar():
     weekly = pd.date_range("2024-01-07", periods=10, freq="W-SUN")
     assert future_index(weekly, 1)[0] == pd.Timestamp("2024-03-17")
     assert list(future_index(pd.RangeIndex(5, 10), 2)) == [10, 11]
+
+
+def test_a_weekday_series_that_keeps_other_holidays_skips_its_own_fixed_dates():
+    # A European-style exchange: closed on 1 January, 1 May, 25 and 26 December, open on the NYSE's
+    # holidays (4 July, Thanksgiving). Its future skips its own fixed dates, found from the rows.
+    days = pd.bdate_range("2012-01-02", "2017-12-20")
+    own = {(1, 1), (5, 1), (12, 25), (12, 26)}
+    closed = pd.DatetimeIndex([d for d in days if (d.month, d.day) in own])
+    europe = days.difference(closed)
+    assert skips_exchange_holidays(europe) is False
+    assert fixed_closures(europe) == ((1, 1), (5, 1), (12, 25), (12, 26))
+    # 2017-12-25 and -26 are Monday and Tuesday; 2018-01-01 a Monday.
+    assert [d.date().isoformat() for d in future_index(europe, 6)] == [
+        "2017-12-21", "2017-12-22", "2017-12-27", "2017-12-28", "2017-12-29", "2018-01-02"]
+    assert pd.Timestamp("2018-05-01") not in future_index(europe, 100)  # a Tuesday
+    assert pd.Timestamp("2018-07-04") in future_index(europe, 150)
+    # A date missing in only some years (a data gap, a one-off closure) is not a holiday, nor is one
+    # missing only once; the NYSE's own series keep the NYSE calendar; other indexes learn nothing.
+    gaps = days.difference(pd.DatetimeIndex(["2013-03-14", "2015-03-13", "2016-03-14", "2014-06-02"]))
+    assert fixed_closures(gaps) == ()
+    assert future_index(gaps, 1)[0] == pd.Timestamp("2017-12-21")
+    assert fixed_closures(load_csv(GOOGLE_TRAIN).index) == ((1, 1), (7, 4), (12, 25))
+    assert list(future_index(load_csv(GOOGLE_TRAIN).index, 20)) == list(load_csv(GOOGLE_TEST).index)
+    assert fixed_closures(pd.date_range("2012-01-01", "2016-12-31", freq="D").delete(50)) == ()
+    assert fixed_closures(pd.RangeIndex(10)) == ()
+    # Time-zone-aware stamps are judged by their dates, as for the NYSE's calendar.
+    aware = europe.tz_localize("UTC")
+    assert future_index(aware, 3)[2] == pd.Timestamp("2017-12-27", tz="UTC")
 
 
 def test_exchange_calendar_is_the_nyse_s_and_matches_the_bundled_files():

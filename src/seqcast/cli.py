@@ -20,7 +20,7 @@ from .conformal import EnsembleForecaster, load_model
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, DataError, SeqcastError
-from .features import infer_calendar
+from .features import fixed_closures, infer_calendar, nyse_business_day
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .many import backtest_many, find_series, is_many
@@ -797,6 +797,16 @@ _CALENDARS = {
 }
 
 
+def _calendar_name(index, exchange_holidays) -> str:
+    """How the forecast's dates continue ``index`` (features.infer_calendar), in words."""
+    offset = infer_calendar(index, exchange_holidays)
+    name = getattr(offset, "freqstr", "")
+    if name == "C" and offset is not nyse_business_day():
+        dates = ", ".join(f"{month:02d}-{day:02d}" for month, day in fixed_closures(index))
+        return f"business days without the dates the history skips every year: {dates}"
+    return _CALENDARS.get(name, name)
+
+
 def _cmd_forecast(args, out: _Out) -> int:
     plot_path = args.plot or args.out.with_suffix(".png")
     _refuse_overwrite(args.out, args.force)
@@ -821,14 +831,14 @@ def _cmd_forecast(args, out: _Out) -> int:
     table = model.forecast(args.horizon, frame=frame)
     calendar = ""
     if len(history) > 1:
-        calendar = getattr(infer_calendar(history.index, forecaster.exchange_holidays_), "freqstr", "")
+        calendar = _calendar_name(history.index, forecaster.exchange_holidays_)
     atomic_write_text(args.out, table.to_csv(float_format="%.6f"))
     past = history[target].iloc[-args.history :] if target in history.columns else None
     plot_forecast(past, table["forecast"], plot_path, target=target)
     first, last = table.index[0], table.index[-1]
     show = (lambda t: t.date().isoformat()) if hasattr(first, "date") else str
     out.line(
-        f"forecast {target}: {len(table)} steps {show(first)}..{show(last)} ({_CALENDARS.get(calendar, calendar)}) "
+        f"forecast {target}: {len(table)} steps {show(first)}..{show(last)} ({calendar}) "
         f"after {show(history.index[-1])}, {forecaster.strategy} strategy"
     )
     out.line(f"wrote  {args.out}  {plot_path}")

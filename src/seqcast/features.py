@@ -430,12 +430,53 @@ def skips_exchange_holidays(index: pd.Index) -> bool | None:
     return bool(missing >= 0.9)
 
 
+def fixed_closures(index: pd.Index) -> tuple[tuple[int, int], ...]:
+    """The (month, day) dates a weekday-only daily series leaves out in every year of its span in
+    which they fall on a weekday, at least twice: its fixed-date holidays (Christmas, New Year's
+    Day, a national day such as 1 May or 3 October), learned from the rows themselves, for series
+    that do not keep the NYSE's holidays. Holidays that move from year to year (Easter, a Monday
+    bank holiday) are not learned, and a date missing in only some of the years (a data gap, a
+    one-off closure, a holiday moved off a weekend) does not count. Empty where there is nothing
+    to learn, or the index is not weekday-only daily dates."""
+    if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
+        return ()
+    if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
+        return ()
+    if index.tz is not None:
+        index = index.tz_localize(None)
+    weekdays = pd.bdate_range(index.min(), index.max())
+    missing = weekdays.difference(index)
+    if not len(missing):
+        return ()
+    occurrences = pd.Series(1, index=weekdays).groupby([weekdays.month, weekdays.day]).size()
+    absences = pd.Series(1, index=missing).groupby([missing.month, missing.day]).size()
+    return tuple(
+        (int(month), int(day)) for (month, day), count in absences.items()
+        if count >= 2 and count == occurrences[(month, day)]
+    )
+
+
+@lru_cache(maxsize=32)
+def closures_business_day(closures: tuple[tuple[int, int], ...], first_year: int) -> pd.offsets.CustomBusinessDay:
+    """Weekdays without the fixed dates ``closures`` ((month, day) pairs, :func:`fixed_closures`)
+    in any year from ``first_year`` for 200 years."""
+    holidays = [
+        pd.Timestamp(year, month, day)
+        for year in range(first_year, first_year + 200)
+        for month, day in closures
+        if not (month == 2 and day == 29 and not pd.Timestamp(year, 3, 1).is_leap_year)
+    ]
+    return pd.offsets.CustomBusinessDay(holidays=holidays)
+
+
 def future_index(index: pd.Index, n: int, exchange_holidays: bool | None = None) -> pd.Index:
     """The `n` dates after the last one, on the series' own calendar.
 
     Weekday-only daily history (stock files) continues on business days, skipping the NYSE holidays
     when the history itself skips them (:func:`skips_exchange_holidays`; when its span holds no
-    holiday to judge by, ``exchange_holidays`` decides, e.g. what the training rows showed). A
+    holiday to judge by, ``exchange_holidays`` decides, e.g. what the training rows showed), else
+    skipping the fixed dates it leaves out every year (:func:`fixed_closures`: an exchange
+    elsewhere, closed at Christmas and on its national days). A
     series with weekend rows continues every day, and anything else uses pandas' inferred frequency
     or, failing that, the median spacing (calendar months when the spacing is about a month). A
     non-date index continues counting.
@@ -462,6 +503,9 @@ def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = Non
         skips = skips_exchange_holidays(index)
         if skips or (skips is None and exchange_holidays):
             return nyse_business_day()
+        closures = fixed_closures(index)
+        if closures:
+            return closures_business_day(closures, int(index.min().year))
         return pd.offsets.BDay()
     inferred = pd.DatetimeIndex(recent.to_numpy(), freq="infer").freq if len(recent) >= 3 else None
     if inferred is not None:
