@@ -184,7 +184,7 @@ def test_forecast_of_an_exchange_with_other_holidays_skips_the_dates_its_history
     assert main(["train", "--data", str(data), "--out", str(model), "--horizon", "4", *FAST]) == 0
     out = tmp_path / "f.csv"
     assert main(["forecast", "--model", str(model), "--data", str(data), "--horizon", "4", "--out", str(out)]) == 0
-    assert "business days without the dates the history skips every year: 01-01, 05-01, 12-25, 12-26" in (
+    assert "business days without the holidays the history skips every year: 01-01, 05-01, 12-25, 12-26" in (
         capsys.readouterr().out
     )
     table = pd.read_csv(out, parse_dates=["date"])

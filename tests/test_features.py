@@ -9,7 +9,8 @@ from seqcast.features import (
     SAME_DAY_SUFFIX,
     feature_matrix,
     NYSEHolidayCalendar,
-    fixed_closures,
+    describe_closures,
+    learned_closures,
     future_index,
     skips_exchange_holidays,
     inverse_target,
@@ -234,29 +235,43 @@ def test_future_dates_follow_each_series_calendar():
     assert list(future_index(pd.RangeIndex(5, 10), 2)) == [10, 11]
 
 
-def test_a_weekday_series_that_keeps_other_holidays_skips_its_own_fixed_dates():
-    # A European-style exchange: closed on 1 January, 1 May, 25 and 26 December, open on the NYSE's
-    # holidays (4 July, Thanksgiving). Its future skips its own fixed dates, found from the rows.
+def test_a_weekday_series_that_keeps_other_holidays_skips_its_own():
+    # A European-style exchange: closed on 1 January, 1 May, Good Friday, Easter Monday, the UK's
+    # late-May bank holiday (last Monday) and 25-26 December, open on the NYSE's other holidays
+    # (4 July, Thanksgiving). Its future skips its own holidays, learned from the rows.
     days = pd.bdate_range("2012-01-02", "2017-12-20")
-    own = {(1, 1), (5, 1), (12, 25), (12, 26)}
-    closed = pd.DatetimeIndex([d for d in days if (d.month, d.day) in own])
+    goodfriday = pd.DatetimeIndex(["2012-04-06", "2013-03-29", "2014-04-18", "2015-04-03", "2016-03-25", "2017-04-14"])
+    closed = pd.DatetimeIndex(
+        [d for d in days if (d.month, d.day) in {(1, 1), (5, 1), (12, 25), (12, 26)}
+         or (d.month == 5 and d.weekday() == 0 and (d + pd.Timedelta(days=7)).month == 6)]
+    ).union(goodfriday).union(goodfriday + pd.Timedelta(days=3))
     europe = days.difference(closed)
     assert skips_exchange_holidays(europe) is False
-    assert fixed_closures(europe) == ((1, 1), (5, 1), (12, 25), (12, 26))
+    rules = learned_closures(europe)
+    assert rules == (("date", 1, 1), ("date", 5, 1), ("date", 12, 25), ("date", 12, 26), ("easter", -2), ("easter", 1),
+                     ("weekday", 5, 0, -1))
+    assert describe_closures(rules) == "01-01, 05-01, 12-25, 12-26, Easter-2, Easter+1, last Mon of May"
     # 2017-12-25 and -26 are Monday and Tuesday; 2018-01-01 a Monday.
     assert [d.date().isoformat() for d in future_index(europe, 6)] == [
         "2017-12-21", "2017-12-22", "2017-12-27", "2017-12-28", "2017-12-29", "2018-01-02"]
-    assert pd.Timestamp("2018-05-01") not in future_index(europe, 100)  # a Tuesday
-    assert pd.Timestamp("2018-07-04") in future_index(europe, 150)
+    ahead = future_index(europe, 150)
+    # 2018: Good Friday 30 March, Easter Monday 2 April, 1 May a Tuesday, the last Monday of May the 28th.
+    for holiday in ("2018-03-30", "2018-04-02", "2018-05-01", "2018-05-28"):
+        assert pd.Timestamp(holiday) not in ahead, holiday
+    assert pd.Timestamp("2018-05-21") in ahead and pd.Timestamp("2018-07-04") in ahead
     # A date missing in only some years (a data gap, a one-off closure) is not a holiday, nor is one
-    # missing only once; the NYSE's own series keep the NYSE calendar; other indexes learn nothing.
+    # missing only once; other indexes learn nothing.
     gaps = days.difference(pd.DatetimeIndex(["2013-03-14", "2015-03-13", "2016-03-14", "2014-06-02"]))
-    assert fixed_closures(gaps) == ()
+    assert learned_closures(gaps) == ()
     assert future_index(gaps, 1)[0] == pd.Timestamp("2017-12-21")
-    assert fixed_closures(load_csv(GOOGLE_TRAIN).index) == ((1, 1), (7, 4), (12, 25))
+    assert learned_closures(pd.date_range("2012-01-01", "2016-12-31", freq="D").delete(50)) == ()
+    assert learned_closures(pd.RangeIndex(10)) == ()
+    # The bundled NYSE file: the learner finds the NYSE's regular holidays of 2012-2016 (the rules
+    # of NYSEHolidayCalendar, below), though that file keeps the NYSE calendar itself.
+    assert learned_closures(load_csv(GOOGLE_TRAIN).index) == (
+        ("date", 1, 1), ("date", 7, 4), ("date", 12, 25), ("easter", -2), ("weekday", 1, 0, 3), ("weekday", 2, 0, 3),
+        ("weekday", 5, 0, -1), ("weekday", 9, 0, 1), ("weekday", 11, 3, 4))
     assert list(future_index(load_csv(GOOGLE_TRAIN).index, 20)) == list(load_csv(GOOGLE_TEST).index)
-    assert fixed_closures(pd.date_range("2012-01-01", "2016-12-31", freq="D").delete(50)) == ()
-    assert fixed_closures(pd.RangeIndex(10)) == ()
     # Time-zone-aware stamps are judged by their dates, as for the NYSE's calendar.
     aware = europe.tz_localize("UTC")
     assert future_index(aware, 3)[2] == pd.Timestamp("2017-12-27", tz="UTC")

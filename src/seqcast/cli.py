@@ -20,7 +20,7 @@ from .conformal import EnsembleForecaster, load_model
 from .data import load_csv
 from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
 from .errors import ConfigError, DataError, SeqcastError
-from .features import fixed_closures, infer_calendar, nyse_business_day
+from .features import describe_closures, infer_calendar, learned_closures, nyse_business_day
 from .plots import plot_forecast
 from .forecaster import PRESETS, Forecaster
 from .many import backtest_many, find_series, is_many
@@ -802,8 +802,7 @@ def _calendar_name(index, exchange_holidays) -> str:
     offset = infer_calendar(index, exchange_holidays)
     name = getattr(offset, "freqstr", "")
     if name == "C" and offset is not nyse_business_day():
-        dates = ", ".join(f"{month:02d}-{day:02d}" for month, day in fixed_closures(index))
-        return f"business days without the dates the history skips every year: {dates}"
+        return f"business days without the holidays the history skips every year: {describe_closures(learned_closures(index))}"
     return _CALENDARS.get(name, name)
 
 

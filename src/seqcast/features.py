@@ -32,6 +32,7 @@ from pandas.tseries.holiday import (
     nearest_workday,
     sunday_to_monday,
 )
+from dateutil.easter import easter
 from scipy.signal import lfilter
 
 from .data import resolve_column
@@ -430,42 +431,94 @@ def skips_exchange_holidays(index: pd.Index) -> bool | None:
     return bool(missing >= 0.9)
 
 
-def fixed_closures(index: pd.Index) -> tuple[tuple[int, int], ...]:
-    """The (month, day) dates a weekday-only daily series leaves out in every year of its span in
-    which they fall on a weekday, at least twice: its fixed-date holidays (Christmas, New Year's
-    Day, a national day such as 1 May or 3 October), learned from the rows themselves, for series
-    that do not keep the NYSE's holidays. Holidays that move from year to year (Easter, a Monday
-    bank holiday) are not learned, and a date missing in only some of the years (a data gap, a
-    one-off closure, a holiday moved off a weekend) does not count. Empty where there is nothing
-    to learn, or the index is not weekday-only daily dates."""
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri")
+_ORDINALS = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", -1: "last"}
+
+
+def _rule_date(rule: tuple, year: int) -> pd.Timestamp | None:
+    """The date of a closure rule (see :func:`learned_closures`) in ``year`` (None: none that year)."""
+    kind = rule[0]
+    if kind == "date":
+        _, month, day = rule
+        if month == 2 and day == 29 and not pd.Timestamp(year, 3, 1).is_leap_year:
+            return None
+        return pd.Timestamp(year, month, day)
+    if kind == "easter":
+        return pd.Timestamp(easter(year)) + pd.Timedelta(days=rule[1])
+    _, month, weekday, n = rule
+    first = pd.Timestamp(year, month, 1)
+    if n > 0:
+        return first + pd.Timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
+    last = first + pd.offsets.MonthEnd(0)
+    return last - pd.Timedelta(days=(last.weekday() - weekday) % 7)
+
+
+def _rule_candidates(day: pd.Timestamp) -> list[tuple]:
+    """The closure rules a missing weekday could follow: its fixed date, its distance from Easter
+    (within -7..+63 days), and its place among its month's weekdays (n-th, and last)."""
+    rules = [("date", day.month, day.day), ("weekday", day.month, day.weekday(), (day.day - 1) // 7 + 1)]
+    if (day + pd.Timedelta(days=7)).month != day.month:
+        rules.append(("weekday", day.month, day.weekday(), -1))
+    offset = (day - pd.Timestamp(easter(day.year))).days
+    if -7 <= offset <= 63:
+        rules.append(("easter", offset))
+    return rules
+
+
+def learned_closures(index: pd.Index) -> tuple[tuple, ...]:
+    """The holidays a weekday-only daily series keeps, learned from the rows themselves: each rule
+    whose dates the series leaves out in every year of its span in which they fall on a weekday,
+    at least twice. A rule is a fixed date ``("date", month, day)`` (Christmas, New Year's Day, a
+    national day such as 1 May), a distance from Easter Sunday ``("easter", days)`` (Good Friday
+    -2, Easter Monday +1, Ascension +39, Whit Monday +50) or a weekday of a month
+    ``("weekday", month, weekday, n)``, n-th (1-4) or last (-1) (a Monday bank holiday, Memorial
+    Day). A rule whose dates the fixed dates already explain is left out. For series that do not
+    keep the NYSE's holidays (:func:`infer_calendar`). A date missing in only some of the years (a
+    data gap, a one-off closure, a holiday moved off a weekend) does not count. Empty where there
+    is nothing to learn, or the index is not weekday-only daily dates."""
     if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
         return ()
     if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
         return ()
     if index.tz is not None:
         index = index.tz_localize(None)
-    weekdays = pd.bdate_range(index.min(), index.max())
-    missing = weekdays.difference(index)
+    first, last = index.min(), index.max()
+    missing = pd.bdate_range(first, last).difference(index)
     if not len(missing):
         return ()
-    occurrences = pd.Series(1, index=weekdays).groupby([weekdays.month, weekdays.day]).size()
-    absences = pd.Series(1, index=missing).groupby([missing.month, missing.day]).size()
-    return tuple(
-        (int(month), int(day)) for (month, day), count in absences.items()
-        if count >= 2 and count == occurrences[(month, day)]
-    )
+    absent = set(missing)
+    candidates = sorted({rule for day in missing for rule in _rule_candidates(day)}, key=lambda r: (r[0] != "date", r))
+    learned, explained = [], set()
+    for rule in candidates:
+        dates = [d for d in (_rule_date(rule, y) for y in range(first.year, last.year + 1))
+                 if d is not None and first <= d <= last and d.weekday() < 5]
+        if len(dates) >= 2 and all(d in absent for d in dates) and not set(dates) <= explained:
+            learned.append(rule)
+            if rule[0] == "date":
+                explained.update(dates)
+    return tuple(learned)
+
+
+def describe_closures(rules: Sequence[tuple]) -> str:
+    """:func:`learned_closures`'s rules in words: 01-01, Easter-2, last Mon of May, ..."""
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    words = []
+    for rule in rules:
+        if rule[0] == "date":
+            words.append(f"{rule[1]:02d}-{rule[2]:02d}")
+        elif rule[0] == "easter":
+            words.append(f"Easter{rule[1]:+d}")
+        else:
+            words.append(f"{_ORDINALS[rule[3]]} {_WEEKDAYS[rule[2]]} of {months[rule[1] - 1]}")
+    return ", ".join(words)
 
 
 @lru_cache(maxsize=32)
-def closures_business_day(closures: tuple[tuple[int, int], ...], first_year: int) -> pd.offsets.CustomBusinessDay:
-    """Weekdays without the fixed dates ``closures`` ((month, day) pairs, :func:`fixed_closures`)
-    in any year from ``first_year`` for 200 years."""
-    holidays = [
-        pd.Timestamp(year, month, day)
-        for year in range(first_year, first_year + 200)
-        for month, day in closures
-        if not (month == 2 and day == 29 and not pd.Timestamp(year, 3, 1).is_leap_year)
-    ]
+def closures_business_day(rules: tuple[tuple, ...], first_year: int) -> pd.offsets.CustomBusinessDay:
+    """Weekdays without the dates of ``rules`` (:func:`learned_closures`) in any year from
+    ``first_year`` for 200 years."""
+    holidays = [d for year in range(first_year, first_year + 200) for rule in rules
+                if (d := _rule_date(rule, year)) is not None]
     return pd.offsets.CustomBusinessDay(holidays=holidays)
 
 
@@ -475,8 +528,8 @@ def future_index(index: pd.Index, n: int, exchange_holidays: bool | None = None)
     Weekday-only daily history (stock files) continues on business days, skipping the NYSE holidays
     when the history itself skips them (:func:`skips_exchange_holidays`; when its span holds no
     holiday to judge by, ``exchange_holidays`` decides, e.g. what the training rows showed), else
-    skipping the fixed dates it leaves out every year (:func:`fixed_closures`: an exchange
-    elsewhere, closed at Christmas and on its national days). A
+    skipping the holidays it leaves out every year (:func:`learned_closures`: an exchange
+    elsewhere, closed at Christmas, at Easter and on its national days). A
     series with weekend rows continues every day, and anything else uses pandas' inferred frequency
     or, failing that, the median spacing (calendar months when the spacing is about a month). A
     non-date index continues counting.
@@ -503,7 +556,7 @@ def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = Non
         skips = skips_exchange_holidays(index)
         if skips or (skips is None and exchange_holidays):
             return nyse_business_day()
-        closures = fixed_closures(index)
+        closures = learned_closures(index)
         if closures:
             return closures_business_day(closures, int(index.min().year))
         return pd.offsets.BDay()
