@@ -1207,71 +1207,53 @@ void adam_step_pair(SliceWorker& worker, std::vector<Tensor> params, std::vector
   run_both(worker, [&] { run(parts[0]); }, [&] { run(parts[1]); });
 }
 
-// count consecutive batches of an epoch, each a train_step_pair and an adam_step_pair, with no Python
-// between them: the batch starting at window first + b * batch of the shuffled order, its windows
-// X[order[...]] and targets Y[order[...]] (X (N, T, F), Y (N, H)), split in half; seeds one mask seed
-// per batch (empty: no dropout). Adds each batch's loss times its windows to total (float64), as
-// training.train_model's loop does, in the same order, so the fit is the same to the bit.
-void train_batches_pair(SliceWorker& worker, Tensor X, Tensor Y, Tensor order, int64_t first, int64_t batch, int64_t count,
-                        std::vector<int64_t> seeds, int64_t threshold, double scale, std::vector<Tensor> weights,
-                        Tensor head_w, Tensor head_b, int64_t loss_kind, int64_t cell, std::vector<Tensor> params,
-                        std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps,
-                        double lr, double beta1, double beta2, double eps, Tensor total) {
-  TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 1 && order.scalar_type() == at::kLong &&
-                  (seeds.empty() || (int64_t)seeds.size() == count) && total.scalar_type() == at::kDouble &&
-                  total.numel() == 1,
-              "train_batches_pair: bad arguments");
-  const int64_t N = order.size(0);
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t start = first + b * batch, n = std::min(batch, N - start);
-    TORCH_CHECK(n >= 2, "train_batches_pair: a batch needs two windows");
-    const Tensor index = order.narrow(0, start, n);
-    const std::vector<int64_t> seed = seeds.empty() ? std::vector<int64_t>{} : std::vector<int64_t>{seeds[b]};
-    std::vector<std::vector<Tensor>> pair =
-        train_step_pair(worker, X.index_select(0, index).unsqueeze(0), Y.index_select(0, index).unsqueeze(0), weights,
-                        head_w, head_b, seed, threshold, scale, n / 2, loss_kind, cell);
-    const Tensor loss = pair[0][0][0] + pair[1][0][0];
-    std::vector<std::vector<Tensor>> grads{{pair[0].begin() + 1, pair[0].end()}, {pair[1].begin() + 1, pair[1].end()}};
-    adam_step_pair(worker, params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
-    total.add_(loss.to(at::kDouble) * (double)n);
-  }
-}
-
-// count consecutive batches of an epoch of K models on this thread, each a train_step and an
-// adam_step, with no Python between them: model k's batch b holds the windows X[order[k, ...]] and
-// targets Y[order[k, ...]] from first + b * batch of its shuffled order (order (K, N)); seeds K mask
-// seeds per batch, batch by batch (empty: no dropout). Adds each model's loss times the batch's
-// windows to total (K, float64), as training.train_model's and ensemble._train_group's loops do, in
-// the same order, so the fit is the same to the bit.
-void train_batches(Tensor X, Tensor Y, Tensor order, int64_t first, int64_t batch, int64_t count, std::vector<int64_t> seeds,
-                   int64_t threshold, double scale, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
-                   int64_t loss_kind, int64_t cell, std::vector<Tensor> params, std::vector<Tensor> exp_avgs,
-                   std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr, double beta1, double beta2,
-                   double eps, Tensor total) {
+// count consecutive batches of an epoch of K models, each a train_step and an adam_step, with no
+// Python between them: model k's batch b holds the windows X[order[k, ...]] and targets
+// Y[order[k, ...]] (X (N, T, F), Y (N, H), order (K, N) each model's shuffled windows) from
+// first + b * batch; seeds K mask seeds per batch, batch by batch (empty: no dropout). With worker
+// (one model) each batch is split in half as train_step_pair and its update is adam_step_pair, on
+// both threads; without (nullptr) everything runs on this thread. Adds each model's loss times the
+// batch's windows to total (K, float64), as training.train_model's and ensemble._train_group's
+// loops do, in the same order, so the fit is the same to the bit.
+void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_t first, int64_t batch, int64_t count,
+                   std::vector<int64_t> seeds, int64_t threshold, double scale, std::vector<Tensor> weights,
+                   Tensor head_w, Tensor head_b, int64_t loss_kind, int64_t cell, std::vector<Tensor> params,
+                   std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr,
+                   double beta1, double beta2, double eps, Tensor total) {
   TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 2 && order.scalar_type() == at::kLong &&
-                  total.scalar_type() == at::kDouble && total.dim() == 1 && total.size(0) == order.size(0),
+                  total.scalar_type() == at::kDouble && total.dim() == 1 && total.size(0) == order.size(0) &&
+                  (worker == nullptr || order.size(0) == 1),
               "train_batches: bad arguments");
   const int64_t K = order.size(0), N = order.size(1);
   TORCH_CHECK(seeds.empty() || (int64_t)seeds.size() == count * K, "train_batches: K seeds per batch");
   for (int64_t b = 0; b < count; ++b) {
     const int64_t start = first + b * batch, n = std::min(batch, N - start);
-    TORCH_CHECK(n >= 1, "train_batches: a batch past the windows");
+    TORCH_CHECK(n >= (worker ? 2 : 1), "train_batches: a batch needs ", worker ? 2 : 1, " windows");
     const Tensor index = order.narrow(1, start, n).reshape({-1});
     const std::vector<int64_t> seed =
         seeds.empty() ? std::vector<int64_t>{} : std::vector<int64_t>(seeds.begin() + b * K, seeds.begin() + (b + 1) * K);
-    std::vector<Tensor> out = train_step(X.index_select(0, index).view({K, n, X.size(1), X.size(2)}),
-                                         Y.index_select(0, index).view({K, n, Y.size(1)}), weights, head_w, head_b, seed,
-                                         threshold, scale, n, 0, 1.0, loss_kind, cell);
-    std::vector<std::vector<Tensor>> grads{{out.begin() + 1, out.end()}};
-    adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
-    total.add_(out[0].to(at::kDouble) * (double)n);
+    const Tensor x = X.index_select(0, index).view({K, n, X.size(1), X.size(2)});
+    const Tensor y = Y.index_select(0, index).view({K, n, Y.size(1)});
+    Tensor loss;
+    if (worker) {
+      std::vector<std::vector<Tensor>> pair =
+          train_step_pair(*worker, x, y, weights, head_w, head_b, seed, threshold, scale, n / 2, loss_kind, cell);
+      loss = pair[0][0] + pair[1][0];
+      std::vector<std::vector<Tensor>> grads{{pair[0].begin() + 1, pair[0].end()}, {pair[1].begin() + 1, pair[1].end()}};
+      adam_step_pair(*worker, params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
+    } else {
+      std::vector<Tensor> out = train_step(x, y, weights, head_w, head_b, seed, threshold, scale, n, 0, 1.0, loss_kind, cell);
+      loss = out[0];
+      std::vector<std::vector<Tensor>> grads{{out.begin() + 1, out.end()}};
+      adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
+    }
+    total.add_(loss.to(at::kDouble) * (double)n);
   }
 }
 
 // The calls release the GIL: train_many runs its groups in Python threads.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("train_batches", &train_batches, py::call_guard<py::gil_scoped_release>());
-  m.def("train_batches_pair", &train_batches_pair, py::call_guard<py::gil_scoped_release>());
   m.def("adam_step_pair", &adam_step_pair, py::call_guard<py::gil_scoped_release>());
   // module_local: another build of this module in the process (another seqcast) registers its own
   py::class_<SliceWorker>(m, "SliceWorker", py::module_local()).def(py::init<>());
@@ -1606,19 +1588,14 @@ def train_batches(
     ``weights`` and heads with a leading model axis as for :func:`train_step`, or a single model's
     own with ``order`` (1, N)); model k's batch b holds ``X[order[k, s:s + batch]]`` and ``y[...]``,
     ``s = first + b * batch``, ``seeds[b * K + k]`` its mask seed (None: no dropout), and ``total``
-    is (K,). With ``worker`` (:func:`slice_worker`): one model, ``order`` (N,), each batch split in
-    halves, the second on the worker's thread, Adam on both threads, ``seeds[b]`` the batch's mask
-    seed and ``total`` 0-dimensional."""
+    is (K,). With ``worker`` (:func:`slice_worker`): one model (``order`` (1, N)), each batch split in
+    halves, the second on the worker's thread, and Adam on both threads."""
     _require()
     x, y, flat, _, _, seeds, threshold, scale = _step_arguments(X, y, weights, head_weight, head_bias, seeds, keep)
-    rest = (
-        x, y, order, first, batch, count, seeds, threshold, scale, flat, head_weight, head_bias,
+    _module.train_batches(
+        worker, x, y, order, first, batch, count, seeds, threshold, scale, flat, head_weight, head_bias,
         TRAIN_STEP_LOSSES[loss], CELLS[cell], *_adam_arguments(params, optimizer), total,
     )
-    if worker is None:
-        _module.train_batches(*rest)
-    else:
-        _module.train_batches_pair(worker, *rest)
 
 
 def _adam_arguments(params: list[Tensor], optimizer: torch.optim.Adam) -> list:

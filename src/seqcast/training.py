@@ -574,8 +574,8 @@ class _BatchSplitter:
         seeds = [model.batch_mask_seed(dropper) for _ in range(count)]
         optimizer.zero_grad(set_to_none=True)
         native.train_batches(
-            X, y, order, model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer, total,
-            first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
+            X, y, order[None], model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer,
+            total.view(1), first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
             keep=1.0 - model.dropout_rate, loss=self.loss_name, cell=model.native_cell, worker=self._worker(),
         )
         return count
