@@ -251,6 +251,7 @@ def test_a_weekday_series_that_keeps_other_holidays_skips_its_own():
     assert rules == (("date", 1, 1), ("date", 5, 1), ("date", 12, 25), ("date", 12, 26), ("easter", -2), ("easter", 1),
                      ("weekday", 5, 0, -1))
     assert describe_closures(rules) == "01-01, 05-01, 12-25, 12-26, Easter-2, Easter+1, last Mon of May"
+    assert learned_closures(europe.as_unit("s")) == learned_closures(europe.as_unit("ns")) == rules  # any resolution
     # 2017-12-25 and -26 are Monday and Tuesday; 2018-01-01 a Monday.
     assert [d.date().isoformat() for d in future_index(europe, 6)] == [
         "2017-12-21", "2017-12-22", "2017-12-27", "2017-12-28", "2017-12-29", "2018-01-02"]
