@@ -449,24 +449,22 @@ BATCHES_PER_CALL = 8
 def _run_compiled_batches(
     model: StackedRNN, X: torch.Tensor, y: torch.Tensor, order: torch.Tensor, start: int, batch_size: int,
     dropper: torch.Generator, optimizer: torch.optim.Optimizer, total: torch.Tensor, params: list[torch.Tensor],
-    loss: str, fits: dict[int, bool],
+    loss: str, takes: Callable[[int], bool], worker: Callable[[], object] | None = None,
 ) -> int:
-    """Train up to :data:`BATCHES_PER_CALL` unsplit batches from window ``start`` of the shuffled
-    ``order`` in one compiled call (:func:`seqcast.native.train_batches`) and return how many; 0
-    where none takes the compiled step (:func:`compiled_step_fits`, remembered per batch size in
-    ``fits``; then the caller trains the batch as before). The caller checks that the steps are
-    compiled (:func:`compiled_steps_apply`) and that Adam's update runs compiled with its state in
-    place (:func:`native_adam_applies`, :func:`adam_started`). Each batch is what the caller's loop
-    would do: the same mask seed from ``dropper``, the same gradients and update, its loss times
-    its windows added to ``total``, to the bit; only the Python between the batches is gone (the
-    indicators preset's batch spent 0.29 of 0.77 ms in it, benchmarks/README.md, 2026-12-06 21:10)."""
+    """Train up to :data:`BATCHES_PER_CALL` batches from window ``start`` of the shuffled ``order``
+    in one compiled call (:func:`seqcast.native.train_batches`) and return how many: as long as
+    ``takes(n)`` says a batch of ``n`` windows runs compiled; 0 where the first does not (then the
+    caller trains it as before). ``worker`` (None: one thread) gives a split fit's pair thread,
+    asked for only when a call is made. The caller checks that Adam's update runs compiled with its
+    state in place (:func:`native_adam_applies`, :func:`adam_started`). Each batch is what the
+    caller's loop would do: the same mask seed from ``dropper``, the same gradients and update, its
+    loss times its windows added to ``total``, to the bit; only the Python between the batches is
+    gone (an unsplit preset batch spent 0.29 of 0.77 ms in it; split seed-config fits 1.049x and
+    1.053x per epoch; benchmarks/README.md, 2026-12-06)."""
     n_samples = len(order)
     count = 0
     while count < BATCHES_PER_CALL and start + count * batch_size < n_samples:
-        n = min(batch_size, n_samples - start - count * batch_size)
-        if n not in fits:
-            fits[n] = compiled_step_fits(model, X[:n], y[:n])
-        if not fits[n]:
+        if not takes(min(batch_size, n_samples - start - count * batch_size)):
             break
         count += 1
     if count == 0:
@@ -476,7 +474,7 @@ def _run_compiled_batches(
     native.train_batches(
         X, y, order[None], model.layer_weights(), model.head.weight, model.head.bias, params, optimizer,
         total.view(1), first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
-        keep=1.0 - model.dropout_rate, loss=loss, cell=model.native_cell,
+        keep=1.0 - model.dropout_rate, loss=loss, cell=model.native_cell, worker=None if worker is None else worker(),
     )
     return count
 
@@ -550,35 +548,15 @@ class _BatchSplitter:
         self, X: torch.Tensor, y: torch.Tensor, order: torch.Tensor, start: int, batch_size: int,
         dropper: torch.Generator, optimizer: torch.optim.Optimizer, total: torch.Tensor,
     ) -> int:
-        """Train up to :data:`BATCHES_PER_CALL` batches from window ``start`` of the shuffled
-        ``order`` in one compiled call (:func:`seqcast.native.train_batches` with the pair's worker) and return how
-        many; 0 where that call does not apply (then the caller trains the batch as before). It
-        applies where every one of them splits into two compiled slices and Adam's update runs
-        compiled with its state in place (the caller checks :func:`native_adam_applies` and
-        :func:`adam_started`). Each batch is what the caller's loop would do: the same mask seed from
-        ``dropper``, the same gradients and update, its loss times its windows added to ``total``,
-        to the bit; the Python between batches is gone: 1.049x and 1.053x per seed-config epoch in
-        two runs of 14 interleaved rounds (benchmarks/README.md, 2026-12-06, 18:20 UTC section)."""
+        """:func:`_run_compiled_batches` for a split fit: the batches that split into two compiled
+        slices, each as :func:`seqcast.native.train_step_pair` on the pair's worker thread with Adam
+        on both threads; 0 where that does not apply (then the caller trains the batch as before)."""
         if self.workers != 2 or not self.compiled:
             return 0
-        n_samples = len(order)
-        count = 0
-        while count < BATCHES_PER_CALL and start + count * batch_size < n_samples:
-            n = min(batch_size, n_samples - start - count * batch_size)
-            if n < 2 or not self._pair_fits(X[:n], y[:n], [0, n // 2, n]):
-                break
-            count += 1
-        if count == 0:
-            return 0
-        model = self.model
-        seeds = [model.batch_mask_seed(dropper) for _ in range(count)]
-        optimizer.zero_grad(set_to_none=True)
-        native.train_batches(
-            X, y, order[None], model.layer_weights(), model.head.weight, model.head.bias, self.params, optimizer,
-            total.view(1), first=start, batch=batch_size, count=count, seeds=None if seeds[0] is None else seeds,
-            keep=1.0 - model.dropout_rate, loss=self.loss_name, cell=model.native_cell, worker=self._worker(),
+        return _run_compiled_batches(
+            self.model, X, y, order, start, batch_size, dropper, optimizer, total, self.params, self.loss_name,
+            lambda n: n >= 2 and self._pair_fits(X[:n], y[:n], [0, n // 2, n]), self._worker,
         )
-        return count
 
     def gradients(
         self, x: torch.Tensor, y: torch.Tensor, dropper: torch.Generator
@@ -815,6 +793,12 @@ def train_model(
     in_place_adam = native_adam_applies(optim, clip_norm)
     params = list(model.parameters())
     fits: dict[int, bool] = {}  # batch sizes -> whether compiled_step_fits (_run_compiled_batches)
+
+    def takes(n: int) -> bool:
+        if n not in fits:
+            fits[n] = compiled_step_fits(model, X_t[:n], y_t[:n])
+        return fits[n]
+
     # A split fit's slices each run on one intra-op thread; so does an unsplit fit on the compiled
     # steps unless ``threads`` says otherwise, as small predictions do: its kernels run on one thread,
     # and the second only made torch's and MKL's small ops wait for each other. The indicators
@@ -850,7 +834,7 @@ def train_model(
                             continue
                     elif compiled and in_place_adam and adam_started(optim, params):
                         done = _run_compiled_batches(
-                            model, X_t, y_t, order, start, batch_size, dropper, optim, total, params, loss, fits
+                            model, X_t, y_t, order, start, batch_size, dropper, optim, total, params, loss, takes
                         )
                         if done:
                             position += done
