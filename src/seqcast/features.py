@@ -413,16 +413,23 @@ def nyse_business_day() -> pd.offsets.CustomBusinessDay:
     return pd.offsets.CustomBusinessDay(holidays=nyse_holidays())
 
 
-def skips_exchange_holidays(index: pd.Index) -> bool | None:
-    """Whether a weekday-only daily series leaves out the NYSE holidays within its span: True when at
-    least 90 % of them are missing from it, False when fewer are, None when its span holds none
-    (nothing to judge by) or it is not a weekday-only daily date index."""
+def _weekday_dates(index: pd.Index) -> pd.DatetimeIndex | None:
+    """``index`` as naive dates (the exchange's, whatever zone the stamps carry) where it is a
+    weekday-only daily date index of at least two rows, else None."""
     if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
         return None
     if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
         return None
-    if index.tz is not None:
-        index = index.tz_localize(None)  # the exchange's dates, whatever zone the stamps carry
+    return index.tz_localize(None) if index.tz is not None else index
+
+
+def skips_exchange_holidays(index: pd.Index) -> bool | None:
+    """Whether a weekday-only daily series leaves out the NYSE holidays within its span: True when at
+    least 90 % of them are missing from it, False when fewer are, None when its span holds none
+    (nothing to judge by) or it is not a weekday-only daily date index."""
+    index = _weekday_dates(index)
+    if index is None:
+        return None
     all_holidays = nyse_holidays()
     holidays = all_holidays[(all_holidays >= index.min()) & (all_holidays <= index.max())]
     if len(holidays) == 0:
@@ -476,12 +483,9 @@ def learned_closures(index: pd.Index) -> tuple[tuple, ...]:
     keep the NYSE's holidays (:func:`infer_calendar`). A date missing in only some of the years (a
     data gap, a one-off closure, a holiday moved off a weekend) does not count. Empty where there
     is nothing to learn, or the index is not weekday-only daily dates."""
-    if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
+    index = _weekday_dates(index)
+    if index is None:
         return ()
-    if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
-        return ()
-    if index.tz is not None:
-        index = index.tz_localize(None)
     # A recursive forecast asks once per step near the end of the same history: ~0.1 s each for 30
     # years of weekdays with gaps, so the answer is kept per distinct index.
     return _learned_closures(index.asi8.tobytes(), index.unit)
