@@ -516,9 +516,7 @@ def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeyp
     alone = build_model(1, seed=2, **shape)
     alone_history = train_model(alone, X, y, **fit)
     assert len(chunks) == 3  # the second fit took none
-    assert history.loss == alone_history.loss
-    for a, b in zip(model.parameters(), alone.parameters()):
-        assert torch.equal(a, b)
+    assert_identical_fits(model, history, alone, alone_history)
 
 
 def test_a_compiled_pair_that_fails_raises_and_its_thread_stays_usable():
@@ -601,6 +599,13 @@ def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monk
         assert calls == [1] and chunks == [batches - 1, batches]
     finally:
         torch.set_num_threads(before)
+
+
+def assert_identical_fits(got, got_history, want, want_history):
+    """Two fits the same to the bit: every epoch's loss and every parameter."""
+    assert got_history.loss == want_history.loss
+    for a, b in zip(got.parameters(), want.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def assert_same_fit(got_loss, got, want_loss, want):
@@ -783,9 +788,7 @@ def test_train_model_split_across_threads_matches_whole_batches_and_is_reproduci
     for (name, a), b in zip(whole.named_parameters(), split.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     # The same seed and thread count give the same weights bit for bit.
-    assert split_history.loss == again_history.loss
-    for a, b in zip(split.parameters(), again.parameters()):
-        assert torch.equal(a, b)
+    assert_identical_fits(split, split_history, again, again_history)
     # A different seed really changes the fit (the comparisons above are not vacuous).
     other = build_model(1, seed=4, **shape)
     assert train_model(other, X, y, threads=2, **{**fit, "seed": 5}).loss != split_history.loss
@@ -873,9 +876,7 @@ def test_train_many_fits_costly_split_models_one_after_another_each_as_alone(mon
     for seed, joint, history in zip(seeds, together, histories):
         alone = build_model(1, seed=seed, **shape)
         # The same split fit as train_model's own, to the bit.
-        assert real_fit(alone, X, y, seed=seed, threads=2, **fit).loss == history.loss
-        for a, b in zip(alone.parameters(), joint.parameters()):
-            assert torch.equal(a, b)
+        assert_identical_fits(joint, history, alone, real_fit(alone, X, y, seed=seed, threads=2, **fit))
     assert not torch.allclose(together[0].head.weight, together[1].head.weight)
 
 
@@ -1204,9 +1205,7 @@ def test_unsplit_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit
     alone = build_model(1, seed=2, **shape)
     alone_history = train_model(alone, X, y, **fit)
     assert len(chunks) == 3 and len(steps) == 1 + 3 * batches  # the second fit: batch by batch
-    assert history.loss == alone_history.loss
-    for a, b in zip(model.parameters(), alone.parameters()):
-        assert torch.equal(a, b)
+    assert_identical_fits(model, history, alone, alone_history)
     # Clipping keeps torch's optimizer step, and so batch by batch.
     chunks.clear()
     monkeypatch.setattr(training, "_run_compiled_batches", lambda *a: pytest.fail("clipped fits run batch by batch"))
@@ -1233,9 +1232,7 @@ def test_group_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(m
     again, again_histories = train_many([build_model(1, seed=s, **shape) for s in seeds], X, y, seeds=seeds, **fit)
     assert len(chunks) == 3
     for got, want, got_history, want_history in zip(together, again, histories, again_histories):
-        assert got_history.loss == want_history.loss
-        for a, b in zip(got.parameters(), want.parameters()):
-            assert torch.equal(a, b)
+        assert_identical_fits(got, got_history, want, want_history)
     assert not torch.equal(together[0].head.weight, together[1].head.weight)
 
 
