@@ -129,6 +129,23 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch):
         native.native_lstm(torch.zeros(2, 1, 1, 1), [])
 
 
+def test_each_torch_install_builds_under_its_own_name(monkeypatch, tmp_path):
+    # Two venvs (two torch installs) must not share a build directory: its build files name the
+    # headers of the torch that wrote them, so sharing made each venv rebuild after the other.
+    # The name passed to load_inline is what picks the directory.
+    names = []
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setenv("SEQCAST_NATIVE", "1")
+    monkeypatch.setattr("torch.utils.cpp_extension.load_inline", lambda name, **kwargs: names.append(name) or object())
+    assert native.available()
+    here = native.build_name()
+    assert names == [here] and here == native.build_name()  # stable within one install
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "other-venv" / "torch" / "__init__.py"))
+    elsewhere = native.build_name()
+    assert elsewhere != here and elsewhere.startswith("seqcast_lstm_")
+
+
 def test_seqcast_native_0_skips_the_build(monkeypatch):
     monkeypatch.setattr(native, "_module", None)
     monkeypatch.setattr(native, "_failure", None)

@@ -1284,6 +1284,16 @@ def _cpu_key() -> str:
     return "|".join([flags, torch.__version__, sys.version.split()[0], platform.machine()])
 
 
+def build_name() -> str:
+    """The compiled module's name, and so its build directory under torch's extensions folder: a
+    digest of the source, the flags, :func:`_cpu_key` and where this torch is installed. The last
+    gives each environment (venv) its own build: the build files name that torch's headers by path,
+    so two venvs sharing one directory rebuilt the module (30-45 s) each time the other had used it."""
+    where = os.path.dirname(os.path.abspath(torch.__file__))
+    digest = hashlib.sha256((SOURCE + " ".join(_FLAGS) + _cpu_key() + "|" + where).encode()).hexdigest()[:16]
+    return f"seqcast_lstm_{digest}"
+
+
 def _load():
     """The compiled module, built or loaded on the first call of the process; None if it cannot
     be (then a RuntimeWarning, once, says why)."""
@@ -1307,8 +1317,7 @@ def _load():
                     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
                 except ImportError:
                     pass
-            digest = hashlib.sha256((SOURCE + " ".join(_FLAGS) + _cpu_key()).encode()).hexdigest()[:16]
-            _module = load_inline(f"seqcast_lstm_{digest}", cpp_sources=SOURCE, extra_cflags=_FLAGS, verbose=False)
+            _module = load_inline(build_name(), cpp_sources=SOURCE, extra_cflags=_FLAGS, verbose=False)
         except Exception as error:  # any failure means: train with PyTorch's kernel
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             _failure = f"{type(error).__name__}: {first}"
