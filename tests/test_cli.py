@@ -1,3 +1,4 @@
+import inspect
 import json
 import re
 import subprocess
@@ -83,6 +84,33 @@ def test_every_verb_has_help_with_defaults(verb, capsys):
     assert "(default: None)" not in text and "(default: False)" not in text
     for option in re.split(r"\n  (?=-)", text):
         assert len(re.findall(r"\(default[: ]", option)) <= 1, option
+
+
+def test_the_parser_s_defaults_are_the_library_s():
+    # The parser reads seqcast.defaults so that it needs no torch; these hold it to the library.
+    from seqcast import defaults, forecaster, metrics, tuning
+
+    assert Forecaster().get_params() == defaults.FORECASTER_DEFAULTS
+    assert list(inspect.signature(Forecaster).parameters) == list(defaults.FORECASTER_DEFAULTS)  # its order
+    assert forecaster.PRESETS is defaults.PRESETS
+    assert tuple(metrics.METRICS) == defaults.SCORINGS == tuning.SCORINGS
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["run", "--epochs", "x"], ["tune", "--scoring", "nope"]])
+def test_help_and_argument_errors_need_no_torch_pandas_or_sklearn(argv):
+    # --help and a mistyped option answer without the ~4 s of library imports.
+    code = (
+        "import sys\n"
+        "from seqcast.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as exit:\n"
+        "    code = exit.code\n"
+        "heavy = sorted(m for m in ('torch', 'pandas', 'sklearn', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "print('HEAVY', heavy, code, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stderr.strip().splitlines()[-1] == f"HEAVY [] {0 if argv[-1] == '--help' else 2}", proc.stderr
 
 
 def test_missing_file_and_unknown_option_exit_2(tmp_path, capsys):

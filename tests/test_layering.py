@@ -8,10 +8,11 @@ import pathlib
 
 import seqcast
 
-# The flow of docs/design.md, earliest first. errors (exceptions) and native (compiled kernels, no
-# seqcast imports) sit under everything; artifacts (save/load) under the stages that save.
+# The flow of docs/design.md, earliest first. errors (exceptions), defaults (the parameters' defaults,
+# presets and scoring names the CLI's parser shows) and native (compiled kernels, no seqcast imports)
+# sit under everything; artifacts (save/load) under the stages that save.
 FLOW = [
-    "errors", "native", "data", "features", "windows", "artifacts", "models", "training", "ensemble",
+    "errors", "defaults", "native", "data", "features", "windows", "artifacts", "models", "training", "ensemble",
     "parallel", "forecaster", "conformal", "baselines", "metrics", "backtest", "tuning", "many", "plots",
     "report", "cli",
 ]

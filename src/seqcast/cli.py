@@ -8,28 +8,20 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from joblib import effective_n_jobs
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .artifacts import atomic_write_text
-from .backtest import MODEL, evaluate_holdout, walk_forward
-from .conformal import EnsembleForecaster, load_model
-from .data import load_csv
-from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
-from .errors import ConfigError, DataError, SeqcastError
-from .features import describe_closures, infer_calendar, learned_closures, nyse_business_day
-from .plots import plot_forecast
-from .forecaster import PRESETS, Forecaster
-from .many import backtest_many, find_series, is_many
-from .models import HAND_WRITTEN_CELLS
-from .parallel import check_jobs
-from .report import horizon_scores, run_summary, write_report, write_run
-from .training import TrainingInterrupted
-from .tuning import SCHEDULER_ENV, SCORINGS, configs_at_once, load_grid, refit_best, tune
-from .windows import split_by_date, tail_precedes
+from .defaults import FORECASTER_DEFAULTS, PRESETS, SCHEDULER_ENV, SCORINGS
+from .errors import ConfigError, DataError, SeqcastError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from .forecaster import Forecaster
+
+# The library (torch, scikit-learn, pandas, matplotlib: ~4 s of imports on the 2-core host) is
+# imported inside the verbs that use it, so that --help and argument errors answer at once.
 
 _MODEL_OPTIONS = (
     # (flag, Forecaster parameter, type, help)
@@ -100,7 +92,7 @@ class _Given(argparse.Action):
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    defaults = Forecaster().get_params()
+    defaults = FORECASTER_DEFAULTS
     group = p.add_argument_group("model and training")
     group.add_argument(
         "--preset",
@@ -320,6 +312,7 @@ def _describe(frame) -> str:
 
 
 def _load(path: Path, args):
+    from .data import load_csv
     return load_csv(path, target=args.target, adjust_splits=args.adjust_splits)
 
 
@@ -333,12 +326,14 @@ def _model_params(args) -> dict:
 
 
 def _forecaster(args) -> Forecaster:
+    from .forecaster import Forecaster
     params = _model_params(args)
     return Forecaster(target=args.target, verbose=0 if args.quiet or args.json else 1, **params)
 
 
 def _estimator(args):
     """The Forecaster of the options, or an ensemble of them with --ensemble K."""
+    from .conformal import EnsembleForecaster
     forecaster = _forecaster(args)
     if getattr(args, "ensemble", None) is None:
         if getattr(args, "ensemble_jobs", None) is not None:
@@ -357,10 +352,14 @@ def _estimator(args):
 
 def _single(model) -> Forecaster:
     """The model itself, or an ensemble's first member (for what every member shares)."""
+    from .conformal import EnsembleForecaster
     return model.members_[0] if isinstance(model, EnsembleForecaster) else model
 
 
 def _describe_model(model) -> str:
+    from joblib import effective_n_jobs
+    from .conformal import EnsembleForecaster
+    from .models import HAND_WRITTEN_CELLS
     if not isinstance(model, EnsembleForecaster):
         return _model_line(model)
     base, k = model.forecaster, model.n_members
@@ -408,6 +407,7 @@ def _print_inputs(f: Forecaster, train, out: _Out) -> None:
 
 
 def _horizon_scores(f: Forecaster, holdout, out: _Out) -> dict:
+    from .report import horizon_scores
     scores = holdout.horizon_scores
     if scores is None:
         return {}
@@ -422,6 +422,7 @@ def _horizon_scores(f: Forecaster, holdout, out: _Out) -> dict:
 
 def _print_per_step(per_step, out: _Out) -> None:
     """Backtest RMSE at every step h = 1..H, one column per model, and seqcast's DM p-value."""
+    from .backtest import MODEL
     if per_step is None or per_step["step"].max() < 2:
         return
     names = list(dict.fromkeys(per_step["model"]))
@@ -442,6 +443,7 @@ def _print_per_step(per_step, out: _Out) -> None:
 
 def _leaderboard_table(board) -> Table:
     """The leaderboard with every metric and the DM p-value against the best baseline."""
+    from .backtest import MODEL
     table = Table(box=None, pad_edge=False)
     table.add_column("")
     for name in ("RMSE", "MAE", "MAPE", "sMAPE", "MASE", "R²", "dir", "lag", "DM p"):
@@ -494,6 +496,8 @@ def _refuse_overwrite(path: Path, force: bool) -> None:
 
 
 def _train_and_test(args, out: _Out):
+    from .datasets import GOOGLE_TEST, GOOGLE_TRAIN
+    from .windows import split_by_date
     if args.data is None:
         if args.test_from:
             raise ConfigError("--test-from needs --data")
@@ -523,6 +527,8 @@ def _train_and_test(args, out: _Out):
 
 
 def _cmd_run(args, out: _Out) -> int:
+    from .backtest import evaluate_holdout
+    from .report import run_summary, write_report, write_run
     if args.data is not None and args.test is None and not args.test_from:
         raise ConfigError("seqcast run needs a test period: give --test FILE or --test-from DATE")
     out_dir = _fresh_dir(args.out, args.force)
@@ -545,6 +551,8 @@ def _cmd_run(args, out: _Out) -> int:
 
 
 def _print_training(model, out: _Out) -> None:
+    from .conformal import EnsembleForecaster
+    from .models import HAND_WRITTEN_CELLS
     if isinstance(model, EnsembleForecaster):
         for number, member in enumerate(model.members_, start=1):
             out.line(f"member {number} (seed {member.seed})")
@@ -575,6 +583,9 @@ def _checkpoint_dir(args) -> Path:
 
 
 def _cmd_train(args, out: _Out) -> int:
+    from .backtest import evaluate_holdout
+    from .conformal import EnsembleForecaster
+    from .report import run_summary
     _refuse_overwrite(args.out, args.force)
     checkpoint_dir = _checkpoint_dir(args)
     train, test = _train_and_test(args, out)
@@ -615,6 +626,12 @@ def _warnings(*frames) -> list[str]:
 
 
 def _cmd_backtest(args, out: _Out) -> int:
+    from joblib import effective_n_jobs
+    from .backtest import MODEL, walk_forward
+    from .datasets import GOOGLE_TRAIN
+    from .many import is_many
+    from .parallel import check_jobs
+    from .report import write_report
     check_jobs(args.jobs, "--jobs")
     if args.ensemble_jobs not in (None, 1) and (args.jobs != 1 or args.scheduler):
         # An ensemble inside a parallel fold or series fits its members in place (seqcast.parallel).
@@ -669,6 +686,7 @@ def _cmd_backtest(args, out: _Out) -> int:
 
 
 def _cmd_backtest_many(args, out: _Out) -> int:
+    from .many import backtest_many, find_series
     out_dir = _fresh_dir(args.out, args.force, prefix="backtest")
     series = find_series(args.data, target=args.target, id_column=args.id_column, adjust_splits=args.adjust_splits)
     # No per-epoch progress bars: parallel series would interleave them.
@@ -739,6 +757,7 @@ def _aggregate_table(table) -> Table:
 
 
 def _cmd_report(args, out: _Out) -> int:
+    from .report import write_report
     path = write_report(args.run_dir)
     out.line(f"wrote  {path}")
     out.result({"report": str(path)})
@@ -749,6 +768,7 @@ def _stale_context(forecaster: Forecaster, frame) -> str | None:
     """A warning when the model will take its remembered training rows as the history of the first
     rows of ``frame`` although ``frame`` starts long after them (more than 10 of the series' usual
     steps later): those first predictions then rest on rows from another period."""
+    from .windows import tail_precedes
     context = forecaster.context_
     # The CLI's frames are dated (load_csv), so a tail that precedes one is dated too.
     if len(context) < 2 or not tail_precedes(context, frame):
@@ -766,6 +786,9 @@ def _stale_context(forecaster: Forecaster, frame) -> str | None:
 
 
 def _cmd_predict(args, out: _Out) -> int:
+    from .artifacts import atomic_write_text
+    from .conformal import EnsembleForecaster, load_model
+    from .data import load_csv
     _refuse_overwrite(args.out, args.force)
     model = load_model(args.model)
     forecaster = _single(model)
@@ -799,6 +822,7 @@ _CALENDARS = {
 
 def _calendar_name(index, exchange_holidays) -> str:
     """How the forecast's dates continue ``index`` (features.infer_calendar), in words."""
+    from .features import describe_closures, infer_calendar, learned_closures, nyse_business_day
     offset = infer_calendar(index, exchange_holidays)
     name = getattr(offset, "freqstr", "")
     if name == "C" and offset is not nyse_business_day():
@@ -807,6 +831,10 @@ def _calendar_name(index, exchange_holidays) -> str:
 
 
 def _cmd_forecast(args, out: _Out) -> int:
+    from .artifacts import atomic_write_text
+    from .conformal import load_model
+    from .data import load_csv
+    from .plots import plot_forecast
     plot_path = args.plot or args.out.with_suffix(".png")
     _refuse_overwrite(args.out, args.force)
     _refuse_overwrite(plot_path, args.force)
@@ -871,6 +899,7 @@ def _cmd_validate(args, out: _Out) -> int:
 
 
 def _cmd_tune(args, out: _Out) -> int:
+    from .tuning import configs_at_once, load_grid, refit_best, tune
     grid = load_grid(args.grid)
     if args.refit_best is not None:
         _refuse_overwrite(args.refit_best, args.force)

@@ -4,6 +4,10 @@ Messages name the file, row and column involved and say what to do; the CLI prin
 ``seqcast: error: …`` and exits with status 2.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class SeqcastError(Exception):
     """Base class of every error seqcast raises on purpose."""
@@ -19,3 +23,12 @@ class ConfigError(SeqcastError, ValueError):
 
 class ArtifactError(SeqcastError):
     """A saved model or checkpoint folder is missing a file, corrupt, or tampered with."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``checkpoint`` names the folder that holds the last finished epoch."""
+
+    def __init__(self, epoch: int, checkpoint: Path | None):
+        super().__init__(epoch, checkpoint)
+        self.epoch = epoch
+        self.checkpoint = checkpoint

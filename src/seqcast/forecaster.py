@@ -12,6 +12,7 @@ from sklearn.utils import check_array, check_consistent_length, column_or_1d
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from .defaults import PRESETS
 from .artifacts import read_model_dir, write_model_dir
 from .data import resolve_column
 from .errors import ArtifactError, ConfigError, DataError
@@ -42,25 +43,6 @@ from .windows import (
 
 _JSON_FILES = ("config.json", "scaler.json", "state.json")
 STRATEGIES = ("direct", "recursive")
-
-# Named bundles of Forecaster parameters: Forecaster(**PRESETS["indicators"]) or --preset indicators.
-# "indicators" is the best of benchmarks/accuracy.py on the bundled Google files (split-adjusted):
-# January 2017 Open RMSE 3.28-3.43 over seeds 0-4, against 3.52 for last-close. It works because the
-# candle body (Close - Open) of the day before plus a diff target lets a small net learn "Open moves
-# to about yesterday's Close", which a level target on min-max scaled prices hides.
-PRESETS: dict[str, dict] = {
-    "indicators": dict(
-        features="Open,Close,body",
-        target_transform="diff",
-        lookback=20,
-        layers=1,
-        units=32,
-        dropout=0.0,
-        epochs=100,
-        batch_size=32,
-    ),
-}
-
 
 class Forecaster(RegressorMixin, BaseEstimator):
     """A stacked recurrent network that predicts `target` from the `lookback` rows before each day.

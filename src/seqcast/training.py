@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from seqcast import native
 from seqcast.artifacts import read_model_dir, write_model_dir
-from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError
+from seqcast.errors import ArtifactError, ConfigError, DataError, SeqcastError, TrainingInterrupted
 from seqcast.models import GLOBAL_RNG_LOCK, StackedRNN
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -45,15 +45,6 @@ KERAS_EPSILON = 1e-7
 
 class TrainingDiverged(SeqcastError):
     """The training loss became NaN or infinite."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; ``checkpoint`` names the folder that holds the last finished epoch."""
-
-    def __init__(self, epoch: int, checkpoint: Path | None):
-        super().__init__(epoch, checkpoint)
-        self.epoch = epoch
-        self.checkpoint = checkpoint
 
 
 class FitCancelled(Exception):

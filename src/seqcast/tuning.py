@@ -27,16 +27,15 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler, TimeSeriesS
 
 from .artifacts import atomic_write_json, atomic_write_text
 from .baselines import persistence
+from .defaults import SCHEDULER_ENV, SCORINGS
 from .errors import ConfigError, DataError
 from .forecaster import Forecaster
 from .metrics import METRICS
 from .parallel import check_jobs, in_threads
 
-SCORINGS = tuple(METRICS)
 RESULTS_FILE = "tuning.csv"
 BEST_FILE = "best.json"
 SEARCH_FILE = "search.json"
-SCHEDULER_ENV = "SEQCAST_DASK_SCHEDULER"
 DASK_CONNECT_TIMEOUT = "10s"
 # Parameters that change how a run is shown or where it runs, never its result.
 _NOT_TUNABLE = ("verbose", "device")
