@@ -1,5 +1,6 @@
 """The fit loop: learning, determinism, Keras batch/loss semantics, early stopping, failures."""
 
+import copy
 import math
 import os
 import platform
@@ -211,6 +212,68 @@ def test_optimizers_use_keras_defaults():
         make_optimizer("adagrad", params, 1e-3)
     with pytest.raises(ConfigError, match="lr must be a positive number"):
         make_optimizer("adam", params, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("adam", lambda ps, lr: torch.optim.Adam(ps, lr=lr, betas=(0.9, 0.999), eps=1e-7, fused=True)),
+        ("rmsprop", lambda ps, lr: torch.optim.RMSprop(ps, lr=lr, alpha=0.9, eps=1e-7)),
+        ("sgd", lambda ps, lr: torch.optim.SGD(ps, lr=lr)),
+    ],
+)
+def test_optimizers_step_as_torch_s_own_classes_to_the_bit(name, reference):
+    # make_optimizer's classes run torch's code without its dynamo wrappers: every parameter, every
+    # state tensor and the state dict must be torch's own, and a hook still runs at every step.
+    generator = torch.Generator().manual_seed(7)
+    shapes = [(200, 3), (200, 50), (200,), (1, 50), (1,)]
+    theirs = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    optimizers = make_optimizer(name, ours, 3e-3), reference(theirs, 3e-3)
+    assert isinstance(optimizers[0], type(optimizers[1]))
+    calls = []
+    optimizers[0].register_step_post_hook(lambda *args: calls.append(1))
+    for step in range(30):
+        grads = [torch.randn(s, generator=generator) * 10 ** (step % 3 - 1) for s in shapes]
+        for params, optimizer in zip((ours, theirs), optimizers):
+            optimizer.zero_grad()
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    assert len(calls) == 30
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    mine, torch_s = (o.state_dict() for o in optimizers)
+    assert mine["param_groups"] == torch_s["param_groups"]
+    for index, state in torch_s["state"].items():
+        assert state.keys() == mine["state"][index].keys()
+        assert all(torch.equal(mine["state"][index][k], v) for k, v in state.items())
+    resumed = make_optimizer(name, ours, 3e-3)
+    resumed.load_state_dict(copy.deepcopy(torch_s))  # a state dict holds the live tensors
+    for params, optimizer in zip((ours, theirs), (resumed, optimizers[1])):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_a_fit_does_not_import_torch_dynamo():
+    # torch imports torch._dynamo on the first call of its optimizers' wrapped methods (1-1.5 s);
+    # seqcast's fits, with any optimizer, and their checkpoints' state dicts leave it unimported.
+    code = (
+        "import sys, numpy as np\n"
+        "from seqcast.models import build_model\n"
+        "from seqcast.training import make_optimizer, train_model\n"
+        "X = np.random.default_rng(0).normal(size=(40, 10, 1)).astype('float32')\n"
+        "y = X[:, -1, :]\n"
+        "for name in ('adam', 'rmsprop', 'sgd'):\n"
+        "    model = build_model(1, cell='lstm', layers=1, units=4, dropout=0.2, horizon=1, seed=0)\n"
+        "    train_model(model, X, y, epochs=2, batch_size=16, optimizer=name)\n"
+        "    make_optimizer(name, model.parameters(), 1e-3).state_dict()\n"
+        "print('DYNAMO', 'torch._dynamo' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "DYNAMO False"
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,52 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _undecorated(function):
+    """``function`` without the decorator ``functools.wraps`` recorded (itself if none)."""
+    return getattr(function, "__wrapped__", function)
+
+
+class _WithoutDynamoImport:
+    """A torch optimizer whose construction, steps, ``zero_grad`` and state dicts run torch's own
+    code without the ``torch._disable_dynamo`` wrappers torch puts around them for ``torch.compile``:
+    the first call of any of them imports ``torch._dynamo``, 1.0-1.5 s per process on the 2-core
+    host (~12 % of ``make demo``, and again in every worker process), although a fit that is not
+    compiled never needs it. The same arithmetic to the bit (tests/test_training.py compares every
+    parameter and moment with torch's class), and step hooks, the instance's and the global ones,
+    still run (``Optimizer.__init__`` wraps ``step`` with them). seqcast never compiles its
+    optimizers; under ``torch.compile`` use torch's own classes, which keep dynamo out of them."""
+
+    add_param_group = _undecorated(torch.optim.Optimizer.add_param_group)
+    zero_grad = _undecorated(torch.optim.Optimizer.zero_grad)
+    state_dict = _undecorated(torch.optim.Optimizer.state_dict)
+    load_state_dict = _undecorated(torch.optim.Optimizer.load_state_dict)
+    _step = None  # the optimizer class's step without its decorator (set per class below)
+
+    def step(self, closure=None):
+        # What torch's decorator around step does besides dynamo's graph breaks: grad mode off
+        # (it sets it to the "differentiable" option, which seqcast never sets).
+        with torch.no_grad():
+            return type(self)._step(self, closure)
+
+
+class Adam(_WithoutDynamoImport, torch.optim.Adam):
+    """``torch.optim.Adam`` without the ``torch._dynamo`` import (:class:`_WithoutDynamoImport`)."""
+
+    _step = _undecorated(torch.optim.Adam.step)
+
+
+class RMSprop(_WithoutDynamoImport, torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` without the ``torch._dynamo`` import (:class:`_WithoutDynamoImport`)."""
+
+    _step = _undecorated(torch.optim.RMSprop.step)
+
+
+class SGD(_WithoutDynamoImport, torch.optim.SGD):
+    """``torch.optim.SGD`` without the ``torch._dynamo`` import (:class:`_WithoutDynamoImport`)."""
+
+    _step = _undecorated(torch.optim.SGD.step)
+
+
 def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Build an optimizer with Keras's defaults (Adam β=(0.9, 0.999), ε=1e-7; RMSprop ρ=0.9).
 
@@ -126,11 +172,11 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
     if key == "adam":
         # fused: one multi-tensor kernel per step instead of ~10 small ops per tensor (3-4x faster on
         # the CPU, ~10 % of a small model's epoch); same algorithm, checked in test_speed_paths.
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=KERAS_EPSILON, fused=True)
+        return Adam(params, lr=lr, betas=(0.9, 0.999), eps=KERAS_EPSILON, fused=True)
     if key == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON)
+        return RMSprop(params, lr=lr, alpha=0.9, eps=KERAS_EPSILON)
     if key == "sgd":
-        return torch.optim.SGD(params, lr=lr)
+        return SGD(params, lr=lr)
     raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
@@ -589,7 +635,7 @@ def native_adam_applies(optimizer: torch.optim.Optimizer, clip_norm: float | Non
     which creates its state (:func:`adam_started`)."""
     from torch.optim import optimizer as optimizer_module
 
-    if clip_norm is not None or type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+    if clip_norm is not None or type(optimizer) not in (Adam, torch.optim.Adam) or len(optimizer.param_groups) != 1:
         return False
     group = optimizer.param_groups[0]
     if group["amsgrad"] or group["maximize"] or group["weight_decay"] != 0:
