@@ -95,6 +95,49 @@ def test_backtest_many_matches_single_runs_and_aggregates(files, tmp_path):
     assert list(pd.read_csv(tmp_path / "out" / "aggregate.csv")["series"]) == ["ar", "walk1", "walk2"]
 
 
+def test_the_aggregate_is_rewritten_at_most_once_per_aggregate_seconds(files, tmp_path, monkeypatch):
+    # Each rewrite costs in proportion to the series done, so one per series grew with N squared.
+    from seqcast import many as many_module
+
+    folder, _, _ = files
+    writes = []
+    real = many_module._write_aggregate
+    monkeypatch.setattr(many_module, "_write_aggregate", lambda out, rows: writes.append(len(rows)) or real(out, rows))
+    for seconds, expected in ((3600.0, [1, 3]), (0.0, [1, 2, 3, 3])):
+        writes.clear()
+        monkeypatch.setattr(many_module, "AGGREGATE_SECONDS", seconds)
+        backtest_many(find_series(str(folder / "*.csv")), LinearAR(target="Open", lookback=5),
+                      out_dir=tmp_path / f"out{seconds}", target="Open", folds=3)
+        assert writes == expected
+        assert list(pd.read_csv(tmp_path / f"out{seconds}" / "aggregate.csv")["series"]) == ["ar", "walk1", "walk2"]
+
+
+def test_a_series_in_memory_is_backtested_on_a_frame_and_index_of_its_own(files, tmp_path, monkeypatch):
+    # pandas keeps lookup tables and copy-on-write references on the index it works on; on the
+    # caller's frames (a long-format file's series) they stayed as long as the frames, ~100 KiB per
+    # series. The backtest gets the same rows and attributes on an index of its own.
+    from seqcast import many as many_module
+
+    _, long, _ = files
+    series = find_series(long, target="close")
+    seen = {}
+    real = many_module.walk_forward
+
+    def walk_forward(forecaster, frame, **walk):
+        seen[frame.attrs["series"]] = frame
+        return real(forecaster, frame, **walk)
+
+    monkeypatch.setattr(many_module, "walk_forward", walk_forward)
+    for name, frame in series.items():
+        frame.attrs["series"] = name
+    backtest_many(series, LinearAR(target="close", lookback=5), out_dir=tmp_path / "out", target="close", folds=3)
+    assert sorted(seen) == sorted(series)
+    for name, frame in series.items():
+        assert seen[name] is not frame and seen[name].index is not frame.index and seen[name].columns is not frame.columns
+        pd.testing.assert_frame_equal(seen[name], frame)
+        assert seen[name].attrs == frame.attrs
+
+
 def test_a_series_too_short_is_reported_and_the_others_still_run(files, tmp_path):
     folder, _, frames = files
     frames["walk2"].iloc[:20].to_csv(folder / "walk2.csv")

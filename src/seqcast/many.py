@@ -31,6 +31,8 @@ from .tuning import parallel_unordered
 # Column names that mark a long-format file, matched case-insensitively, first match wins.
 ID_COLUMNS = ("unique_id", "id", "name", "symbol", "ticker", "series")
 GLOB_CHARS = "*?["
+# backtest_many rewrites the aggregate files at most this often while series end (seconds).
+AGGREGATE_SECONDS = 1.0
 
 
 @dataclass
@@ -139,7 +141,18 @@ def backtest_series(
     began = time.perf_counter()
     out_dir = Path(out_dir)
     try:
-        frame = load_csv(source, target=target, adjust_splits=adjust_splits) if isinstance(source, (str, Path)) else source
+        if isinstance(source, (str, Path)):
+            frame = load_csv(source, target=target, adjust_splits=adjust_splits)
+        else:
+            # The backtest on a copy of its own, values, index and columns: pandas keeps lookup
+            # tables (~30 KiB for 1,000 dates) on the index it works on, and a copy-on-write
+            # reference for every view taken of the values or of either axis (~220 per series
+            # here, left below pandas' clean-up threshold), which on the caller's frame stayed as
+            # long as the frame did: ~100 KiB per series of a long-format file.
+            frame = source.copy(deep=True)
+            frame.index = source.index.copy(deep=True)
+            frame.columns = source.columns.copy(deep=True)
+            frame.attrs = dict(source.attrs)
         result = walk_forward(clone(forecaster), frame, out_dir=out_dir, **walk)
         result.write(out_dir, info={"series": name, "data": str(frame.attrs.get("source", name))})
     except SeqcastError as exc:
@@ -190,7 +203,8 @@ def backtest_many(
     **walk,
 ) -> ManyBacktest:
     """Backtest every series of `series` (name -> CSV path or frame) in parallel; write
-    out_dir/<name>/ per series and out_dir/aggregate.csv + aggregate.json (rewritten as series end).
+    out_dir/<name>/ per series and out_dir/aggregate.csv + aggregate.json (rewritten as series end,
+    at most once per :data:`AGGREGATE_SECONDS`, and complete at the end).
 
     `walk` goes to :func:`seqcast.backtest.walk_forward` (folds, start, refit_every, window, period).
     """
@@ -212,10 +226,18 @@ def backtest_many(
     # with the square of the series count (+99 MiB instead of +68 MiB at 500 series,
     # benchmarks/many_series.py).
     rows: dict[str, dict] = {}
+    written, cost = -math.inf, 0.0  # when the aggregate was last written, and how long that took
     for result in parallel_unordered(tasks, jobs=jobs, scheduler=scheduler):
         done[result.name] = result
         rows[result.name] = result.row()
-        _write_aggregate(out_dir, [rows[n] for n in series if n in rows])
+        # Rewritten as series end, but at most once per AGGREGATE_SECONDS and once per 20 times
+        # its own cost: each write takes time in proportion to the series done so far, so writing
+        # after every series took time growing with the square of the series count.
+        if time.monotonic() - written >= max(AGGREGATE_SECONDS, 20 * cost):
+            began = time.monotonic()
+            _write_aggregate(out_dir, [rows[n] for n in series if n in rows])
+            written = time.monotonic()
+            cost = written - began
         if on_series is not None:
             on_series(result)
     results = [done[name] for name in series]
