@@ -269,13 +269,56 @@ def test_a_weekday_series_that_keeps_other_holidays_skips_its_own():
     assert learned_closures(pd.RangeIndex(10)) == ()
     # The bundled NYSE file: the learner finds the NYSE's regular holidays of 2012-2016 (the rules
     # of NYSEHolidayCalendar, below), though that file keeps the NYSE calendar itself.
+    # With the two weekend holidays of the span: 4 July 2015, a Saturday, closed Friday the 3rd;
+    # Christmas 2016, a Sunday, Monday the 26th (New Year's Day 2012, a Sunday, is before the file).
     assert learned_closures(load_csv(GOOGLE_TRAIN).index) == (
         ("date", 1, 1), ("date", 7, 4), ("date", 12, 25), ("easter", -2), ("weekday", 1, 0, 3), ("weekday", 2, 0, 3),
-        ("weekday", 5, 0, -1), ("weekday", 9, 0, 1), ("weekday", 11, 3, 4))
+        ("weekday", 5, 0, -1), ("weekday", 9, 0, 1), ("weekday", 11, 3, 4),
+        ("observed", 7, 4, 5, -1), ("observed", 12, 25, 6, 1))
     assert list(future_index(load_csv(GOOGLE_TRAIN).index, 20)) == list(load_csv(GOOGLE_TEST).index)
     # Time-zone-aware stamps are judged by their dates, as for the NYSE's calendar.
     aware = europe.tz_localize("UTC")
     assert future_index(aware, 3)[2] == pd.Timestamp("2017-12-27", tz="UTC")
+
+
+def _uk_closures(year: int) -> list[pd.Timestamp]:
+    """New Year's Day, Christmas and Boxing Day as the UK observes them, written out here: one on a
+    weekend moves to the next weekday not already a holiday."""
+    taken = []
+    for day in (pd.Timestamp(year, 1, 1), pd.Timestamp(year, 12, 25), pd.Timestamp(year, 12, 26)):
+        while day.weekday() >= 5 or day in taken:
+            day += pd.Timedelta(days=1)
+        taken.append(day)
+    return taken
+
+
+def test_a_holiday_on_a_weekend_is_observed_where_the_history_observed_it():
+    # A UK-style exchange, 2009 to 20 December 2021: substitute days after weekend holidays.
+    # Christmas 2021 is a Saturday and Boxing Day a Sunday, so Monday 27 and Tuesday 28 are
+    # closed; New Year's Day 2022 is a Saturday, so Monday 3 January is.
+    days = pd.bdate_range("2009-01-02", "2021-12-20")
+    closed = pd.DatetimeIndex([d for year in range(2009, 2022) for d in _uk_closures(year)])
+    uk = days.difference(closed)
+    rules = learned_closures(uk)
+    assert rules[:3] == (("date", 1, 1), ("date", 12, 25), ("date", 12, 26))
+    assert set(rules[3:]) == {
+        ("observed", 1, 1, 5, 2), ("observed", 1, 1, 6, 1),  # Sat: Mon 3rd (2011); Sun: Mon 2nd (2012, 2017)
+        ("observed", 12, 25, 5, 2), ("observed", 12, 25, 5, 3),  # Sat (2010): Mon 27th and Tue 28th
+        ("observed", 12, 25, 6, 2),  # Sun (2011, 2016): Tue 27th (Monday the 26th is Boxing Day)
+        ("observed", 12, 26, 5, 2),  # Sat (2015, 2020): Mon 28th
+        ("observed", 12, 26, 6, 1), ("observed", 12, 26, 6, 2),  # Sun (2010): Mon 27th and Tue 28th
+    }
+    assert "12-25 on a Sat: the Mon after" in describe_closures(rules)
+    assert "01-01 on a Sun: the Mon after" in describe_closures(rules)
+    assert [d.date().isoformat() for d in future_index(uk, 10)] == [
+        "2021-12-21", "2021-12-22", "2021-12-23", "2021-12-24", "2021-12-29", "2021-12-30", "2021-12-31",
+        "2022-01-04", "2022-01-05", "2022-01-06"]
+    # Without observed days in the history (the holidays simply skipped when on a weekend), none is
+    # learned, and the future keeps Monday 27 December 2021 open.
+    plain = days.difference(pd.DatetimeIndex(
+        [pd.Timestamp(y, m, d) for y in range(2009, 2022) for m, d in ((1, 1), (12, 25), (12, 26))]))
+    assert all(rule[0] == "date" for rule in learned_closures(plain))
+    assert pd.Timestamp("2021-12-27") in future_index(plain, 10)
 
 
 def test_exchange_calendar_is_the_nyse_s_and_matches_the_bundled_files():

@@ -438,7 +438,12 @@ def skips_exchange_holidays(index: pd.Index) -> bool | None:
     return bool(missing >= 0.9)
 
 
-_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri")
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# Where a fixed-date holiday on a Saturday (5) or Sunday (6) may be observed instead, in days from
+# it: the Friday before or the Monday or Tuesday after (the US moves a Saturday holiday to the
+# Friday, a Sunday one to the Monday; the UK gives the next free weekdays, so Christmas on a
+# Saturday closes Monday 27th and Boxing Day on the Sunday Tuesday 28th).
+_OBSERVED_OFFSETS = {5: (-1, 2, 3), 6: (-2, 1, 2)}
 _ORDINALS = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", -1: "last"}
 
 
@@ -450,6 +455,10 @@ def _rule_date(rule: tuple, year: int) -> pd.Timestamp | None:
         if month == 2 and day == 29 and not pd.Timestamp(year, 3, 1).is_leap_year:
             return None
         return pd.Timestamp(year, month, day)
+    if kind == "observed":
+        _, month, day, weekday, offset = rule
+        date = _rule_date(("date", month, day), year)
+        return None if date is None or date.weekday() != weekday else date + pd.Timedelta(days=offset)
     if kind == "easter":
         return pd.Timestamp(easter(year)) + pd.Timedelta(days=rule[1])
     _, month, weekday, n = rule
@@ -479,10 +488,15 @@ def learned_closures(index: pd.Index) -> tuple[tuple, ...]:
     national day such as 1 May), a distance from Easter Sunday ``("easter", days)`` (Good Friday
     -2, Easter Monday +1, Ascension +39, Whit Monday +50) or a weekday of a month
     ``("weekday", month, weekday, n)``, n-th (1-4) or last (-1) (a Monday bank holiday, Memorial
-    Day). A rule whose dates the fixed dates already explain is left out. For series that do not
-    keep the NYSE's holidays (:func:`infer_calendar`). A date missing in only some of the years (a
-    data gap, a one-off closure, a holiday moved off a weekend) does not count. Empty where there
-    is nothing to learn, or the index is not weekday-only daily dates."""
+    Day). A rule whose dates the fixed dates already explain is left out. A fixed date that falls
+    on a weekend may be observed on a weekday instead, ``("observed", month, day, weekday,
+    offset)``: the day ``offset`` days from it (the Friday before, the Monday or Tuesday after)
+    when it falls on ``weekday`` (5 Saturday, 6 Sunday), learned where that day is missing in every
+    year of the span the date fell on that weekday, at least once (the NYSE: 4 July on a Saturday
+    closes the Friday before; the UK: Christmas on a Saturday closes the Monday after). For series
+    that do not keep the NYSE's holidays (:func:`infer_calendar`). A date missing in only some of
+    the years (a data gap, a one-off closure) does not count. Empty where there is nothing to
+    learn, or the index is not weekday-only daily dates."""
     index = _weekday_dates(index)
     if index is None:
         return ()
@@ -502,15 +516,27 @@ def _learned_closures(stamps: bytes, unit: str) -> tuple[tuple, ...]:
         return ()
     absent = set(missing)
     candidates = sorted({rule for day in missing for rule in _rule_candidates(day)}, key=lambda r: (r[0] != "date", r))
-    learned, explained = [], set()
+    years = range(first.year, last.year + 1)
+    learned, explained, closed = [], set(), set()
     for rule in candidates:
-        dates = [d for d in (_rule_date(rule, y) for y in range(first.year, last.year + 1))
-                 if d is not None and first <= d <= last and d.weekday() < 5]
+        dates = [d for d in (_rule_date(rule, y) for y in years) if d is not None and first <= d <= last and d.weekday() < 5]
         if len(dates) >= 2 and all(d in absent for d in dates) and not set(dates) <= explained:
             learned.append(rule)
+            closed.update(dates)
             if rule[0] == "date":
                 explained.update(dates)
-    return tuple(learned)
+    # Where a learned fixed date falls on a weekend, the weekday it is observed on instead: an offset
+    # (_OBSERVED_OFFSETS) whose day is missing in every year of the span the date fell on that
+    # weekend day, at least once, and is not just another learned holiday in all of them.
+    observed = []
+    for rule in [r for r in learned if r[0] == "date"]:
+        for weekday, offsets in _OBSERVED_OFFSETS.items():
+            for offset in offsets:
+                shift = ("observed", rule[1], rule[2], weekday, offset)
+                dates = [d for d in (_rule_date(shift, y) for y in years) if d is not None and first <= d <= last]
+                if dates and all(d in absent for d in dates) and not set(dates) <= closed:
+                    observed.append(shift)
+    return tuple(learned + observed)
 
 
 def describe_closures(rules: Sequence[tuple]) -> str:
@@ -522,6 +548,10 @@ def describe_closures(rules: Sequence[tuple]) -> str:
             words.append(f"{rule[1]:02d}-{rule[2]:02d}")
         elif rule[0] == "easter":
             words.append(f"Easter{rule[1]:+d}")
+        elif rule[0] == "observed":
+            _, month, day, weekday, offset = rule
+            shifted = _WEEKDAYS[(weekday + offset) % 7]
+            words.append(f"{month:02d}-{day:02d} on a {_WEEKDAYS[weekday]}: the {shifted} {'before' if offset < 0 else 'after'}")
         else:
             words.append(f"{_ORDINALS[rule[3]]} {_WEEKDAYS[rule[2]]} of {months[rule[1] - 1]}")
     return ", ".join(words)
