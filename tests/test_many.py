@@ -106,6 +106,7 @@ def test_the_aggregate_is_rewritten_at_most_once_per_aggregate_seconds(files, tm
     for seconds, expected in ((3600.0, [1, 3]), (0.0, [1, 2, 3, 3])):
         writes.clear()
         monkeypatch.setattr(many_module, "AGGREGATE_SECONDS", seconds)
+        monkeypatch.setattr(many_module, "AGGREGATE_COST_FACTOR", 1 if seconds else 0)
         backtest_many(find_series(str(folder / "*.csv")), LinearAR(target="Open", lookback=5),
                       out_dir=tmp_path / f"out{seconds}", target="Open", folds=3)
         assert writes == expected

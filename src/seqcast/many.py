@@ -31,8 +31,10 @@ from .tuning import parallel_unordered
 # Column names that mark a long-format file, matched case-insensitively, first match wins.
 ID_COLUMNS = ("unique_id", "id", "name", "symbol", "ticker", "series")
 GLOB_CHARS = "*?["
-# backtest_many rewrites the aggregate files at most this often while series end (seconds).
+# backtest_many rewrites the aggregate files while series end at most once per AGGREGATE_SECONDS
+# and once per AGGREGATE_COST_FACTOR times the last rewrite's own time.
 AGGREGATE_SECONDS = 1.0
+AGGREGATE_COST_FACTOR = 20
 
 
 @dataclass
@@ -230,10 +232,10 @@ def backtest_many(
     for result in parallel_unordered(tasks, jobs=jobs, scheduler=scheduler):
         done[result.name] = result
         rows[result.name] = result.row()
-        # Rewritten as series end, but at most once per AGGREGATE_SECONDS and once per 20 times
-        # its own cost: each write takes time in proportion to the series done so far, so writing
-        # after every series took time growing with the square of the series count.
-        if time.monotonic() - written >= max(AGGREGATE_SECONDS, 20 * cost):
+        # Rewritten as series end, but not after every one: each write takes time in proportion
+        # to the series done so far, so writing after every series took time growing with the
+        # square of the series count.
+        if time.monotonic() - written >= max(AGGREGATE_SECONDS, AGGREGATE_COST_FACTOR * cost):
             began = time.monotonic()
             _write_aggregate(out_dir, [rows[n] for n in series if n in rows])
             written = time.monotonic()
