@@ -1,5 +1,6 @@
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,33 @@ def test_plan_folds_expanding_sliding_start_and_refit_every():
         plan_folds(idx, start=idx[90], folds=2, refit_every=3)
     with pytest.raises(ConfigError, match="inside that range"):
         plan_folds(idx, start="2030-01-01")
+
+
+@pytest.mark.parametrize("dated", [True, False])
+def test_backtest_csv_rows_are_the_bytes_pandas_writes(tmp_path, dated):
+    # backtest.csv is written row by row through the csv module; the reference is pandas' own
+    # melt, merge and to_csv (what wrote it before), on awkward values: NaN, inf, a negative zero,
+    # large and tiny numbers, model names that need quoting, dated and undated rows.
+    from seqcast.backtest import _FoldWriter
+
+    index = pd.date_range("2020-01-01", periods=5, freq="B") if dated else pd.RangeIndex(7, 12)
+    folds = [
+        pd.DataFrame({"actual": [1.5, 2.25, np.nan, 1e12, -0.0], MODEL: [1.0, np.nan, 3.0, -np.inf, 1e-9],
+                      "a, quoted \"name\"": [0.1234567, 2.0, 3.0, 4.0, np.inf]}, index=index),
+        pd.DataFrame({"actual": [7.0, 8.0, 9.0, 10.0, 11.0], MODEL: np.arange(5.0), "a, quoted \"name\"": np.ones(5)},
+                     index=index + (5 if not dated else pd.offsets.BDay(5))),
+    ]
+    writer = _FoldWriter(tmp_path)
+    expected = ",".join(writer.header) + "\n"
+    for number, wide in enumerate(folds, start=1):
+        writer.add(number, wide)
+        long = wide.drop(columns="actual").rename_axis("date").reset_index().melt(
+            id_vars="date", var_name="model", value_name="predicted")
+        long = long.merge(wide["actual"].rename_axis("date").reset_index(), on="date")
+        long.insert(0, "fold", number)
+        expected += long[writer.header].to_csv(header=False, index=False, float_format="%.6f", date_format="%Y-%m-%d")
+    assert Path(writer.tmp).read_text() == expected
+    writer.abort()
 
 
 def test_walk_forward_refits_on_the_past_only_and_streams_backtest_csv(small_series, tmp_path):

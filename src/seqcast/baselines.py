@@ -16,7 +16,7 @@ from sklearn.linear_model import Ridge
 
 from .data import resolve_column
 from .errors import ConfigError, DataError
-from .windows import context_windows, supervised_windows, with_context
+from .windows import context_windows, supervised_windows, tail_precedes
 
 
 class _HistoryBaseline(BaseEstimator):
@@ -39,23 +39,27 @@ class _HistoryBaseline(BaseEstimator):
         source = X.attrs.get("source", "<frame>")
         self.target_ = resolve_column(X, self.target, source=source)
         self.column_ = resolve_column(X, self._source_column(), source=source)
-        values = X[self.column_].to_numpy(dtype=np.float64)
+        column = X[self.column_]
+        values = column.to_numpy(dtype=np.float64)
         if len(values) < self._history_rows():
             raise DataError(
                 f"{source} has {len(values)} rows but {type(self).__name__} needs {self._history_rows()} "
                 "rows of history: give more training rows"
             )
         self._fit_series(values)
-        self.tail_ = X[[self.column_]].iloc[-self._history_rows() :].astype(np.float64)
+        # The source column's last rows (a Series: a one-column frame cost a take of its own).
+        self.tail_ = column.iloc[-self._history_rows() :].astype(np.float64)
         return self
 
     def _windows(self, X: pd.DataFrame):
         """The real values before each row of X (after the training tail) and those rows' positions."""
         source = X.attrs.get("source", "<frame>")
         column = resolve_column(X, self.column_, source=source)
-        frame = X[[column]].set_axis([self.column_], axis=1)
-        combined, _ = with_context(frame, self.tail_)
-        values = combined[self.column_].to_numpy(dtype=np.float64)
+        values = X[column].to_numpy(dtype=np.float64)
+        # with_context's rows as arrays (its concat of two one-column frames took most of a
+        # baseline's predict): the remembered tail first when X starts after it.
+        if tail_precedes(self.tail_, X):
+            values = np.concatenate([self.tail_.to_numpy(dtype=np.float64), values])
         return context_windows(values[:, None], self._history_rows(), len(X))
 
     def predict(self, X: pd.DataFrame) -> pd.Series:
