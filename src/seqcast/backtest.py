@@ -383,8 +383,9 @@ class _FoldWriter:
             return
         # The rows model by model, as that melt and merge order them, written by the csv module
         # from cells formatted as pandas' to_csv(float_format="%.6f", date_format="%Y-%m-%d")
-        # formats them (the same bytes, tested): pandas took ~0.1 s a fold, ~20 % of a linear
-        # model's many-series backtest, for what is string formatting.
+        # formats them (the same bytes, tested): 3.3 against 11.3 ms a fold of 166 rows and 6
+        # models for pandas' melt, merge and to_csv, ~20 % of a linear model's many-series
+        # backtest before, for what is string formatting.
         dates = _csv_cells(wide.index)
         actual = _csv_cells(wide["actual"])
         with open(self.tmp, "a", newline="") as fh:

@@ -92,7 +92,6 @@ class _Given(argparse.Action):
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    defaults = FORECASTER_DEFAULTS
     group = p.add_argument_group("model and training")
     group.add_argument(
         "--preset",
@@ -101,7 +100,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         + "; ".join(f"{name} = " + " ".join(f"{k}={v}" for k, v in params.items()) for name, params in PRESETS.items()),
     )
     for flag, param, kind, help_text in _MODEL_OPTIONS:
-        group.add_argument(flag, dest=param, type=kind, default=defaults[param], help=help_text, action=_Given)
+        group.add_argument(flag, dest=param, type=kind, default=FORECASTER_DEFAULTS[param], help=help_text, action=_Given)
 
 
 def _ensemble_options(p: argparse.ArgumentParser) -> None:

@@ -153,8 +153,7 @@ def backtest_series(
             # long as the frame did: ~100 KiB per series of a long-format file.
             frame = source.copy(deep=True)
             frame.index = source.index.copy(deep=True)
-            frame.columns = source.columns.copy(deep=True)
-            frame.attrs = dict(source.attrs)
+            frame.columns = source.columns.copy(deep=True)  # copy(deep=True) shares both axes' bookkeeping
         result = walk_forward(clone(forecaster), frame, out_dir=out_dir, **walk)
         result.write(out_dir, info={"series": name, "data": str(frame.attrs.get("source", name))})
     except SeqcastError as exc:
