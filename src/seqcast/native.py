@@ -159,6 +159,70 @@ static inline __m512 tanh16(__m512 x) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), signed_big, small);
 }
 static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SEQCAST_AVX2 1
+// The same gate math 8 floats at a time, for CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 1-4's
+// EPYC hosts among them). Written out rather than left to GCC: under -ffast-math its vectorised
+// expf and its compare-and-select drop NaN and turn a saturated gate (exp of +-1e30) into NaN, while
+// torch.nn.LSTM gives 0 or 1 there and passes a NaN through (tests/test_native.py); a NaN must still
+// make the loss NaN and training stop as diverged. exp8 is exp16 with 2^n made in the exponent bits
+// (no scalef in AVX2): the upper clamp 88.3762626 keeps n <= 127 and the lower one n >= -126, so
+// 2^n is a normal float; a NaN gives NaN through the polynomial whatever n's bits are.
+static inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.3365f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+// 1 / d by a reciprocal estimate (rcp, 12 bits) and one Newton step, as sigm16 and tanh16 do.
+static inline __m256 recip8(__m256 d) {
+  const __m256 y = _mm256_rcp_ps(d);
+  return _mm256_mul_ps(y, _mm256_fnmadd_ps(d, y, _mm256_set1_ps(2.f)));
+}
+static inline __m256 sigm8(__m256 x) {
+  return recip8(_mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+// tanh16 on 8 floats (Cephes' tanhf).
+static inline __m256 tanh8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
+  const __m256 ax = _mm256_andnot_ps(sign, x);
+  const __m256 d = _mm256_add_ps(exp8(_mm256_add_ps(ax, ax)), one);  // NaN stays NaN
+  const __m256 big = _mm256_or_ps(_mm256_fnmadd_ps(_mm256_set1_ps(2.f), recip8(d), one), _mm256_and_ps(sign, x));
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-5.70498872745e-3f), z, _mm256_set1_ps(2.06390887954e-2f));
+  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+  const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+  // ax < 0.625 is false for NaN: big, which is NaN too
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+}
+// A row of n floats in chunks of 8: whole chunks with plain loads and stores, the last partial one
+// masked (AVX2's masked store is slow, so only there). f(j, io) reads with io.ld and writes with io.st.
+struct Whole8 {
+  __m256 ld(const float* p) const { return _mm256_loadu_ps(p); }
+  void st(float* p, __m256 v) const { _mm256_storeu_ps(p, v); }
+};
+struct Part8 {
+  __m256i m;
+  __m256 ld(const float* p) const { return _mm256_maskload_ps(p, m); }
+  void st(float* p, __m256 v) const { _mm256_maskstore_ps(p, m, v); }
+};
+template <class F> static inline void chunks8(int n, F&& f) {
+  int j = 0;
+  for (; j + 8 <= n; j += 8) f(j, Whole8{});
+  if (j < n) f(j, Part8{_mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))});
+}
 #endif
 
 // rows x cols row-major -> cols x rows: the micro-kernel reads B as K x N.
@@ -265,6 +329,23 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
           _mm512_mask_storeu_ps(hn + q0 + j, m, h);
           if (mon) _mm512_mask_storeu_ps(mon + q0 + j, m, _mm512_mul_ps(h, _mm512_maskz_loadu_ps(m, mkn + q0 + j)));
         }
+#elif defined(SEQCAST_AVX2)
+        chunks8(G, [&](int j, auto io) {
+          const __m256 sc = io.ld(scale.data() + j);
+          const __m256 z = _mm256_add_ps(io.ld(ar + j), io.ld(bias.data() + j));
+          io.st(ar + j, _mm256_fmsub_ps(sc, sigm8(_mm256_mul_ps(sc, z)), io.ld(offset.data() + j)));
+        });
+        const int64_t q0 = (int64_t)r * U;
+        chunks8(U, [&](int j, auto io) {
+          const __m256 c = _mm256_fmadd_ps(io.ld(ar + U + j), io.ld(cp + q0 + j), _mm256_mul_ps(io.ld(ar + j), io.ld(ar + 2 * U + j)));
+          const __m256 two = _mm256_set1_ps(2.f);
+          const __m256 tc = _mm256_fmsub_ps(two, sigm8(_mm256_mul_ps(two, c)), _mm256_set1_ps(1.f));
+          io.st(cn + q0 + j, c);
+          io.st(tcn + q0 + j, tc);
+          const __m256 h = _mm256_mul_ps(io.ld(ar + 3 * U + j), tc);
+          io.st(hn + q0 + j, h);
+          if (mon) io.st(mon + q0 + j, _mm256_mul_ps(h, io.ld(mkn + q0 + j)));
+        });
 #else
         // One pass over the row, one exp per gate (a branch per gate made the vector code evaluate
         // both sides); the biases are added here rather than in a pass of their own.
@@ -553,6 +634,21 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
           _mm512_mask_storeu_ps(hn + q0 + j, m, h);
           if (mon) _mm512_mask_storeu_ps(mon + q0 + j, m, _mm512_mul_ps(h, ld(mkn + q0 + j)));
         }
+#elif defined(SEQCAST_AVX2)
+        chunks8(U, [&](int j, auto io) {
+          const __m256 rv = sigm8(_mm256_add_ps(_mm256_add_ps(io.ld(ar + j), io.ld(hr + j)), io.ld(bias.data() + j)));
+          const __m256 zv = sigm8(_mm256_add_ps(_mm256_add_ps(io.ld(ar + U + j), io.ld(hr + U + j)), io.ld(bias.data() + U + j)));
+          const __m256 hnv = _mm256_add_ps(io.ld(hr + 2 * U + j), io.ld(bhn.data() + j));
+          const __m256 pre = _mm256_fmadd_ps(rv, hnv, _mm256_add_ps(io.ld(ar + 2 * U + j), io.ld(bias.data() + 2 * U + j)));
+          const __m256 nv = tanh8(pre);
+          const __m256 h = _mm256_fmadd_ps(zv, _mm256_sub_ps(io.ld(hp + q0 + j), nv), nv);
+          io.st(ar + j, rv);
+          io.st(ar + U + j, zv);
+          io.st(ar + 2 * U + j, nv);
+          io.st(hnn + q0 + j, hnv);
+          io.st(hn + q0 + j, h);
+          if (mon) io.st(mon + q0 + j, _mm256_mul_ps(h, io.ld(mkn + q0 + j)));
+        });
 #else
         #pragma omp simd
         for (int j = 0; j < U; ++j) {
@@ -742,6 +838,14 @@ std::vector<Tensor> rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
           _mm512_mask_storeu_ps(hr + j, m, h);
           if (mon) _mm512_mask_storeu_ps(mon + (int64_t)r * U + j, m, _mm512_mul_ps(h, _mm512_maskz_loadu_ps(m, mkn + (int64_t)r * U + j)));
         }
+#elif defined(SEQCAST_AVX2)
+        chunks8(U, [&](int j, auto io) {
+          const __m256 pre = _mm256_add_ps(io.ld(hr + j), io.ld(bias.data() + j));
+          // vmaxps returns its second operand when one is NaN: pre second, so NaN passes through
+          const __m256 h = relu ? _mm256_max_ps(_mm256_setzero_ps(), pre) : tanh8(pre);
+          io.st(hr + j, h);
+          if (mon) io.st(mon + (int64_t)r * U + j, _mm256_mul_ps(h, io.ld(mkn + (int64_t)r * U + j)));
+        });
 #else
         #pragma omp simd
         for (int j = 0; j < U; ++j) {
@@ -1266,7 +1370,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp-simd"]
 _lock = threading.Lock()
 _module = None
 _failure: str | None = None
