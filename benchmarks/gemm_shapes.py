@@ -1,0 +1,118 @@
+"""The compiled layers' GEMMs at their own shapes, one thread: oneDNN's brgemm micro-kernel (the
+per-step products) against MKL's ``sgemm_`` (the weight and input gradients), and the layouts the
+weight gradients could take.
+
+    python benchmarks/gemm_shapes.py [--units 50] [--steps 60] [--batch 32]
+
+Builds a small extension of its own with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler
+and ninja, as ``seqcast.native``), so it times the same two entry points the kernel calls
+(``at::native::cpublas::brgemm`` and ``sgemm_``) without the layers around them. Each figure is the
+best of 7 blocks of repeated calls. The tables of benchmarks/README.md's section "2026-12-07,
+00:00-00:45 UTC" came from it (then two scratch scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.cpp_extension import load_inline
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/native/CPUBlas.h>
+#include <chrono>
+extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                       const int* ldc);
+// Row-major C (M x N) = op(A) op(B) + beta C, as seqcast.native's gemm.
+static inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+                        float beta, float* C, int ldc) {
+  const float one = 1.f;
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  sgemm_(&cb, &ca, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+template <class F> double best_of(F f, int reps) {
+  for (int i = 0; i < 20; ++i) f();
+  double best = 1e9;
+  for (int r = 0; r < 7; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) f();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+  }
+  return best;
+}
+// One product C (M x N) += A (M x K) B (K x N): brgemm (which = 0) or sgemm_ (1).
+double product(int which, int M, int N, int K, int reps) {
+  std::vector<float> A((size_t)M * K, 0.5f), B((size_t)K * N, 0.25f), C((size_t)M * N, 0.f);
+  return best_of([&] {
+    if (which == 0) at::native::cpublas::brgemm(M, N, K, K, N, N, true, A.data(), B.data(), C.data(), false);
+    else gemm(false, false, M, N, K, A.data(), K, B.data(), N, 1.f, C.data(), N);
+  }, reps);
+}
+// A layer's gradients over T steps of B rows (U units, G gate columns): grad_w_hh four ways, grad_x two.
+std::vector<double> gradients(int U, int G, int T, int B, int reps) {
+  const int K = (T - 1) * B;
+  std::vector<float> h((size_t)T * B * U), d((size_t)T * B * G), wt((size_t)U * G), gw((size_t)G * U),
+      hT((size_t)U * K), w((size_t)G * U), gx((size_t)T * B * U);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = (i % 13) * 0.1f;
+  for (size_t i = 0; i < d.size(); ++i) d[i] = (i % 7) * 0.1f;
+  auto transpose_h = [&] {
+    for (int r = 0; r < K; ++r)
+      for (int c = 0; c < U; ++c) hT[(size_t)c * K + r] = h[(size_t)r * U + c];
+  };
+  return {
+      // the kernel's layout: U x G with A transposed, then transposed back
+      best_of([&] {
+        gemm(true, false, U, G, K, h.data(), U, d.data() + B * G, G, 0.f, wt.data(), G);
+        for (int a = 0; a < U; ++a)
+          for (int b = 0; b < G; ++b) gw[(size_t)b * U + a] = wt[(size_t)a * G + b];
+      }, reps),
+      best_of([&] { gemm(true, false, G, U, K, d.data() + B * G, G, h.data(), U, 0.f, gw.data(), U); }, reps),
+      best_of([&] {
+        transpose_h();
+        at::native::cpublas::brgemm(U, G, K, K, G, G, false, hT.data(), d.data() + B * G, wt.data(), false);
+      }, reps),
+      best_of(transpose_h, reps),
+      best_of([&] { gemm(false, false, T * B, U, G, d.data(), G, w.data(), U, 0.f, gx.data(), U); }, reps),
+      best_of([&] {
+        for (int t = 0; t < T; ++t)
+          at::native::cpublas::brgemm(B, U, G, G, U, U, false, d.data() + (size_t)t * B * G, w.data(),
+                                      gx.data() + (size_t)t * B * U, false);
+      }, reps),
+  };
+}
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("product", &product);
+  m.def("gradients", &gradients);
+}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--units", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=32, help="rows per step (a split seed batch: 32)")
+    args = parser.parse_args()
+    module = load_inline("seqcast_bench_gemm_shapes", cpp_sources=SOURCE, extra_cflags=["-O3", "-march=native"])
+    torch.set_num_threads(1)
+    U, B, T = args.units, args.batch, args.steps
+    G = 4 * U
+    print(f"{torch.__version__}, one thread; LSTM gates G = 4 x {U}, {B} rows a step, {T} steps")
+    for M, N, K, what in [(B, G, U, "step forward (h w_hh^T)"), (B, U, G, "step backward (dh = d w_hh)"),
+                          (10, G, U, "10-window predict step"), (2 * B, G, U, "unsplit batch step")]:
+        flops = 2 * M * N * K
+        b, s = module.product(0, M, N, K, 2000), module.product(1, M, N, K, 2000)
+        print(f"{M}x{K} . {K}x{N}  {what}: brgemm {b * 1e6:.2f} us ({flops / b / 1e9:.1f} GFLOP/s), "
+              f"sgemm_ {s * 1e6:.2f} us ({flops / s / 1e9:.1f})")
+    names = ["grad_w_hh U x G then transposed (the kernel's)", "grad_w_hh straight into G x U",
+             "grad_w_hh: h transposed by hand, then brgemm", "  (the transpose alone)",
+             "grad_x: one sgemm_", "grad_x: brgemm per step"]
+    flops = 2 * U * G * (T - 1) * B
+    for name, seconds in zip(names, module.gradients(U, G, T, B, 200)):
+        print(f"{name}: {seconds * 1e6:.1f} us ({flops / seconds / 1e9:.1f} GFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
