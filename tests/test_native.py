@@ -4,6 +4,7 @@ torch.nn.RNN, and the fallback when they cannot be built."""
 from __future__ import annotations
 
 import copy
+import platform
 import shutil
 from functools import partial
 
@@ -32,9 +33,46 @@ def test_the_layer_compiles_where_a_compiler_exists():
 
 
 @needs_compiler
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX branches are x86-64's")
+def test_every_instruction_set_branch_of_the_kernel_compiles():
+    # The kernel has gate math for AVX-512, for AVX2 with FMA, and plain loops for other CPUs, and
+    # the build (-march=native) compiles only the host's branch, which is all the tests above run.
+    # Hosts here have been Intel (AVX-512) and AMD (AVX2) from one session to the next, so a change
+    # made on one would otherwise reach the other unchecked: the other branches must at least compile
+    # (syntax and types, no code generation; ~25 s each, run side by side), with the build's flags.
+    import subprocess
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    compiler = shutil.which("c++") or shutil.which("g++")
+    native_macros = subprocess.run([compiler, "-march=native", "-dM", "-E", "-x", "c++", "/dev/null"],
+                                   capture_output=True, text=True, check=True).stdout
+    host = ("AVX-512" if "#define __AVX512F__ 1" in native_macros
+            else "AVX2" if "#define __AVX2__ 1" in native_macros and "#define __FMA__ 1" in native_macros
+            else "plain")
+    includes = [f"-I{path}" for path in include_paths() + [sysconfig.get_paths()["include"]]]
+    flags = [flag for flag in native._FLAGS if flag != "-march=native"]
+    branches = {"AVX-512": "icelake-server", "AVX2": "haswell", "plain": "x86-64"}
+    del branches[host]  # the build compiled (and the tests above ran) this one
+    runs = {
+        name: subprocess.Popen(
+            [compiler, "-std=c++17", "-fsyntax-only", "-w", "-x", "c++", "-", "-DTORCH_EXTENSION_NAME=check",
+             "-DTORCH_API_INCLUDE_EXTENSION_H", *includes, *flags, f"-march={march}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for name, march in branches.items()
+    }
+    failed = {name: run.communicate(native.SOURCE)[1][-3000:] for name, run in runs.items()}
+    failed = {name: errors for (name, errors), run in zip(failed.items(), runs.values()) if run.returncode}
+    assert not failed, failed
+
+
+@needs_compiler
 @pytest.mark.parametrize("cell", sorted(native.CELLS))
 @pytest.mark.parametrize(
-    # units 6: a gate row shorter than one 16-float vector; 50 (the seed config's): 3 vectors and 2 lanes
+    # units 6: a gate row shorter than one 16-float vector (AVX-512) and one 8-float one (AVX2); 50 (the
+    # seed config's): 3 vectors and 2 lanes, or 6 vectors and 2 lanes
     # mkldnn off: PyTorch's brgemm falls back to its own GEMM for the per-step products
     "layers,n_features,k,steps,units,mkldnn",
     [(1, 3, 1, 9, 6, True), (3, 2, 3, 8, 6, True), (2, 1, 2, 1, 6, True), (2, 1, 2, 5, 50, True), (2, 1, 2, 5, 50, False)],
