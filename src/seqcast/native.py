@@ -64,6 +64,8 @@ SOURCE = r"""
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -102,7 +104,62 @@ static inline void step_gemm(int M, int N, int K, const float* A, int lda, const
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_C, A, Bkn, C, false);
 }
 
-static inline float sigm(float x) { return 1.f / (1.f + std::exp(-x)); }
+// The plain loops' gate math (CPUs without AVX2: aarch64, older x86): exp16's algorithm on one
+// float, written so that GCC vectorises the loops calling it for the CPU's own SIMD (NEON, SSE)
+// with no vector libm: the build's -fno-finite-math-only keeps glibc's vector expf out (it needs
+// __FAST_MATH__), and std::exp in those loops was a scalar call per gate. Rounding by truncation
+// (SSE2 has no vector round), NaN sent to 0 before the conversion (converting NaN to int is
+// undefined) while x itself keeps the NaN, so the result is NaN; 2^n in the exponent bits.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_assoc_barrier)
+#define SEQCAST_KEEP_ORDER(e) __builtin_assoc_barrier(e)
+#endif
+#endif
+#ifndef SEQCAST_KEEP_ORDER
+#define SEQCAST_KEEP_ORDER(e) (e)  // older compilers: up to ~68 ulp for |x| near 88, ~4 ulp below 17
+#endif
+static inline float exp_plain(float x) {
+  x = x < -87.3365f ? -87.3365f : x;  // comparisons are false for NaN: it passes both
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  float t = x * 1.44269504088896341f;
+  t = t == t ? t : 0.f;
+  const int32_t k = (int32_t)(t + (t < 0.f ? -0.5f : 0.5f));  // in [-126, 127] after the clamps
+  const float n = (float)k;
+  // x - n ln 2 in two parts (Cody and Waite), the first exact; -ffast-math would reassociate
+  // (x - n c1) + n c2 into x + (n c2 - n c1), whose rounding cost up to 68 ulp near the clamps, so a
+  // barrier keeps the order (GCC 12+, clang 15+; a no-op for the vectoriser).
+  const float r = SEQCAST_KEEP_ORDER(x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + (r + 1.f);
+  const uint32_t bits = (uint32_t)(k + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+static inline float sigm(float x) { return 1.f / (1.f + exp_plain(-x)); }
+// tanh16 on one float (Cephes' tanhf). The two branches are blended by arithmetic, not selected:
+// with a select GCC moved the exp into a branch and then left the loop scalar ("control flow in
+// loop", -march=x86-64-v2); the polynomial's argument is 0 off its range, so it stays finite and
+// 0 times it is 0.
+static inline float tanh_plain(float x) {
+  const float ax = std::fabs(x);
+  const bool near0 = ax < 0.625f;  // false for NaN
+  const float xs = near0 ? x : 0.f;
+  const float big = std::copysign(1.f - 2.f / (exp_plain(ax + ax) + 1.f), x);  // NaN stays NaN
+  const float z = xs * xs;
+  float p = -5.70498872745e-3f * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * xs + xs;
+  const float m = near0 ? 1.f : 0.f;
+  return m * small + (1.f - m) * big;
+}
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -359,7 +416,11 @@ std::vector<Tensor> lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih
           cn[q] = c;
           tcn[q] = tc;
           hn[q] = ar[3 * U + j] * tc;
-          if (mon) mon[q] = hn[q] * mkn[q];
+        }
+        // the masked output in a loop of its own: a conditional store kept GCC from vectorising the one above
+        if (mon) {
+          #pragma omp simd
+          for (int64_t q = (int64_t)r * U; q < (int64_t)(r + 1) * U; ++q) mon[q] = hn[q] * mkn[q];
         }
 #endif
       }
@@ -656,14 +717,17 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
           const float rv = sigm(ar[j] + hr[j] + bias[j]);
           const float zv = sigm(ar[U + j] + hr[U + j] + bias[U + j]);
           const float hnv = hr[2 * U + j] + bhn[j];
-          const float nv = std::tanh(ar[2 * U + j] + bias[2 * U + j] + rv * hnv);
+          const float nv = tanh_plain(ar[2 * U + j] + bias[2 * U + j] + rv * hnv);
           const float h = nv + zv * (hp[q] - nv);
           ar[j] = rv;
           ar[U + j] = zv;
           ar[2 * U + j] = nv;
           hnn[q] = hnv;
           hn[q] = h;
-          if (mon) mon[q] = h * mkn[q];
+        }
+        if (mon) {  // in a loop of its own, as lstm_forward's
+          #pragma omp simd
+          for (int64_t q = q0; q < q0 + U; ++q) mon[q] = hn[q] * mkn[q];
         }
 #endif
       }
@@ -847,12 +911,20 @@ std::vector<Tensor> rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
           if (mon) io.st(mon + (int64_t)r * U + j, _mm256_mul_ps(h, io.ld(mkn + (int64_t)r * U + j)));
         });
 #else
-        #pragma omp simd
-        for (int j = 0; j < U; ++j) {
-          const float pre = hr[j] + bias[j];
-          const float h = relu ? (pre < 0.f ? 0.f : pre) : std::tanh(pre);
-          hr[j] = h;
-          if (mon) mon[(int64_t)r * U + j] = h * mkn[(int64_t)r * U + j];
+        // one loop per activation: GCC left a loop that chose between them scalar
+        if (relu) {
+          #pragma omp simd
+          for (int j = 0; j < U; ++j) {
+            const float pre = hr[j] + bias[j];
+            hr[j] = pre < 0.f ? 0.f : pre;  // false for NaN: NaN passes through
+          }
+        } else {
+          #pragma omp simd
+          for (int j = 0; j < U; ++j) hr[j] = tanh_plain(hr[j] + bias[j]);
+        }
+        if (mon) {  // in a loop of its own, as lstm_forward's
+          #pragma omp simd
+          for (int j = 0; j < U; ++j) mon[(int64_t)r * U + j] = hr[j] * mkn[(int64_t)r * U + j];
         }
 #endif
       }
