@@ -12,6 +12,7 @@ persistence (yesterday's Open).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -54,4 +55,11 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"configurations to run (default: all): {', '.join(CONFIGS)}")
+    names = parser.parse_args().names
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    main(names)
