@@ -16,7 +16,7 @@ in its own Python thread with one intra-op thread: their hand-written layers rel
 TorchScript time loops where the compiled layers are not used), so the groups run in parallel.
 
 Small LSTM models (``StackedRNN.trains_by_hand_at`` on the threads each group gets: layers of at
-most ``native.MAX_LAYER_FLOPS_ONE_THREAD`` where the models are shared out as one group per thread,
+most ``native.lstm_bound_one_thread()`` where the models are shared out as one group per thread,
 each on one thread, else ``native.MAX_LAYER_FLOPS``) train like the GRUs where ``seqcast.native``'s
 compiled layer built: K models per call of ``native.native_lstm``, which releases the GIL, one
 group per thread (each batch one call of ``native.train_step``, forward to gradients). The rest

@@ -13,7 +13,8 @@ with the weight and input gradients as large GEMMs over all steps (MKL's ``sgemm
 PyTorch's CPU build carries, on raw pointers). Forward and backward of one stack run 1.93x faster
 than oneDNN at the preset's shape, 1.26x for a 32-window slice of a seed-config batch and 0.99x for
 2xLSTM(128) on one thread, so only layers up to :data:`MAX_LAYER_FLOPS` (one thread:
-:data:`MAX_LAYER_FLOPS_ONE_THREAD`) use it (benchmarks/README.md, 2026-12-06). A whole stack,
+:func:`lstm_bound_one_thread`, larger on AVX2 CPUs) use it (benchmarks/README.md, 2026-12-06 and
+-07). A whole stack,
 dropout masks included, is one call and one autograd node each way (one node per layer and one
 per mask before: 1.06x per seed-config epoch, median of 12 ABBA rounds), and the gate passes apply
 the masks (a further 1.065x). Its calls release the GIL, so a split batch's slices and train_many's
@@ -1524,6 +1525,20 @@ def _load():
 # 153.6) 1.04-1.32, median 1.14; unsplit at two threads 0.90-1.17, median 1.02, so oneDNN there.
 MAX_LAYER_FLOPS = 100e6
 MAX_LAYER_FLOPS_ONE_THREAD = 160e6
+# The same bound on one thread where torch's CPU capability is AVX2 (no AVX-512: the AMD EPYC
+# host, Zen 3, 2026-12-07), where oneDNN's LSTM kernel does less well against this layer. Whole
+# split fits at lookback 60, batch 64, alternating rounds, oneDNN's seconds per epoch over the
+# compiled layer's: 2xLSTM(128) (slices of 503 MFLOP a layer call) 1.09, 1.33, 1.24; 2xLSTM(180)
+# (995 MFLOP) 1.05, 1.04; 2xLSTM(256) (2.0 GFLOP) 0.98, 0.85 (benchmarks/README.md, 2026-12-07).
+MAX_LAYER_FLOPS_ONE_THREAD_AVX2 = 600e6
+
+
+def lstm_bound_one_thread() -> float:
+    """:data:`MAX_LAYER_FLOPS_ONE_THREAD_AVX2` on a CPU torch runs at its AVX2 capability, else
+    :data:`MAX_LAYER_FLOPS_ONE_THREAD` (measured with AVX-512; other CPUs were not measured)."""
+    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return MAX_LAYER_FLOPS_ONE_THREAD_AVX2 if avx2 else MAX_LAYER_FLOPS_ONE_THREAD
+
 
 # The same bounds for a GRU layer (native_gru), against the hand-written GRU of models.fused_gru
 # (TorchScript time loops), which is what a GRU trains with otherwise. Forward+backward of one stack,
@@ -1547,7 +1562,7 @@ MAX_RNN_LAYER_FLOPS_ONE_THREAD = 4e9
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 # Per cell: the bound on one intra-op thread, and on more.
 _BOUNDS = {
-    "lstm": (MAX_LAYER_FLOPS_ONE_THREAD, MAX_LAYER_FLOPS),
+    "lstm": (lstm_bound_one_thread(), MAX_LAYER_FLOPS),
     "gru": (MAX_GRU_LAYER_FLOPS_ONE_THREAD, MAX_GRU_LAYER_FLOPS),
     "rnn_tanh": (MAX_RNN_LAYER_FLOPS_ONE_THREAD, MAX_RNN_LAYER_FLOPS),
     "rnn_relu": (MAX_RNN_LAYER_FLOPS_ONE_THREAD, MAX_RNN_LAYER_FLOPS),
@@ -1580,7 +1595,7 @@ def suits(
 ) -> bool:
     """Whether a ``cell`` layer (a :data:`CELLS` name) of this size gains from the compiled layer on
     ``threads`` intra-op threads (None: torch's count on the calling thread): in training, for an
-    LSTM at most :data:`MAX_LAYER_FLOPS_ONE_THREAD` on one, :data:`MAX_LAYER_FLOPS` on more; for a
+    LSTM at most :func:`lstm_bound_one_thread` on one, :data:`MAX_LAYER_FLOPS` on more; for a
     GRU and an RNN the ``MAX_GRU_…`` and ``MAX_RNN_…`` bounds; with ``inference``, the bounds
     measured for :func:`native_infer`."""
     threads = torch.get_num_threads() if threads is None else threads
