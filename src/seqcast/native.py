@@ -1529,7 +1529,7 @@ MAX_LAYER_FLOPS_ONE_THREAD = 160e6
 # host, Zen 3, 2026-12-07), where oneDNN's LSTM kernel does less well against this layer. Whole
 # split fits at lookback 60, batch 64, alternating rounds, oneDNN's seconds per epoch over the
 # compiled layer's: 2xLSTM(128) (slices of 503 MFLOP a layer call) 1.09, 1.33, 1.24; 2xLSTM(180)
-# (995 MFLOP) 1.05, 1.04; 2xLSTM(256) (2.0 GFLOP) 0.98, 0.85 (benchmarks/README.md, 2026-12-07).
+# (995 MFLOP) 1.05, 1.05; 2xLSTM(256) (2.0 GFLOP) 0.98, 0.85 (benchmarks/README.md, 2026-12-07).
 MAX_LAYER_FLOPS_ONE_THREAD_AVX2 = 600e6
 
 
