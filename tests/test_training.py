@@ -304,6 +304,21 @@ def test_other_losses_train(loss):
     assert history.loss[-1] < history.loss[0]
 
 
+def test_predict_moves_the_model_only_where_it_is_not_on_the_device(monkeypatch):
+    from seqcast import training
+
+    model = build_model(1, cell="lstm", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
+    moved = []
+    monkeypatch.setattr(model, "to", lambda *args, **kwargs: moved.append(args) or model)
+    X = np.random.default_rng(0).normal(size=(5, 6, 1)).astype(np.float32)
+    predict_batches(model, X)
+    assert moved == []  # already on the CPU: Module.to's walk skipped
+    elsewhere = torch.nn.Linear(2, 1, device="meta")
+    monkeypatch.setattr(elsewhere, "to", lambda *args, **kwargs: moved.append(args) or elsewhere)
+    training._move_to(elsewhere, torch.device("cpu"))
+    assert moved == [(torch.device("cpu"),)]
+
+
 def test_predict_batches_is_deterministic_float64_and_independent_of_batch_size():
     X, _ = sine_windows()
     model = tiny_model(dropout=0.5)
