@@ -117,7 +117,7 @@ static inline void step_gemm(int M, int N, int K, const float* A, int lda, const
 #endif
 #endif
 #ifndef SEQCAST_KEEP_ORDER
-#define SEQCAST_KEEP_ORDER(e) (e)  // older compilers: up to ~68 ulp for |x| near 88, ~4 ulp below 17
+#define SEQCAST_KEEP_ORDER(e) (e)  // older compilers: the reassociated form, up to ~68 ulp near the clamps
 #endif
 static inline float exp_plain(float x) {
   x = x < -87.3365f ? -87.3365f : x;  // comparisons are false for NaN: it passes both
@@ -128,7 +128,9 @@ static inline float exp_plain(float x) {
   const float n = (float)k;
   // x - n ln 2 in two parts (Cody and Waite), the first exact; -ffast-math would reassociate
   // (x - n c1) + n c2 into x + (n c2 - n c1), whose rounding cost up to 68 ulp near the clamps, so a
-  // barrier keeps the order (GCC 12+, clang 15+; a no-op for the vectoriser).
+  // barrier keeps the order (GCC 12+, clang 15+). It does in scalar code and in SSE2 loops (1.28 ulp
+  // at most), not in GCC 12's -march=x86-64-v2 loops, still 67.7 ulp there (benchmarks/README.md,
+  // 2026-12-07; within 1e-6 relative where a sigmoid is not saturated).
   const float r = SEQCAST_KEEP_ORDER(x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
