@@ -495,9 +495,24 @@ static void transpose_back(const float* wt, int N, int G, float* grad_w) {
 static void input_gradient(int T, int B, int I, int G, const float* d_in, const float* w_ih, float* grad_x) {
   gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
 }
+// A layer with at most this many inputs (a first layer: the seed config's 1 feature, the indicators
+// preset's 3) gets its input weights' gradient from brgemm on x transposed by hand: MKL's sgemm_ ran
+// x^T d at 3 x 128 over 640 rows in 17.0 us and at 1 x 200 over 1,920 rows in 34.5 us, the
+// transpose and brgemm in 5.4 and 23.6 us; at 9 inputs 26.9 against 15.9, at 32 56.5 against 55.2
+// (one thread, the AMD Zen 4 host; benchmarks/README.md, 2026-12-07, 02:10-04:40 UTC).
+constexpr int SKINNY_INPUTS = 16;
+
 static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
                                    float* wt) {
-  gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
+  const int R = T * B;
+  if (I <= SKINNY_INPUTS) {
+    std::vector<float> xt((size_t)I * R);  // x^T, I x R
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < I; ++c) xt[(size_t)c * R + r] = x[(size_t)r * I + c];
+    step_gemm(I, G, R, xt.data(), R, d_in, G, false, wt, G);
+  } else {
+    gemm(true, false, I, G, R, x, I, d_in, G, 0.f, wt, G);
+  }
   transpose_back(wt, I, G, grad_w_ih);
 }
 
