@@ -7,8 +7,8 @@ weight gradients could take.
 Builds a small extension of its own with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler
 and ninja, as ``seqcast.native``), so it times the same two entry points the kernel calls
 (``at::native::cpublas::brgemm`` and ``sgemm_``) without the layers around them. Each figure is the
-best of 7 blocks of repeated calls. The tables of benchmarks/README.md's section "2026-12-07,
-00:00-00:45 UTC" came from it (then two scratch scripts).
+best of 7 blocks of repeated calls. The tables of benchmarks/README.md's sections "2026-12-07,
+00:00-01:40 UTC" (then two scratch scripts) and "2026-12-07, 02:10-04:40 UTC" came from it.
 """
 
 from __future__ import annotations
@@ -82,9 +82,25 @@ std::vector<double> gradients(int U, int G, int T, int B, int reps) {
       }, reps),
   };
 }
+// A first layer's input-weight gradient, wt (I x G) = x^T d over R rows, for few inputs I: sgemm_ with A
+// transposed (the kernel's way before 2026-12-07) against x transposed by hand, then brgemm (since).
+std::vector<double> skinny(int I, int G, int R, int reps) {
+  std::vector<float> x((size_t)R * I), d((size_t)R * G), wt((size_t)I * G), xt((size_t)I * R);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = (i % 11) * 0.1f;
+  for (size_t i = 0; i < d.size(); ++i) d[i] = (i % 7) * 0.1f;
+  return {
+      best_of([&] { gemm(true, false, I, G, R, x.data(), I, d.data(), G, 0.f, wt.data(), G); }, reps),
+      best_of([&] {
+        for (int r = 0; r < R; ++r)
+          for (int c = 0; c < I; ++c) xt[(size_t)c * R + r] = x[(size_t)r * I + c];
+        at::native::cpublas::brgemm(I, G, R, R, G, G, false, xt.data(), d.data(), wt.data(), false);
+      }, reps),
+  };
+}
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("product", &product);
   m.def("gradients", &gradients);
+  m.def("skinny", &skinny);
 }
 """
 
@@ -112,6 +128,13 @@ def main() -> None:
     flops = 2 * U * G * (T - 1) * B
     for name, seconds in zip(names, module.gradients(U, G, T, B, 200)):
         print(f"{name}: {seconds * 1e6:.1f} us ({flops / seconds / 1e9:.1f} GFLOP/s)")
+    # A first layer's input weights (native.SKINNY_INPUTS): the seed config's 1 feature over a split
+    # batch's rows, the indicators preset's 3 (its shape: G = 128, 20 steps of 32), 9 and 32 features.
+    for I, G_, R in [(1, G, T * B), (3, 128, 640), (9, 128, 640), (32, 128, 608)]:
+        f = 2 * I * G_ * R
+        s, b = module.skinny(I, G_, R, 2000)
+        print(f"input-weight gradient x^T d, {I} inputs, G {G_}, {R} rows: sgemm_ {s * 1e6:.2f} us "
+              f"({f / s / 1e9:.1f} GFLOP/s), x transposed then brgemm {b * 1e6:.2f} us ({f / b / 1e9:.1f})")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,29 @@ def cpu_model() -> str | None:
     return None
 
 
+def cpu_details() -> dict:
+    """The CPU's family and model numbers and its widest vector extension, from /proc/cpuinfo
+    (empty off Linux): "AMD EPYC" named both a Zen 3 host (family 25 model 1, AVX2) and a Zen 4
+    host (model 17, AVX-512) in one day, and the kernel's branch and torch's CPU capability
+    follow the flags."""
+    details: dict = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key in ("cpu family", "model") and key.replace(" ", "_") not in details:
+                    details[key.replace(" ", "_")] = int(value)
+                elif key == "flags":
+                    flags = value.split()
+                    details["vector"] = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+                    break
+    except (OSError, ValueError):
+        pass
+    details["torch_capability"] = torch.backends.cpu.get_cpu_capability()
+    return details
+
+
 def _gemm_rates(size: int, repeats: int) -> list[float]:
     """GFLOP/s of `repeats` size² fp32 products, after one untimed (the first after a change of
     thread count wakes or starts threads)."""
@@ -415,12 +438,15 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(),
+            "cpu": cpu_details(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "load_average_before": os.getloadavg(),
         },
     }
-    print(f"{results['machine']['cpu_model']}, {results['machine']['cpus']} CPUs, torch {torch.__version__}")
+    cpu = results["machine"]["cpu"]
+    print(f"{results['machine']['cpu_model']} (family {cpu.get('cpu_family')} model {cpu.get('model')}, "
+          f"{cpu.get('vector')}), {results['machine']['cpus']} CPUs, torch {torch.__version__}")
     gemm = gemm_rate()
     results["gemm"] = gemm
     rate = gemm["gflops"]["median"]
