@@ -1179,19 +1179,11 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
   return out;
 }
 
-// torch.optim.Adam's update (amsgrad, maximize and weight decay off) of each params[i] with the sum
-// of grads[0][i], grads[1][i], ..., in place in the optimizer's own state (exp_avgs, exp_avg_sqs and
-// the step counts, 0-dimensional float32 or float64 tensors, incremented here), with the constants
-// computed in double as torch's fused CPU kernel computes them: m = beta1 m + (1 - beta1) g,
-// v = beta2 v + (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
-// One pass per parameter instead of a sum of the slices' gradients and then the optimizer's kernel
-// after a split batch, while the other core waits: 0.27 against 0.90 ms per seed-config batch in
-// real fits (benchmarks/README.md, section 2026-12-06, 16:25-17:30 UTC).
 // adam_step's update of one parameter of count floats with the gradient g0 (+ g1 where Two): one
 // loop with no branch or inner loop in it, so that GCC vectorises it. The loop it replaces summed the
 // gradient lists in an inner loop over them, and GCC's -fopt-info-vec reported it "not vectorized:
-// control flow in loop": ~3 ns a float (a seed-config batch's 72,000 floats ~0.25 ms on each of the
-// two threads, and 3 % of a group of eight preset-shaped LSTMs' samples; benchmarks/README.md,
+// control flow in loop": ~3 ns a float (a seed-config batch's 72,000 floats ~0.2 ms of CPU, shared by
+// its two threads, and 3 % of a group of eight preset-shaped LSTMs' samples; benchmarks/README.md,
 // 2026-12-07, 02:10-04:40 UTC).
 template <bool Two>
 static inline void adam_update(int64_t count, float* p, float* m, float* v, const float* g0, const float* g1, float b1,
@@ -1205,6 +1197,14 @@ static inline void adam_update(int64_t count, float* p, float* m, float* v, cons
   }
 }
 
+// torch.optim.Adam's update (amsgrad, maximize and weight decay off) of each params[i] with the sum
+// of grads[0][i], grads[1][i], ..., in place in the optimizer's own state (exp_avgs, exp_avg_sqs and
+// the step counts, 0-dimensional float32 or float64 tensors, incremented here), with the constants
+// computed in double as torch's fused CPU kernel computes them: m = beta1 m + (1 - beta1) g,
+// v = beta2 v + (1 - beta2) g^2, p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+// One pass per parameter instead of a sum of the slices' gradients and then the optimizer's kernel
+// after a split batch, while the other core waits: 0.27 against 0.90 ms per seed-config batch in
+// real fits (benchmarks/README.md, section 2026-12-06, 16:25-17:30 UTC).
 void adam_step(std::vector<Tensor> params, std::vector<std::vector<Tensor>> grads, std::vector<Tensor> exp_avgs,
                std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, double lr, double beta1, double beta2,
                double eps) {
