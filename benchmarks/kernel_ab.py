@@ -1,0 +1,106 @@
+"""Two builds of seqcast.native's kernel in one process, timed alternately: an A/B for kernel changes.
+
+    python benchmarks/kernel_ab.py OLD_TREE [NEW_TREE] [--shape preset|seed-slice|seed-batch|...]
+        [--cell lstm|gru|rnn] [--rounds 15] [--calls 50]
+
+OLD_TREE and NEW_TREE are checkouts of this repository (``git worktree add /tmp/old <commit>``;
+NEW_TREE defaults to this one). Each tree's ``src/seqcast/native.py`` is built (or loaded from
+torch's extension cache: each source has its own build name) and both modules run the same
+``stack_forward`` + ``stack_backward`` on the same tensors, on one thread, in alternating blocks of
+``--calls`` calls. It prints the largest difference between the two builds' gradients and each
+build's median and range of milliseconds per call, and the median and range of the per-round
+ratios old/new.
+
+Why: whole fits in separate processes cannot separate a 1-5 % change from the 2-core hosts' phases
+(they move by 1.5x within minutes); alternating blocks in one process see the same moments of the
+host. A change to plain stores for full AVX-512 chunks read 1.08x in six pairs of whole-fit
+processes and 0.999 here (benchmarks/README.md, 2026-12-07, 02:10-04:40 UTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.cpp_extension import load_inline
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE / "src"))
+
+from seqcast.training import keep_freed_memory  # noqa: E402
+
+# name: (models K, steps T, windows B, features F, units U, layers L)
+SHAPES = {
+    "preset": (1, 20, 32, 3, 32, 1),
+    "preset-group": (4, 20, 32, 3, 32, 1),
+    "seed-slice": (1, 60, 32, 1, 50, 4),
+    "seed-batch": (1, 60, 64, 1, 50, 4),
+}
+CELLS = {"lstm": (0, 4), "gru": (1, 3), "rnn": (2, 1)}
+
+
+def build(tree: Path, alias: str):
+    """The compiled module of ``tree``'s native.py (its SOURCE and _FLAGS under its build name)."""
+    spec = importlib.util.spec_from_file_location(alias, tree / "src" / "seqcast" / "native.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    spec.loader.exec_module(module)
+    return load_inline(module.build_name(), cpp_sources=module.SOURCE, extra_cflags=module._FLAGS, verbose=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path, help="a checkout of the code before the change")
+    parser.add_argument("new", type=Path, nargs="?", default=HERE, help="a checkout after it (default: this one)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="preset-group")
+    parser.add_argument("--cell", choices=sorted(CELLS), default="lstm")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=50)
+    args = parser.parse_args()
+    for tree in (args.old, args.new):
+        if not (tree / "src" / "seqcast" / "native.py").is_file():
+            parser.error(f"{tree}: no src/seqcast/native.py there; give a checkout of this repository")
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    old, new = build(args.old.resolve(), "seqcast_native_old"), build(args.new.resolve(), "seqcast_native_new")
+    K, T, B, F, U, L = SHAPES[args.shape]
+    cell, gates = CELLS[args.cell]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(K, T, B, F, generator=generator)
+    weights = []
+    for layer in range(L):
+        weights += [torch.randn(K, gates * U, F if layer == 0 else U, generator=generator) * 0.1,
+                    torch.randn(K, gates * U, U, generator=generator) * 0.1,
+                    torch.randn(K, gates * U, generator=generator) * 0.1,
+                    torch.randn(K, gates * U, generator=generator) * 0.1]
+
+    def step(module):
+        out = module.stack_forward(x, weights, [], cell, True)
+        return module.stack_backward(torch.ones_like(out[0]), out[1:], weights, [], False, cell)
+
+    difference = max((a - b).abs().max().item() for a, b in zip(step(old)[1:], step(new)[1:]))
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(args.rounds):
+        for name, module in (("old", old), ("new", new)):
+            for _ in range(3):
+                step(module)
+            started = time.perf_counter()
+            for _ in range(args.calls):
+                step(module)
+            times[name].append((time.perf_counter() - started) / args.calls * 1e3)
+    ratios = [a / b for a, b in zip(times["old"], times["new"])]
+    print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), one thread, "
+          f"{args.rounds} rounds of {args.calls} calls; largest gradient difference {difference:.3g}")
+    for name in ("old", "new"):
+        t = times[name]
+        print(f"{name}: {statistics.median(t):.3f} ms per forward+backward ({min(t):.3f}-{max(t):.3f})")
+    print(f"old/new: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
