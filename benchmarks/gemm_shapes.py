@@ -8,7 +8,7 @@ Builds a small extension of its own with ``torch.utils.cpp_extension.load_inline
 and ninja, as ``seqcast.native``), so it times the same two entry points the kernel calls
 (``at::native::cpublas::brgemm`` and ``sgemm_``) without the layers around them. Each figure is the
 best of 7 blocks of repeated calls. The tables of benchmarks/README.md's sections "2026-12-07,
-00:00-01:40 UTC" (then two scratch scripts) and "2026-12-07, 02:10-04:40 UTC" came from it.
+00:00-01:40 UTC" (then two scratch scripts) and "2026-12-07, 02:10-03:30 UTC" came from it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ ratios old/new.
 Why: whole fits in separate processes cannot separate a 1-5 % change from the 2-core hosts' phases
 (they move by 1.5x within minutes); alternating blocks in one process see the same moments of the
 host. A change to plain stores for full AVX-512 chunks read 1.08x in six pairs of whole-fit
-processes and 0.999 here (benchmarks/README.md, 2026-12-07, 02:10-04:40 UTC).
+processes and 0.999 here (benchmarks/README.md, 2026-12-07, 02:10-03:30 UTC).
 """
 
 from __future__ import annotations

@@ -499,7 +499,7 @@ static void input_gradient(int T, int B, int I, int G, const float* d_in, const 
 // preset's 3) gets its input weights' gradient from brgemm on x transposed by hand: MKL's sgemm_ ran
 // x^T d at 3 x 128 over 640 rows in 17.0 us and at 1 x 200 over 1,920 rows in 34.5 us, the
 // transpose and brgemm in 5.4 and 23.6 us; at 9 inputs 26.9 against 15.9, at 32 56.5 against 55.2
-// (one thread, the AMD Zen 4 host; benchmarks/README.md, 2026-12-07, 02:10-04:40 UTC).
+// (one thread, the AMD Zen 4 host; benchmarks/README.md, 2026-12-07, 02:10-03:30 UTC).
 constexpr int SKINNY_INPUTS = 16;
 
 static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
@@ -1184,7 +1184,7 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
 // gradient lists in an inner loop over them, and GCC's -fopt-info-vec reported it "not vectorized:
 // control flow in loop": ~3 ns a float (a seed-config batch's 72,000 floats ~0.2 ms of CPU, shared by
 // its two threads, and 3 % of a group of eight preset-shaped LSTMs' samples; benchmarks/README.md,
-// 2026-12-07, 02:10-04:40 UTC).
+// 2026-12-07, 02:10-03:30 UTC).
 template <bool Two>
 static inline void adam_update(int64_t count, float* p, float* m, float* v, const float* g0, const float* g1, float b1,
                                float c1, float b2, float c2, float s, float root, float e) {
