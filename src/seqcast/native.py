@@ -105,6 +105,19 @@ static inline void step_gemm(int M, int N, int K, const float* A, int lda, const
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, add_C, A, Bkn, C, false);
 }
 
+// Cephes' expf and tanhf (Moshier), the constants every branch's exp and tanh below share: the
+// clamps, ln 2 in two parts (the first exact in float, for the range reduction), the degree-6
+// polynomial of exp on [-ln 2 / 2, ln 2 / 2] and the degree-4 one of tanh below |x| = 0.625.
+// EXP_HI keeps 2^n a normal float where it is made in the exponent bits (the AVX2 and plain
+// branches, n <= 127); AVX-512's scalef needs no such bound and keeps Cephes' 88.3763.
+constexpr float EXP_LO = -87.3365f, EXP_HI = 88.3762626647949f, LOG2E = 1.44269504088896341f;
+constexpr float LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
+constexpr float EXP_P[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+constexpr float TANH_SMALL = 0.625f;
+constexpr float TANH_P[5] = {-5.70498872745e-3f, 2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f,
+                             -3.33332819422e-1f};
+
 // The plain loops' gate math (CPUs without AVX2: aarch64, older x86): exp16's algorithm on one
 // float, written so that GCC vectorises the loops calling it for the CPU's own SIMD (NEON, SSE)
 // with no vector libm: the build's -fno-finite-math-only keeps glibc's vector expf out (it needs
@@ -120,9 +133,9 @@ static inline void step_gemm(int M, int N, int K, const float* A, int lda, const
 #define SEQCAST_KEEP_ORDER(e) (e)  // older compilers: the reassociated form, up to ~68 ulp near the clamps
 #endif
 static inline float exp_plain(float x) {
-  x = x < -87.3365f ? -87.3365f : x;  // comparisons are false for NaN: it passes both
-  x = x > 88.3762626647949f ? 88.3762626647949f : x;
-  float t = x * 1.44269504088896341f;
+  x = x < EXP_LO ? EXP_LO : x;  // comparisons are false for NaN: it passes both
+  x = x > EXP_HI ? EXP_HI : x;
+  float t = x * LOG2E;
   t = t == t ? t : 0.f;
   const int32_t k = (int32_t)(t + (t < 0.f ? -0.5f : 0.5f));  // in [-126, 127] after the clamps
   const float n = (float)k;
@@ -131,13 +144,9 @@ static inline float exp_plain(float x) {
   // barrier keeps the order (GCC 12+, clang 15+). It does in scalar code and in SSE2 loops (1.28 ulp
   // at most), not in GCC 12's -march=x86-64-v2 loops, still 67.7 ulp there (benchmarks/README.md,
   // 2026-12-07; within 1e-6 relative where a sigmoid is not saturated).
-  const float r = SEQCAST_KEEP_ORDER(x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  const float r = SEQCAST_KEEP_ORDER(x - n * LN2_HI) + n * -LN2_LO;
+  float p = EXP_P[0];
+  for (int i = 1; i < 6; ++i) p = p * r + EXP_P[i];  // unrolled by GCC (-O3), as the vector forms below
   p = p * (r * r) + (r + 1.f);
   const uint32_t bits = (uint32_t)(k + 127) << 23;
   float two_n;
@@ -151,14 +160,12 @@ static inline float sigm(float x) { return 1.f / (1.f + exp_plain(-x)); }
 // 0 times it is 0.
 static inline float tanh_plain(float x) {
   const float ax = std::fabs(x);
-  const bool near0 = ax < 0.625f;  // false for NaN
+  const bool near0 = ax < TANH_SMALL;  // false for NaN
   const float xs = near0 ? x : 0.f;
   const float big = std::copysign(1.f - 2.f / (exp_plain(ax + ax) + 1.f), x);  // NaN stays NaN
   const float z = xs * xs;
-  float p = -5.70498872745e-3f * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
+  float p = TANH_P[0] * z + TANH_P[1];
+  for (int i = 2; i < 5; ++i) p = p * z + TANH_P[i];
   const float small = p * z * xs + xs;
   const float m = near0 ? 1.f : 0.f;
   return m * small + (1.f - m) * big;
@@ -177,17 +184,13 @@ static inline float tanh_plain(float x) {
 static inline __m512 exp16(__m512 x) {
   // vmaxps/vminps return their second operand when one is NaN: x second, so NaN passes through
   // (a NaN weight must still make the loss NaN, and training stop as diverged).
-  x = _mm512_min_ps(_mm512_set1_ps(88.3763f), _mm512_max_ps(_mm512_set1_ps(-87.3365f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  x = _mm512_min_ps(_mm512_set1_ps(88.3763f), _mm512_max_ps(_mm512_set1_ps(EXP_LO), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+  __m512 p = _mm512_set1_ps(EXP_P[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P[i]));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
 }
@@ -211,12 +214,10 @@ static inline __m512 tanh16(__m512 x) {
   const __m512 signed_big = _mm512_castsi512_ps(_mm512_or_si512(
       _mm512_castps_si512(big), _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
   const __m512 z = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-5.70498872745e-3f), z, _mm512_set1_ps(2.06390887954e-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
-  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(TANH_P[0]), z, _mm512_set1_ps(TANH_P[1]));
+  for (int i = 2; i < 5; ++i) p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(TANH_P[i]));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ), signed_big, small);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(TANH_SMALL), _CMP_LT_OQ), signed_big, small);
 }
 static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -229,17 +230,12 @@ static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF 
 // (no scalef in AVX2): the upper clamp 88.3762626 keeps n <= 127 and the lower one n >= -126, so
 // 2^n is a normal float; a NaN gives NaN through the polynomial whatever n's bits are.
 static inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.3365f), x));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+  __m256 p = _mm256_set1_ps(EXP_P[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P[i]));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -259,13 +255,11 @@ static inline __m256 tanh8(__m256 x) {
   const __m256 d = _mm256_add_ps(exp8(_mm256_add_ps(ax, ax)), one);  // NaN stays NaN
   const __m256 big = _mm256_or_ps(_mm256_fnmadd_ps(_mm256_set1_ps(2.f), recip8(d), one), _mm256_and_ps(sign, x));
   const __m256 z = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(-5.70498872745e-3f), z, _mm256_set1_ps(2.06390887954e-2f));
-  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
-  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
-  p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(TANH_P[0]), z, _mm256_set1_ps(TANH_P[1]));
+  for (int i = 2; i < 5; ++i) p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(TANH_P[i]));
   const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
   // ax < 0.625 is false for NaN: big, which is NaN too
-  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
+  return _mm256_blendv_ps(big, small, _mm256_cmp_ps(ax, _mm256_set1_ps(TANH_SMALL), _CMP_LT_OQ));
 }
 // A row of n floats in chunks of 8: whole chunks with plain loads and stores, the last partial one
 // masked (AVX2's masked store is slow, so only there). f(j, io) reads with io.ld and writes with io.st.
