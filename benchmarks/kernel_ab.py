@@ -1,7 +1,7 @@
 """Two builds of seqcast.native's kernel in one process, timed alternately: an A/B for kernel changes.
 
     python benchmarks/kernel_ab.py OLD_TREE [NEW_TREE] [--shape preset|seed-slice|seed-batch|...]
-        [--cell lstm|gru|rnn] [--rounds 15] [--calls 50]
+        [--cell lstm|gru|rnn] [--rounds 15] [--calls 50] [--march haswell|x86-64-v2|...]
 
 OLD_TREE and NEW_TREE are checkouts of this repository (``git worktree add /tmp/old <commit>``;
 NEW_TREE defaults to this one). Each tree's ``src/seqcast/native.py`` is built (or loaded from
@@ -9,7 +9,9 @@ torch's extension cache: each source has its own build name) and both modules ru
 ``stack_forward`` + ``stack_backward`` on the same tensors, on one thread, in alternating blocks of
 ``--calls`` calls. It prints the largest difference between the two builds' gradients and each
 build's median and range of milliseconds per call, and the median and range of the per-round
-ratios old/new.
+ratios old/new. ``--march`` builds both for another instruction set than this CPU's
+(``-march=native`` swapped in each tree's flags): ``haswell`` for the AVX2 branch, ``x86-64-v2``
+or ``x86-64`` for the plain loops, ``icelake-server`` for AVX-512, each on a CPU that has it.
 
 Why: whole fits in separate processes cannot separate a 1-5 % change from the 2-core hosts' phases
 (they move by 1.5x within minutes); alternating blocks in one process see the same moments of the
@@ -44,12 +46,15 @@ SHAPES = {
 CELLS = {"lstm": (0, 4), "gru": (1, 3), "rnn": (2, 1)}
 
 
-def build(tree: Path, alias: str):
-    """The compiled module of ``tree``'s native.py (its SOURCE and _FLAGS under its build name)."""
+def build(tree: Path, alias: str, march: str | None = None):
+    """The compiled module of ``tree``'s native.py (its SOURCE and _FLAGS under its build name,
+    ``-march=native`` replaced by ``-march=MARCH`` where given)."""
     spec = importlib.util.spec_from_file_location(alias, tree / "src" / "seqcast" / "native.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[alias] = module
     spec.loader.exec_module(module)
+    if march:
+        module._FLAGS[:] = [f"-march={march}" if flag == "-march=native" else flag for flag in module._FLAGS]
     return load_inline(module.build_name(), cpp_sources=module.SOURCE, extra_cflags=module._FLAGS, verbose=False)
 
 
@@ -61,13 +66,15 @@ def main() -> None:
     parser.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--march", help="build both for this -march instead of the CPU's own (native)")
     args = parser.parse_args()
     for tree in (args.old, args.new):
         if not (tree / "src" / "seqcast" / "native.py").is_file():
             parser.error(f"{tree}: no src/seqcast/native.py there; give a checkout of this repository")
     keep_freed_memory()
     torch.set_num_threads(1)
-    old, new = build(args.old.resolve(), "seqcast_native_old"), build(args.new.resolve(), "seqcast_native_new")
+    old = build(args.old.resolve(), "seqcast_native_old", args.march)
+    new = build(args.new.resolve(), "seqcast_native_new", args.march)
     K, T, B, F, U, L = SHAPES[args.shape]
     cell, gates = CELLS[args.cell]
     generator = torch.Generator().manual_seed(0)
@@ -94,7 +101,7 @@ def main() -> None:
                 step(module)
             times[name].append((time.perf_counter() - started) / args.calls * 1e3)
     ratios = [a / b for a, b in zip(times["old"], times["new"])]
-    print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), one thread, "
+    print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), -march={args.march or 'native'}, one thread, "
           f"{args.rounds} rounds of {args.calls} calls; largest gradient difference {difference:.3g}")
     for name in ("old", "new"):
         t = times[name]
