@@ -37,7 +37,7 @@ def test_the_layer_compiles_where_a_compiler_exists():
 def test_every_instruction_set_branch_of_the_kernel_compiles(tmp_path):
     # The kernel has gate math for AVX-512, for AVX2 with FMA, and plain loops for other CPUs, and
     # the build (-march=native) compiles only the host's branch, which is all the tests above run.
-    # Hosts here have been Intel (AVX-512) and AMD (AVX2) from one session to the next, so a change
+    # Hosts here have been Intel (AVX-512), AMD Zen 3 (AVX2) and Zen 4 (AVX-512) from session to session, so a change
     # made on one would otherwise reach the other unchecked: the other branches must at least compile
     # (syntax and types, no code generation; ~25 s each, run side by side), with the build's flags.
     # The source goes in a file, not through stdin: a compiler waiting for its stdin would not start
