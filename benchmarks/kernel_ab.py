@@ -101,8 +101,8 @@ def main() -> None:
                 step(module)
             times[name].append((time.perf_counter() - started) / args.calls * 1e3)
     ratios = [a / b for a, b in zip(times["old"], times["new"])]
-    print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), -march={args.march or 'native'}, one thread, "
-          f"{args.rounds} rounds of {args.calls} calls; largest gradient difference {difference:.3g}")
+    print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), -march={args.march or 'native'}, "
+          f"one thread, {args.rounds} rounds of {args.calls} calls; largest gradient difference {difference:.3g}")
     for name in ("old", "new"):
         t = times[name]
         print(f"{name}: {statistics.median(t):.3f} ms per forward+backward ({min(t):.3f}-{max(t):.3f})")
