@@ -1115,21 +1115,22 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
 // last step's at (L - 1) * T * batch * U + start * U. Returns weight * each model's mean loss
 // (K), then its gradients for every weight of the stacks and head_w, head_b, each in its
 // weight's shape (what torch.autograd.grad gives for the sum of the K losses).
-std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
-                               std::vector<int64_t> seeds, int64_t threshold, double scale, int64_t batch, int64_t start,
-                               double weight, int64_t loss_kind, int64_t cell) {
+// train_step with the windows already time-major: xt (K, T, B, F), as train_batches gathers them.
+static std::vector<Tensor> train_step_time_major(Tensor xt, Tensor y, std::vector<Tensor> weights, Tensor head_w,
+                                                 Tensor head_b, std::vector<int64_t> seeds, int64_t threshold,
+                                                 double scale, int64_t batch, int64_t start, double weight,
+                                                 int64_t loss_kind, int64_t cell) {
   torch::NoGradGuard no_grad;
-  check(x, 4, "x"); check(y, 3, "y");
+  check(xt, 4, "x"); check(y, 3, "y");
   const size_t L = weights.size() / 4;
   TORCH_CHECK(L >= 1 && weights.size() == 4 * L, "train_step: bad arguments");
-  const int64_t K = x.size(0), B = x.size(1), T = x.size(2);
+  const int64_t K = xt.size(0), B = xt.size(2), T = xt.size(1);
   const Tensor hw = head_w.dim() == 2 ? head_w.unsqueeze(0) : head_w;  // (K, H, U)
   const Tensor hb = head_b.dim() == 1 ? head_b.unsqueeze(0) : head_b;  // (K, H)
   const int64_t H = hw.size(1), U = hw.size(2);
   TORCH_CHECK(hw.size(0) == K && hb.size(0) == K && hb.size(1) == H && y.size(0) == K && y.size(1) == B && y.size(2) == H,
               "train_step: y must be (models, windows, horizon) and the heads (models, horizon, units)");
   TORCH_CHECK(seeds.empty() || (int64_t)seeds.size() == K, "train_step: one seed per model");
-  const Tensor xt = x.transpose(1, 2).contiguous();  // (K, T, B, F), time-major
   std::vector<Tensor> masks;
   Tensor last_mask;
   if (!seeds.empty()) {
@@ -1144,33 +1145,75 @@ std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, 
   }
   std::vector<Tensor> forward = stack_forward(xt, weights, masks, cell, true);
   const Tensor& last = forward[0];  // (K, B, U)
-  const Tensor lm = last_mask.defined() ? last * last_mask : last;
-  const Tensor diff = at::baddbmm(hb.unsqueeze(1), lm, hw.transpose(1, 2)) - y;  // (K, B, H)
-  const double n = (double)(B * H);
-  // The loss per element and its derivative, as F.mse_loss, F.l1_loss and F.huber_loss (delta 1)
-  // define them and their backward passes compute them: 0 MSE, 1 MAE, 2 Huber.
+  // The linear heads and the loss by hand, for every model, window and output: as baddbmm, the loss's
+  // reductions and two bmm they were ~12 ATen calls, each with its dispatch and allocations, ~15-24
+  // us of a preset-shaped batch's ~270 (benchmarks/README.md, 2026-12-07, 03:45 UTC section).
+  // The loss per element and its derivative as F.mse_loss, F.l1_loss and F.huber_loss (delta 1)
+  // define them and their backward passes compute them: 0 MSE, 1 MAE, 2 Huber. Each model's loss is
+  // summed in double, then scaled by weight / (B H).
   TORCH_CHECK(loss_kind >= 0 && loss_kind <= 2, "train_step: unknown loss");
-  Tensor losses, d_out;
-  if (loss_kind == 0) {
-    losses = diff.square().sum({1, 2}) * (weight / n);
-    d_out = diff * (2.0 * weight / n);
-  } else if (loss_kind == 1) {
-    losses = diff.abs().sum({1, 2}) * (weight / n);
-    d_out = diff.sign() * (weight / n);
-  } else {
-    const Tensor a = diff.abs(), quadratic = a < 1.0;
-    losses = at::where(quadratic, 0.5 * diff.square(), a - 0.5).sum({1, 2}) * (weight / n);
-    d_out = diff.clamp(-1.0, 1.0) * (weight / n);
+  const Tensor lm = last_mask.defined() ? last * last_mask : last;
+  Tensor losses = at::empty({K}, xt.options()), d_last = at::empty({K, B, U}, xt.options());
+  Tensor grad_hw = at::zeros({K, H, U}, xt.options()), grad_hb = at::zeros({K, H}, xt.options());
+  const Tensor hwc = hw.contiguous(), hbc = hb.contiguous();
+  const float* lmp = lm.data_ptr<float>();
+  const float* mp = last_mask.defined() ? last_mask.data_ptr<float>() : nullptr;
+  const float* yp = y.data_ptr<float>();
+  const float f = (float)(weight / (double)(B * H));  // d loss / d element, as a float scalar times a float tensor
+  std::vector<float> d_out(H);
+  for (int64_t k = 0; k < K; ++k) {
+    const float* w = hwc.data_ptr<float>() + k * H * U;
+    const float* bias = hbc.data_ptr<float>() + k * H;
+    float* gw = grad_hw.data_ptr<float>() + k * H * U;
+    float* gb = grad_hb.data_ptr<float>() + k * H;
+    double sum = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* l = lmp + (k * B + b) * U;
+      for (int64_t h = 0; h < H; ++h) {
+        float pred = 0.f;
+        for (int64_t u = 0; u < U; ++u) pred += l[u] * w[h * U + u];
+        const float diff = bias[h] + pred - yp[(k * B + b) * H + h];
+        float e, d;
+        if (loss_kind == 0) {
+          e = diff * diff;
+          d = diff * (2.f * f);
+        } else if (loss_kind == 1) {
+          e = std::fabs(diff);
+          d = (float)((0.f < diff) - (diff < 0.f)) * f;  // torch.sign: 0 for NaN (the loss is NaN)
+        } else {
+          const float a = std::fabs(diff);
+          e = a < 1.f ? 0.5f * diff * diff : a - 0.5f;  // NaN: a - 0.5, NaN
+          d = (diff < -1.f ? -1.f : diff > 1.f ? 1.f : diff) * f;  // clamp keeps NaN
+        }
+        sum += e;
+        d_out[h] = d;
+        gb[h] += d;
+        for (int64_t u = 0; u < U; ++u) gw[h * U + u] += d * l[u];
+      }
+      float* dl = d_last.data_ptr<float>() + (k * B + b) * U;
+      for (int64_t u = 0; u < U; ++u) {
+        float v = 0.f;
+        for (int64_t h = 0; h < H; ++h) v += d_out[h] * w[h * U + u];
+        dl[u] = mp ? v * mp[(k * B + b) * U + u] : v;
+      }
+    }
+    losses.data_ptr<float>()[k] = (float)(sum * (weight / (double)(B * H)));
   }
-  const Tensor d_lm = at::bmm(d_out, hw);
-  const Tensor d_last = last_mask.defined() ? d_lm * last_mask : d_lm;
   std::vector<Tensor> backward =
       stack_backward(d_last, std::vector<Tensor>(forward.begin() + 1, forward.end()), weights, masks, false, cell);
   std::vector<Tensor> out{losses};
   out.insert(out.end(), backward.begin() + 1, backward.end());
-  out.push_back(at::bmm(d_out.transpose(1, 2), lm).view(head_w.sizes()));
-  out.push_back(d_out.sum(1).view(head_b.sizes()));
+  out.push_back(grad_hw.view(head_w.sizes()));
+  out.push_back(grad_hb.view(head_b.sizes()));
   return out;
+}
+
+std::vector<Tensor> train_step(Tensor x, Tensor y, std::vector<Tensor> weights, Tensor head_w, Tensor head_b,
+                               std::vector<int64_t> seeds, int64_t threshold, double scale, int64_t batch, int64_t start,
+                               double weight, int64_t loss_kind, int64_t cell) {
+  check(x, 4, "x");
+  return train_step_time_major(x.transpose(1, 2).contiguous(), y, weights, head_w, head_b, seeds, threshold, scale,
+                               batch, start, weight, loss_kind, cell);
 }
 
 // adam_step's update of one parameter of count floats with the gradient g0 (+ g1 where Two): one
@@ -1430,6 +1473,8 @@ void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_
                    double beta1, double beta2, double eps, Tensor total) {
   TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 2 && order.scalar_type() == at::kLong &&
                   total.scalar_type() == at::kDouble && total.dim() == 1 && total.size(0) == order.size(0) &&
+                  total.is_contiguous() && order.is_contiguous() && X.scalar_type() == at::kFloat &&
+                  Y.scalar_type() == at::kFloat && X.is_contiguous() && Y.is_contiguous() &&
                   (worker == nullptr || order.size(0) == 1),
               "train_batches: bad arguments");
   const int64_t K = order.size(0), N = order.size(1);
@@ -1437,11 +1482,29 @@ void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_
   for (int64_t b = 0; b < count; ++b) {
     const int64_t start = first + b * batch, n = std::min(batch, N - start);
     TORCH_CHECK(n >= (worker ? 2 : 1), "train_batches: a batch needs ", worker ? 2 : 1, " windows");
-    const Tensor index = order.narrow(1, start, n).reshape({-1});
     const std::vector<int64_t> seed =
         seeds.empty() ? std::vector<int64_t>{} : std::vector<int64_t>(seeds.begin() + b * K, seeds.begin() + (b + 1) * K);
-    const Tensor x = X.index_select(0, index).view({K, n, X.size(1), X.size(2)});
-    const Tensor y = Y.index_select(0, index).view({K, n, Y.size(1)});
+    // The batch's windows gathered by hand, time-major (K, T, n, F) where train_step takes them so,
+    // and the targets (K, n, H): index_select, a view and a transposed copy were four ATen calls.
+    const int64_t T = X.size(1), F = X.size(2), H = Y.size(1);
+    const int64_t* idx = order.data_ptr<int64_t>();
+    const float *xs = X.data_ptr<float>(), *ys = Y.data_ptr<float>();
+    const bool time_major = worker == nullptr;
+    const std::vector<int64_t> shape = time_major ? std::vector<int64_t>{K, T, n, F} : std::vector<int64_t>{K, n, T, F};
+    Tensor x = at::empty(shape, X.options());
+    Tensor y = at::empty({K, n, H}, Y.options());
+    float *xp = x.data_ptr<float>(), *yp = y.data_ptr<float>();
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t w = idx[k * N + start + i];
+        TORCH_CHECK(0 <= w && w < X.size(0) && X.size(0) == Y.size(0), "train_batches: a window index out of range");
+        const float* src = xs + w * T * F;
+        if (time_major)
+          for (int64_t t = 0; t < T; ++t) std::memcpy(xp + ((k * T + t) * n + i) * F, src + t * F, F * sizeof(float));
+        else
+          std::memcpy(xp + (k * n + i) * T * F, src, T * F * sizeof(float));
+        std::memcpy(yp + (k * n + i) * H, ys + w * H, H * sizeof(float));
+      }
     Tensor loss;
     if (worker) {
       std::vector<std::vector<Tensor>> pair =
@@ -1450,12 +1513,16 @@ void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_
       std::vector<std::vector<Tensor>> grads{{pair[0].begin() + 1, pair[0].end()}, {pair[1].begin() + 1, pair[1].end()}};
       adam_step_pair(*worker, params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
     } else {
-      std::vector<Tensor> out = train_step(x, y, weights, head_w, head_b, seed, threshold, scale, n, 0, 1.0, loss_kind, cell);
+      std::vector<Tensor> out =
+          train_step_time_major(x, y, weights, head_w, head_b, seed, threshold, scale, n, 0, 1.0, loss_kind, cell);
       loss = out[0];
       std::vector<std::vector<Tensor>> grads{{out.begin() + 1, out.end()}};
       adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, beta1, beta2, eps);
     }
-    total.add_(loss.to(at::kDouble) * (double)n);
+    // total += loss * n, as total.add_(loss.to(kDouble) * n) computed it
+    const float* lp = loss.data_ptr<float>();
+    double* tp = total.data_ptr<double>();
+    for (int64_t k = 0; k < K; ++k) tp[k] += (double)lp[k] * (double)n;
   }
 }
 
