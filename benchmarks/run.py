@@ -32,6 +32,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from seqcast import native  # noqa: E402
 from seqcast.datasets import load_google  # noqa: E402
 from seqcast.models import build_model  # noqa: E402
 from seqcast.training import keep_freed_memory, predict_batches, train_model  # noqa: E402
@@ -61,31 +62,21 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def cpu_model() -> str | None:
-    """The first "model name" of /proc/cpuinfo (None off Linux): the hosts differ between sessions
-    (AMD EPYC, Intel Xeon), and platform.processor() is empty on Linux."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_details() -> dict:
-    """The CPU's family and model numbers and its widest vector extension, from /proc/cpuinfo
-    (empty off Linux): "AMD EPYC" named both a Zen 3 host (family 25 model 1, AVX2) and a Zen 4
-    host (model 17, AVX-512) in one day, and the kernel's branch and torch's CPU capability
-    follow the flags."""
-    details: dict = {}
+def cpu_details() -> tuple[str | None, dict]:
+    """The first "model name" of /proc/cpuinfo (None off Linux: platform.processor() is empty on
+    Linux), and the CPU's family and model numbers and its widest vector extension (empty off
+    Linux), in one read: "AMD EPYC" named both a Zen 3 host (family 25 model 1, AVX2) and a Zen 4
+    host (model 17, AVX-512) in one day, and the kernel's branch and torch's CPU capability follow
+    the flags."""
+    name, details = None, {}
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
                 key, _, value = line.partition(":")
                 key, value = key.strip(), value.strip()
-                if key in ("cpu family", "model") and key.replace(" ", "_") not in details:
+                if key == "model name" and name is None:
+                    name = value
+                elif key in ("cpu family", "model") and key.replace(" ", "_") not in details:
                     details[key.replace(" ", "_")] = int(value)
                 elif key == "flags":
                     flags = value.split()
@@ -94,7 +85,7 @@ def cpu_details() -> dict:
     except (OSError, ValueError):
         pass
     details["torch_capability"] = torch.backends.cpu.get_cpu_capability()
-    return details
+    return name, details
 
 
 def _gemm_rates(size: int, repeats: int) -> list[float]:
@@ -431,20 +422,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = HERE / ("results-partial.json" if args.only else "results.json")
 
+    # Build (or load) the compiled kernel before any timing: after a change to it the first fit
+    # would otherwise build it inside a timed section (30-60 s; a round of the ensemble rows read 8.4x).
+    native.available()
     X, y, january = seed_windows()
+    cpu_name, cpu = cpu_details()
     results: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(),
-            "cpu": cpu_details(),
+            "cpu_model": cpu_name,
+            "cpu": cpu,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "load_average_before": os.getloadavg(),
         },
     }
-    cpu = results["machine"]["cpu"]
     print(f"{results['machine']['cpu_model']} (family {cpu.get('cpu_family')} model {cpu.get('model')}, "
           f"{cpu.get('vector')}), {results['machine']['cpus']} CPUs, torch {torch.__version__}")
     gemm = gemm_rate()
