@@ -1,15 +1,19 @@
 """Two builds of seqcast.native's kernel in one process, timed alternately: an A/B for kernel changes.
 
     python benchmarks/kernel_ab.py OLD_TREE [NEW_TREE] [--shape preset|seed-slice|seed-batch|...]
-        [--cell lstm|gru|rnn] [--rounds 15] [--calls 50] [--march haswell|x86-64-v2|...]
+        [--cell lstm|gru|rnn] [--call stack|epoch] [--rounds 15] [--calls N] [--march haswell|x86-64-v2|...]
 
 OLD_TREE and NEW_TREE are checkouts of this repository (``git worktree add /tmp/old <commit>``;
 NEW_TREE defaults to this one). Each tree's ``src/seqcast/native.py`` is built (or loaded from
 torch's extension cache: each source has its own build name) and both modules run the same
 ``stack_forward`` + ``stack_backward`` on the same tensors, on one thread, in alternating blocks of
-``--calls`` calls. It prints the largest difference between the two builds' gradients and each
+``--calls`` calls (default 50). It prints the largest difference between the two builds' gradients and each
 build's median and range of milliseconds per call, and the median and range of the per-round
-ratios old/new. ``--march`` builds both for another instruction set than this CPU's
+ratios old/new. ``--call epoch`` times whole training epochs instead (``train_batches``: 1,198
+random windows of the shape, its B the batch size, the head, the MSE loss and Adam, 8 batches a
+call as the fits run them; ``--calls`` epochs per block, default 2), each build training its own
+copy of the same models, and prints the largest difference between their weights after the first
+epoch; both trees must have ``train_batches`` with today's arguments. ``--march`` builds both for another instruction set than this CPU's
 (``-march=native`` swapped in each tree's flags): ``haswell`` for the AVX2 branch, ``x86-64-v2``
 or ``x86-64`` for the plain loops, ``icelake-server`` for AVX-512, each on a CPU that has it.
 
@@ -65,7 +69,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="preset-group")
     parser.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--call", choices=("stack", "epoch"), default="stack")
+    parser.add_argument("--calls", type=int, help="calls (default 50) or epochs (default 2) per block")
     parser.add_argument("--march", help="build both for this -march instead of the CPU's own (native)")
     args = parser.parse_args()
     for tree in (args.old, args.new):
@@ -86,26 +91,57 @@ def main() -> None:
                     torch.randn(K, gates * U, generator=generator) * 0.1,
                     torch.randn(K, gates * U, generator=generator) * 0.1]
 
-    def step(module):
-        out = module.stack_forward(x, weights, [], cell, True)
-        return module.stack_backward(torch.ones_like(out[0]), out[1:], weights, [], False, cell)
+    if args.call == "stack":
+        calls, what, warm = args.calls or 50, "forward+backward", 3
 
-    difference = max((a - b).abs().max().item() for a, b in zip(step(old)[1:], step(new)[1:]))
+        def step(module, name):
+            out = module.stack_forward(x, weights, [], cell, True)
+            return module.stack_backward(torch.ones_like(out[0]), out[1:], weights, [], False, cell)[1:]
+
+        difference = max((a - b).abs().max().item() for a, b in zip(step(old, "old"), step(new, "new")))
+        compared = "gradient"
+    else:
+        calls, what, warm = args.calls or 2, "epoch", 0
+        windows = 1198
+        X = torch.randn(windows, T, F, generator=generator)
+        Y = torch.randn(windows, 1, generator=generator)
+        order = torch.stack([torch.randperm(windows, generator=torch.Generator().manual_seed(k)) for k in range(K)])
+        head = torch.randn(K, 1, U, generator=generator) * 0.1
+
+        def fresh() -> list:
+            params = [w.clone() for w in weights] + [head.clone(), torch.zeros(K, 1)]
+            return [params, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
+                    [torch.zeros(()) for _ in params]]
+
+        states = {"old": fresh(), "new": fresh()}
+
+        def step(module, name):
+            params, exp_avgs, exp_avg_sqs, steps = states[name]
+            total = torch.zeros(K, dtype=torch.float64)
+            for first in range(0, windows, 8 * B):
+                count = min(8, -(-(windows - first) // B))
+                module.train_batches(None, X, Y, order, first, B, count, [], 0, 1.0, params[:-2], params[-2],
+                                     params[-1], 0, cell, params, exp_avgs, exp_avg_sqs, steps, 1e-3, 0.9, 0.999,
+                                     1e-8, total)
+            return params
+
+        difference = max((a - b).abs().max().item() for a, b in zip(step(old, "old"), step(new, "new")))
+        compared = "weight (after an epoch)"
     times: dict[str, list[float]] = {"old": [], "new": []}
     for _ in range(args.rounds):
         for name, module in (("old", old), ("new", new)):
-            for _ in range(3):
-                step(module)
+            for _ in range(warm):
+                step(module, name)
             started = time.perf_counter()
-            for _ in range(args.calls):
-                step(module)
-            times[name].append((time.perf_counter() - started) / args.calls * 1e3)
+            for _ in range(calls):
+                step(module, name)
+            times[name].append((time.perf_counter() - started) / calls * 1e3)
     ratios = [a / b for a, b in zip(times["old"], times["new"])]
     print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), -march={args.march or 'native'}, "
-          f"one thread, {args.rounds} rounds of {args.calls} calls; largest gradient difference {difference:.3g}")
+          f"one thread, {args.rounds} rounds of {calls} {what}s; largest {compared} difference {difference:.3g}")
     for name in ("old", "new"):
         t = times[name]
-        print(f"{name}: {statistics.median(t):.3f} ms per forward+backward ({min(t):.3f}-{max(t):.3f})")
+        print(f"{name}: {statistics.median(t):.3f} ms per {what} ({min(t):.3f}-{max(t):.3f})")
     print(f"old/new: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 
 
