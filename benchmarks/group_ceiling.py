@@ -15,8 +15,8 @@ each model's own forward and backward stay. So, per cell at the indicators prese
   for 1 model and for 4 in one call;
 - the GEMM floor: every matrix product that forward and backward make, alone, at the kernel's shapes
   (oneDNN's brgemm for the per-step products, MKL for the hidden weights' gradient, as the kernel
-  calls them; best of 9 blocks), per model and batch; built with ``load_inline`` as
-  ``gemm_shapes.py``;
+  calls them; best of 7 blocks), per model and batch; built with ``load_inline`` on
+  ``gemm_shapes.py``'s entry points and timer;
 
 and the ratios they bound: now (2 × single / group), if the group spent nothing beyond its layers'
 forward and backward (2 × single / stack of 4), and if it spent nothing beyond the GEMMs
@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
+from gemm_shapes import COMMON  # noqa: E402
 from run import preset_windows, seed_windows  # noqa: E402
 from seqcast import native  # noqa: E402
 from seqcast.ensemble import train_many  # noqa: E402
@@ -49,23 +50,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
 BATCH, STEPS, INPUTS, UNITS = 32, 20, 3, 32
 
-SOURCE = r"""
-#include <torch/extension.h>
-#include <ATen/native/CPUBlas.h>
-#include <chrono>
-extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-                       const int* ldc);
-template <class F> double best_of(F f, int reps) {
-  for (int i = 0; i < 20; ++i) f();
-  double best = 1e9;
-  for (int r = 0; r < 9; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
-  }
-  return best * 1e6;
-}
+SOURCE = COMMON + r"""
 // Microseconds of one model-batch's products (B rows a step, T steps, I inputs, U units, G gate
 // columns): forward x_t w_ih^T and h_{t-1} w_hh^T per step (brgemm), backward d_t w_hh per step
 // (brgemm), the hidden weights' gradient over (T - 1) B rows (one MKL call, as the kernel's
@@ -75,7 +60,6 @@ double floor_us(int B, int T, int I, int U, int G, int reps) {
   std::vector<float> x((size_t)T * B * I, .5f), h((size_t)T * B * U, .25f), wi((size_t)I * G, .1f),
       wh((size_t)U * G, .2f), whr((size_t)G * U, .2f), gates((size_t)T * B * G, .1f), dh((size_t)B * U),
       gw((size_t)U * G), gwi((size_t)I * G), xt((size_t)I * T * B);
-  const float one = 1.f, zero = 0.f;
   const int rows = (T - 1) * B;
   return best_of([&] {
     for (int t = 0; t < T; ++t) {
@@ -84,12 +68,11 @@ double floor_us(int B, int T, int I, int U, int G, int reps) {
     }
     for (int t = T - 1; t > 0; --t)
       at::native::cpublas::brgemm(B, U, G, G, U, U, false, &gates[(size_t)t * B * G], whr.data(), dh.data(), false);
-    // row-major (U x G) = h^T d: column-major G x U = d^T h, as the kernel's gemm()
-    sgemm_("N", "T", &G, &U, &rows, &one, &gates[(size_t)B * G], &G, h.data(), &U, &zero, gw.data(), &G);
+    gemm(true, false, U, G, rows, h.data(), U, &gates[(size_t)B * G], G, 0.f, gw.data(), G);  // h^T d as the kernel (not its transpose into G x U)
     for (int r = 0; r < T * B; ++r)
       for (int i = 0; i < I; ++i) xt[(size_t)i * T * B + r] = x[(size_t)r * I + i];
     at::native::cpublas::brgemm(I, G, T * B, T * B, G, G, false, xt.data(), gates.data(), gwi.data(), false);
-  }, reps);
+  }, reps) * 1e6;
 }
 """
 
