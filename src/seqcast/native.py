@@ -498,8 +498,9 @@ static void transpose_back(const float* wt, int N, int G, float* grad_w) {
 }
 
 // One model's layer's gradients from d_in (T*B, G), the gradients of its input pre-activations
-// (x w_ih^T + b_ih): the gradient it passes down, grad_x (T*B, I) = d_in w_ih, and its input
-// weights', grad_w_ih (G, I) (wt: scratch of I x G).
+// (x w_ih^T + b_ih): the gradient it passes down, grad_x (T*B, I) = d_in w_ih (the GRU's; the LSTM's
+// and RNN's come step by step, backward_product), and its input weights', grad_w_ih (G, I) (wt:
+// scratch of I x G).
 static void input_gradient(int T, int B, int I, int G, const float* d_in, const float* w_ih, float* grad_x) {
   gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
 }
@@ -538,24 +539,46 @@ static void weight_gradients(int T, int B, int I, int U, int G, const float* x, 
   input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt);
 }
 
-// Model k's input gradient now (the layer below waits for it), then its weight gradients, queued in
-// a pair call (see TaskSink) or run now: an LSTM's or an RNN's layer, d (K, T, B, G) the gradients
-// of its pre-activations, grad_x undefined where none is wanted. The queued work holds the tensors,
-// so their memory outlives this call.
+// Model k's weight gradients, queued in a pair call (see TaskSink) or run now: an LSTM's or an RNN's
+// layer, d (K, T, B, G) the gradients of its pre-activations (its input gradient, which the layer
+// below waits for, came step by step: backward_product). The queued work holds the tensors, so
+// their memory outlives this call.
 static void layer_gradients(int64_t k, int T, int B, int I, int U, int G, const Tensor& x, const Tensor& h_all,
-                            const Tensor& d, const Tensor& w_ih, const Tensor& grad_w_ih, const Tensor& grad_w_hh,
-                            const Tensor& grad_x) {
+                            const Tensor& d, const Tensor& grad_w_ih, const Tensor& grad_w_hh) {
   const float* xk = x.data_ptr<float>() + k * T * B * I;
   const float* hk = h_all.data_ptr<float>() + k * T * B * U;
   const float* dk = d.data_ptr<float>() + k * T * B * G;
-  const float* wik = w_ih.data_ptr<float>() + k * G * I;
-  if (grad_x.defined()) input_gradient(T, B, I, G, dk, wik, grad_x.data_ptr<float>() + k * T * B * I);
   float* gwi = grad_w_ih.data_ptr<float>() + k * G * I;
   float* gwh = grad_w_hh.data_ptr<float>() + k * G * U;
   run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d, grad_w_ih, grad_w_hh}]() {
     std::vector<float> wt((size_t)std::max(I, U) * G);
     weight_gradients(T, B, I, U, G, xk, hk, dk, gwi, gwh, wt.data());
   });
+}
+
+// A backward step's product with the hidden weights, dh_prev = d_t w_hh (d_t: B x G), which carries
+// the gradient back in time. Where the layer below wants its gradient (grad_x), dx_t = d_t w_ih is
+// made in the same product, d_t [w_hh | w_ih] (whi: G x (U + I), hidden_and_input), into dhn
+// (B x (U + I): dh_prev in the first U columns) and copied to gx_t (B x I): one brgemm call per step
+// instead of that one and, after the loop, one MKL product over all T*B rows, which took 1.17x as
+// long (32 windows) and 1.20x (64) at the seed config's layers (50 inputs and units, 60 steps; AMD
+// Zen 4, benchmarks/README.md, 2026-12-07, 03:45 UTC section). Without whi, dh_prev alone (not at t 0).
+static std::vector<float> hidden_and_input(const float* w_hh, const float* w_ih, int G, int U, int I) {
+  std::vector<float> whi((size_t)G * (U + I));
+  for (int j = 0; j < G; ++j) {
+    std::memcpy(whi.data() + (size_t)j * (U + I), w_hh + (size_t)j * U, U * sizeof(float));
+    std::memcpy(whi.data() + (size_t)j * (U + I) + U, w_ih + (size_t)j * I, I * sizeof(float));
+  }
+  return whi;
+}
+static void backward_product(int t, int B, int U, int I, int G, const float* d_t, const float* w_hh, const float* whi,
+                             float* dhn, float* gx_t) {
+  if (whi) {
+    step_gemm(B, U + I, G, d_t, G, whi, U + I, false, dhn, U + I);
+    for (int r = 0; r < B; ++r) std::memcpy(gx_t + (int64_t)r * I, dhn + (int64_t)r * (U + I) + U, I * sizeof(float));
+  } else if (t) {
+    step_gemm(B, U, G, d_t, G, w_hh, U, false, dhn, U);
+  }
 }
 
 // grad_h (K, T, B, U): the loss's gradient for every output (times mask, where it is defined: the
@@ -571,10 +594,14 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
   Tensor grad_w_hh = at::empty({K, G, U}, x.options());
   Tensor grad_b = at::zeros({K, G}, x.options());
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
-  std::vector<float> dh_next((size_t)B * U), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
+  const int N = needs_x ? U + I : U;  // dh_next's row: dh_prev, then dx_t where grad_x is wanted (backward_product)
+  std::vector<float> dh_next((size_t)B * N), dc_next((size_t)B * U), zeros((size_t)B * U, 0.f);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
+    const std::vector<float> whi = needs_x ? hidden_and_input(w_hh.data_ptr<float>() + (int64_t)k * G * U,
+                                                              w_ih.data_ptr<float>() + (int64_t)k * G * I, G, U, I)
+                                           : std::vector<float>();
     const float* gh0 = grad_h.data_ptr<float>() + hk;
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + hk : nullptr;
     const float* tc0 = tc_all.data_ptr<float>() + hk;
@@ -602,7 +629,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
         // As the scalar loop below, written out for the reason the forward's is (GCC's loop ended a
         // 50-unit row with scalar code), and adding each gate's gradient to the bias gradient here
         // rather than in a pass over d_pre of its own.
-        const int64_t q0 = (int64_t)r * U;
+        const int64_t q0 = (int64_t)r * U, n0 = (int64_t)r * N;
         const __m512 one = _mm512_set1_ps(1.f);
         for (int j = 0; j < U; j += 16) {
           const __mmask16 m = lanes(U - j);
@@ -610,7 +637,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
           const __m512 g = _mm512_maskz_loadu_ps(m, ar + 2 * U + j), oo = _mm512_maskz_loadu_ps(m, ar + 3 * U + j);
           const __m512 tcv = _mm512_maskz_loadu_ps(m, tc + q0 + j);
           const __m512 dh = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, gh + q0 + j), _mm512_maskz_loadu_ps(m, mk + q0 + j),
-                                            _mm512_maskz_loadu_ps(m, dhn + q0 + j));
+                                            _mm512_maskz_loadu_ps(m, dhn + n0 + j));
           const __m512 dc = _mm512_fmadd_ps(_mm512_mul_ps(dh, oo), _mm512_fnmadd_ps(tcv, tcv, one), _mm512_maskz_loadu_ps(m, dcn + q0 + j));
           const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
           const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dc, _mm512_maskz_loadu_ps(m, cp + q0 + j)), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
@@ -631,7 +658,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
         for (int j = 0; j < U; ++j) {
           const int64_t q = (int64_t)r * U + j;
           const float i = ar[j], f = ar[U + j], g = ar[2 * U + j], oo = ar[3 * U + j], tcv = tc[q];
-          const float dh = gh[q] * mk[q] + dhn[q];
+          const float dh = gh[q] * mk[q] + dhn[(int64_t)r * N + j];
           const float dc = dcn[q] + dh * oo * (1.f - tcv * tcv);
           dr[j] = dc * g * i * (1.f - i);
           dr[U + j] = dc * cp[q] * f * (1.f - f);
@@ -641,9 +668,10 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
         }
 #endif
       }
-      if (t) step_gemm(B, U, G, dp, G, wh, U, false, dhn, U);  // dh_prev = d_pre[t] w_hh
+      backward_product(t, B, U, I, G, dp, wh, needs_x ? whi.data() : nullptr, dhn,
+                       needs_x ? grad_x.data_ptr<float>() + ((int64_t)k * T + t) * B * I : nullptr);
     }
-    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh, grad_x);
+    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, grad_w_ih, grad_w_hh);
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -972,10 +1000,14 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
   Tensor grad_w_hh = at::empty({K, U, U}, x.options());
   Tensor grad_b = at::zeros({K, U}, x.options());
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
-  std::vector<float> dh_next((size_t)B * U);
+  const int N = needs_x ? U + I : U;  // dh_next's row, as lstm_backward's
+  std::vector<float> dh_next((size_t)B * N);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
   for (int k = 0; k < K; ++k) {
     const int64_t hk = (int64_t)k * T * B * U;
+    const std::vector<float> whi = needs_x ? hidden_and_input(w_hh.data_ptr<float>() + (int64_t)k * U * U,
+                                                              w_ih.data_ptr<float>() + (int64_t)k * U * I, U, U, I)
+                                           : std::vector<float>();
     const float* gh0 = grad_h.data_ptr<float>() + hk;
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + hk : nullptr;
     const float* h0 = h_all.data_ptr<float>() + hk;
@@ -989,14 +1021,18 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       const float* mk = mk0 ? mk0 + o : ones.data();  // times 1 is exact
       const float* h = h0 + o;
       float* dp = dp0 + o;
-      #pragma omp simd
-      for (int64_t q = 0; q < (int64_t)B * U; ++q) {
-        const float dh = gh[q] * mk[q] + dhn[q];
-        dp[q] = relu ? (h[q] > 0.f ? dh : 0.f) : dh * (1.f - h[q] * h[q]);
+      for (int r = 0; r < B; ++r) {
+        const float* dr = dhn + (int64_t)r * N;
+        #pragma omp simd
+        for (int64_t q = (int64_t)r * U; q < (int64_t)(r + 1) * U; ++q) {
+          const float dh = gh[q] * mk[q] + dr[q - (int64_t)r * U];
+          dp[q] = relu ? (h[q] > 0.f ? dh : 0.f) : dh * (1.f - h[q] * h[q]);
+        }
       }
-      if (t) step_gemm(B, U, U, dp, U, wh, U, false, dhn, U);  // dh_prev = d[t] w_hh
+      backward_product(t, B, U, I, U, dp, wh, needs_x ? whi.data() : nullptr, dhn,
+                       needs_x ? grad_x.data_ptr<float>() + ((int64_t)k * T + t) * B * I : nullptr);
     }
-    layer_gradients(k, T, B, I, U, U, x, h_all, d_pre, w_ih, grad_w_ih, grad_w_hh, grad_x);
+    layer_gradients(k, T, B, I, U, U, x, h_all, d_pre, grad_w_ih, grad_w_hh);
     float* gb = grad_b.data_ptr<float>() + (int64_t)k * U;
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* d = dp0 + r * U;
