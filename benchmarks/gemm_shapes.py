@@ -1,6 +1,7 @@
 """The compiled layers' GEMMs at their own shapes, one thread: oneDNN's brgemm micro-kernel (the
 per-step products) against MKL's ``sgemm_`` (the weight and input gradients), and the layouts the
-weight gradients could take.
+weight gradients could take, and a layer's backward products that read its pre-activations'
+gradients (dh_prev per step; grad_x after the loop or in the same per-step product).
 
     python benchmarks/gemm_shapes.py [--units 50] [--steps 60] [--batch 32]
 
@@ -8,7 +9,8 @@ Builds a small extension of its own with ``torch.utils.cpp_extension.load_inline
 and ninja, as ``seqcast.native``), so it times the same two entry points the kernel calls
 (``at::native::cpublas::brgemm`` and ``sgemm_``) without the layers around them. Each figure is the
 best of 7 blocks of repeated calls. The tables of benchmarks/README.md's sections "2026-12-07,
-00:00-01:40 UTC" (then two scratch scripts) and "2026-12-07, 02:10-03:30 UTC" came from it.
+00:00-01:40 UTC" (then two scratch scripts), "2026-12-07, 02:10-03:30 UTC" and "2026-12-07, 03:45
+UTC" came from it.
 """
 
 from __future__ import annotations
@@ -99,10 +101,32 @@ std::vector<double> skinny(int I, int G, int R, int reps) {
       }, reps),
   };
 }
+// A layer's backward products that read d (T steps of B x G), with I = U inputs: dh_prev = d_t w_hh
+// per step and grad_x = d w_ih as one sgemm_ after the loop (the kernel's way before 2026-12-07
+// 04:30 UTC), against both per step as one brgemm, d_t [w_hh | w_ih], and dx_t copied out (since).
+std::vector<double> backward_x(int U, int G, int T, int B, int reps) {
+  const int I = U;
+  std::vector<float> d((size_t)T * B * G, .1f), wh((size_t)G * U, .2f), wi((size_t)G * I, .3f),
+      whi((size_t)G * (U + I), .2f), dh((size_t)B * U), c((size_t)B * (U + I)), gx((size_t)T * B * I);
+  return {
+      best_of([&] {
+        for (int t = T - 1; t > 0; --t)
+          at::native::cpublas::brgemm(B, U, G, G, U, U, false, &d[(size_t)t * B * G], wh.data(), dh.data(), false);
+        gemm(false, false, T * B, I, G, d.data(), G, wi.data(), I, 0.f, gx.data(), I);
+      }, reps),
+      best_of([&] {
+        for (int t = T - 1; t >= 0; --t) {
+          at::native::cpublas::brgemm(B, U + I, G, G, U + I, U + I, false, &d[(size_t)t * B * G], whi.data(), c.data(), false);
+          for (int r = 0; r < B; ++r) std::memcpy(&gx[((size_t)t * B + r) * I], &c[(size_t)r * (U + I) + U], I * sizeof(float));
+        }
+      }, reps),
+  };
+}
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("product", &product);
   m.def("gradients", &gradients);
   m.def("skinny", &skinny);
+  m.def("backward_x", &backward_x);
 }
 """
 
@@ -130,6 +154,11 @@ def main() -> None:
     flops = 2 * U * G * (T - 1) * B
     for name, seconds in zip(names, module.gradients(U, G, T, B, 200)):
         print(f"{name}: {seconds * 1e6:.1f} us ({flops / seconds / 1e9:.1f} GFLOP/s)")
+    for rows in (B, 2 * B):
+        apart, fused = module.backward_x(U, G, T, rows, 50)
+        print(f"a layer's dh_prev per step and grad_x, {U} inputs, {rows} rows a step: grad_x by one sgemm_ after "
+              f"the loop {apart * 1e6:.1f} us, with dh_prev in one brgemm per step {fused * 1e6:.1f} us "
+              f"({apart / fused:.3f}x)")
     # A first layer's input weights (native.SKINNY_INPUTS): the seed config's 1 feature over a split
     # batch's rows, the indicators preset's 3 (its shape: G = 128, 20 steps of 32), 9 and 32 features.
     for I, G_, R in [(1, G, T * B), (3, 128, 640), (9, 128, 640), (32, 128, 608)]:

@@ -561,8 +561,9 @@ static void layer_gradients(int64_t k, int T, int B, int I, int U, int G, const 
 // made in the same product, d_t [w_hh | w_ih] (whi: G x (U + I), hidden_and_input), into dhn
 // (B x (U + I): dh_prev in the first U columns) and copied to gx_t (B x I): one brgemm call per step
 // instead of that one and, after the loop, one MKL product over all T*B rows, which took 1.17x as
-// long (32 windows) and 1.20x (64) at the seed config's layers (50 inputs and units, 60 steps; AMD
-// Zen 4, benchmarks/README.md, 2026-12-07, 03:45 UTC section). Without whi, dh_prev alone (not at t 0).
+// long (32 windows) and 1.19x (64) at the seed config's layers (50 inputs and units, 60 steps; AMD
+// Zen 4, benchmarks/gemm_shapes.py; benchmarks/README.md, 2026-12-07, 03:45 UTC section). Without
+// whi, dh_prev alone (not at t 0).
 static std::vector<float> hidden_and_input(const float* w_hh, const float* w_ih, int G, int U, int I) {
   std::vector<float> whi((size_t)G * (U + I));
   for (int j = 0; j < G; ++j) {
