@@ -13,7 +13,10 @@ ratios old/new. ``--call epoch`` times whole training epochs instead (``train_ba
 random windows of the shape, its B the batch size, the head, the MSE loss and Adam, 8 batches a
 call as the fits run them; ``--calls`` epochs per block, default 2), each build training its own
 copy of the same models, and prints the largest difference between their weights after the first
-epoch; both trees must have ``train_batches`` with today's arguments. ``--march`` builds both for another instruction set than this CPU's
+epoch; both trees must have ``train_batches`` with today's arguments. ``--split`` splits each batch
+in halves over two threads (each build's own ``SliceWorker``), as a default seed-config fit does,
+and ``--dropout`` draws masks; ``--shape seed-batch --call epoch --split --dropout 0.2`` is the
+seed config's epoch without the Python around its calls. ``--march`` builds both for another instruction set than this CPU's
 (``-march=native`` swapped in each tree's flags): ``haswell`` for the AVX2 branch, ``x86-64-v2``
 or ``x86-64`` for the plain loops, ``icelake-server`` for AVX-512, each on a CPU that has it.
 
@@ -38,6 +41,7 @@ from torch.utils.cpp_extension import load_inline
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE / "src"))
 
+from seqcast import native  # noqa: E402
 from seqcast.training import keep_freed_memory  # noqa: E402
 
 # name: (models K, steps T, windows B, features F, units U, layers L)
@@ -71,6 +75,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--call", choices=("stack", "epoch"), default="stack")
     parser.add_argument("--calls", type=int, help="calls (default 50) or epochs (default 2) per block")
+    parser.add_argument("--split", action="store_true",
+                        help="with --call epoch: each batch split in halves over two threads, as a default seed-config fit")
+    parser.add_argument("--dropout", type=float, default=0.0, help="with --call epoch: the masks' dropout rate")
     parser.add_argument("--march", help="build both for this -march instead of the CPU's own (native)")
     args = parser.parse_args()
     for tree in (args.old, args.new):
@@ -114,15 +121,21 @@ def main() -> None:
                     [torch.zeros(()) for _ in params]]
 
         states = {"old": fresh(), "new": fresh()}
+        if args.split and K != 1:
+            parser.error("--split trains one model: give a shape with K 1")
+        workers = {"old": old.SliceWorker(), "new": new.SliceWorker()} if args.split else {"old": None, "new": None}
+        threshold, scale = native._mask_threshold(1.0 - args.dropout) if args.dropout else (0, 1.0)
+        seeds = torch.randint(0, 2**62, (windows,), generator=generator).tolist() if args.dropout else []
 
         def step(module, name):
             params, exp_avgs, exp_avg_sqs, steps = states[name]
             total = torch.zeros(K, dtype=torch.float64)
             for first in range(0, windows, 8 * B):
                 count = min(8, -(-(windows - first) // B))
-                module.train_batches(None, X, Y, order, first, B, count, [], 0, 1.0, params[:-2], params[-2],
-                                     params[-1], 0, cell, params, exp_avgs, exp_avg_sqs, steps, 1e-3, 0.9, 0.999,
-                                     1e-8, total)
+                batch_seeds = seeds[first // B * K:(first // B + count) * K]
+                module.train_batches(workers[name], X, Y, order, first, B, count, batch_seeds, threshold, scale,
+                                     params[:-2], params[-2], params[-1], 0, cell, params, exp_avgs, exp_avg_sqs,
+                                     steps, 1e-3, 0.9, 0.999, 1e-8, total)
             return params
 
         difference = max((a - b).abs().max().item() for a, b in zip(step(old, "old"), step(new, "new")))
@@ -138,7 +151,9 @@ def main() -> None:
             times[name].append((time.perf_counter() - started) / calls * 1e3)
     ratios = [a / b for a, b in zip(times["old"], times["new"])]
     print(f"{args.cell} {args.shape} (K {K}, T {T}, B {B}, F {F}, U {U}, L {L}), -march={args.march or 'native'}, "
-          f"one thread, {args.rounds} rounds of {calls} {what}s; largest {compared} difference {difference:.3g}")
+          f"{'two threads (split batches)' if args.call == 'epoch' and args.split else 'one thread'}"
+          f"{f', dropout {args.dropout}' if args.call == 'epoch' and args.dropout else ''}, {args.rounds} rounds of "
+          f"{calls} {what}s; largest {compared} difference {difference:.3g}")
     for name in ("old", "new"):
         t = times[name]
         print(f"{name}: {statistics.median(t):.3f} ms per {what} ({min(t):.3f}-{max(t):.3f})")
