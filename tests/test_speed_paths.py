@@ -500,6 +500,36 @@ def test_a_split_batch_as_one_compiled_pair_equals_its_two_slices_to_the_bit(mon
             assert torch.equal(g, w)
 
 
+def test_a_compiled_call_takes_about_eight_seed_config_batches_of_work(monkeypatch):
+    # batches_per_call: ~8 seed-config batches of training work (3 x forward FLOPs of the gate
+    # GEMMs, computed here from the layers' sizes), between 8 and 64 batches.
+    seed_config = build_model(1, cell="lstm", layers=4, units=50, dropout=0.2, horizon=1)
+    call = 8 * 3 * (2 * 60 * ((1 + 50) + 3 * (50 + 50)) * 4 * 50) * 64
+    assert call == pytest.approx(training.CALL_FLOPS, rel=5e-3)  # the constant rounds 8.42 MFLOP a window to 8.4
+    assert training.batches_per_call(seed_config, 60, 64) == 8
+    assert training.batches_per_call(seed_config, 60, 64, models=8) == 8  # never fewer than 8
+    preset = build_model(3, cell="lstm", layers=1, units=32, dropout=0.0, horizon=1)
+    assert training.batches_per_call(preset, 20, 32) == 64  # ~750 by the FLOPs: the cap
+    gru = build_model(1, cell="gru", layers=2, units=50, dropout=0.0, horizon=1)
+    per_batch = 3 * (2 * 60 * ((1 + 50) + (50 + 50)) * 3 * 50) * 32
+    want = int(training.CALL_FLOPS // per_batch)
+    assert 8 < want < 64 and training.batches_per_call(gru, 60, 32) == want
+    assert training.batches_per_call(gru, 60, 32, models=2) == int(training.CALL_FLOPS // (2 * per_batch))
+    # A small unsplit fit runs each epoch's batches in one compiled call (the first batch alone:
+    # torch's Adam creates its state), 21 batches of 8 windows here.
+    if not native.available():
+        pytest.skip("seqcast.native did not build here")
+    chunks = []
+    real = native.train_batches
+    monkeypatch.setattr(native, "train_batches", lambda *a, **k: chunks.append(k["count"]) or real(*a, **k))
+    X, y = noisy_sine_windows(n=180)
+    batches = -(-len(X) // 8)
+    assert 8 < batches < 64
+    model = build_model(1, cell="rnn", layers=1, units=4, dropout=0.0, horizon=1, seed=0)
+    train_model(model, X, y, epochs=3, batch_size=8, threads=1)
+    assert chunks == [batches - 1, batches, batches]
+
+
 @pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru")])
 def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
     # After the first batch a split fit runs its batches BATCHES_PER_CALL at a time in one compiled
@@ -767,6 +797,7 @@ def test_each_slice_draws_its_part_of_the_whole_batch_masks(units, batch, cuts):
 
 def test_train_model_split_across_threads_matches_whole_batches_and_is_reproducible(monkeypatch):
     monkeypatch.setattr(training, "MIN_SLICE_FLOPS", 1.0)  # split even this tiny model
+    monkeypatch.setattr(training, "MAX_BATCHES_PER_CALL", 8)  # an epoch's 8 compiled batches over two calls
     split_steps = []
     real_step, real_batches = _BatchSplitter.gradients, _BatchSplitter.run_batches
     monkeypatch.setattr(_BatchSplitter, "gradients", lambda self, *a: split_steps.append(len(a[0])) or real_step(self, *a))

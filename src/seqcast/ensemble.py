@@ -55,7 +55,6 @@ from seqcast.errors import ConfigError
 from seqcast import native
 from seqcast.models import BLOCK_DIAGONAL_UNITS, StackedRNN, block_diagonal_lstm, draw_mask_seed
 from seqcast.training import (
-    BATCHES_PER_CALL,
     LOSSES,
     FitCancelled,
     History,
@@ -63,6 +62,7 @@ from seqcast.training import (
     adam_started,
     apply_gradients,
     batch_split_workers,
+    batches_per_call,
     cancel_on,
     check_fit_settings,
     epoch_progress,
@@ -362,6 +362,7 @@ def _train_group(
     )
     stack = stack or template.hand_written_stack(native_layer)
     n_samples, k = len(X_t), len(models)
+    per_call = batches_per_call(template, X_t.shape[1], batch_size, k)
 
     # One Parameter per weight name holding all K models' copies; copied back at the end.
     names = [name for name, _ in template.named_parameters()]
@@ -411,10 +412,10 @@ def _train_group(
                 raise_if_cancelled()
                 start = starts[position]
                 if compiled and in_place_adam and adam_started(optim, in_step_order):
-                    # Up to BATCHES_PER_CALL batches in one compiled call (native.train_batches), the
+                    # Up to batches_per_call batches in one compiled call (native.train_batches), the
                     # same to the bit as batch by batch below, without the Python between them (0.23
                     # of a 1.28 ms batch of 4 preset-sized models, benchmarks/README.md, 2026-12-06).
-                    count = min(BATCHES_PER_CALL, len(starts) - position)
+                    count = min(per_call, len(starts) - position)
                     # batch by batch, each model's seed drawn as draw_dropout_masks draws it
                     seeds_ahead = [draw_mask_seed(g) for _ in range(count) for g in droppers] if p > 0 else None
                     optim.zero_grad(set_to_none=True)

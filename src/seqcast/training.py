@@ -478,10 +478,24 @@ def compiled_step(
 
 
 # Batches a fit trains per compiled call once Adam's state exists (_BatchSplitter.run_batches for a
-# split fit, _run_compiled_batches for an unsplit one, ensemble._train_group for a group):
-# between calls the loop checks for cancellation (training.cancel_on), about every 0.1-0.15 s for
-# the seed config.
+# split fit, _run_compiled_batches for an unsplit one, ensemble._train_group for a group): at least
+# BATCHES_PER_CALL, and as many more as fit in CALL_FLOPS of training work, up to
+# MAX_BATCHES_PER_CALL (batches_per_call). Between calls the loop checks for cancellation
+# (training.cancel_on), about every 0.1-0.15 s for the seed config (8 batches a call) and no less
+# often for smaller models. A call costs 60-110 us of Python around it; at 8 batches a call that was
+# 4 % of a preset-shaped LSTM fit and 7 % of an RNN one (benchmarks/README.md, 2026-12-07, 03:45 UTC
+# section).
 BATCHES_PER_CALL = 8
+MAX_BATCHES_PER_CALL = 64
+CALL_FLOPS = 8 * 3 * 8.4e6 * 64  # 8 seed-config batches: 3 x forward FLOPs (model.forward_flops) x 64 windows
+
+
+def batches_per_call(model: StackedRNN, steps: int, batch_size: int, models: int = 1) -> int:
+    """Batches of ``batch_size`` windows of ``steps`` steps that one compiled call trains for
+    ``models`` models of ``model``'s shape: ~CALL_FLOPS of work, between BATCHES_PER_CALL and
+    MAX_BATCHES_PER_CALL."""
+    per_batch = 3.0 * model.forward_flops(steps) * batch_size * models
+    return max(BATCHES_PER_CALL, min(MAX_BATCHES_PER_CALL, int(CALL_FLOPS // max(per_batch, 1.0))))
 
 
 def _run_compiled_batches(
@@ -489,7 +503,7 @@ def _run_compiled_batches(
     dropper: torch.Generator, optimizer: torch.optim.Optimizer, total: torch.Tensor, params: list[torch.Tensor],
     loss: str, takes: Callable[[int], bool], worker: Callable[[], object] | None = None,
 ) -> int:
-    """Train up to :data:`BATCHES_PER_CALL` batches from window ``start`` of the shuffled ``order``
+    """Train up to :func:`batches_per_call` batches from window ``start`` of the shuffled ``order``
     in one compiled call (:func:`seqcast.native.train_batches`) and return how many: as long as
     ``takes(n)`` says a batch of ``n`` windows runs compiled; 0 where the first does not (then the
     caller trains it as before). ``worker`` (None: one thread) gives a split fit's pair thread,
@@ -500,8 +514,9 @@ def _run_compiled_batches(
     gone (an unsplit preset batch spent 0.29 of 0.77 ms in it; split seed-config fits 1.049x and
     1.053x per epoch; benchmarks/README.md, 2026-12-06)."""
     n_samples = len(order)
+    most = batches_per_call(model, X.shape[1], batch_size)
     count = 0
-    while count < BATCHES_PER_CALL and start + count * batch_size < n_samples:
+    while count < most and start + count * batch_size < n_samples:
         if not takes(min(batch_size, n_samples - start - count * batch_size)):
             break
         count += 1
