@@ -1165,8 +1165,9 @@ std::vector<Tensor> stack_backward(Tensor grad_last, std::vector<Tensor> saved, 
 // windows: layer l's values start at l * T * batch * U + start * U with a row stride batch * U, the
 // last step's at (L - 1) * T * batch * U + start * U. Returns weight * each model's mean loss
 // (K), then its gradients for every weight of the stacks and head_w, head_b, each in its
-// weight's shape (what torch.autograd.grad gives for the sum of the K losses).
-// train_step with the windows already time-major: xt (K, T, B, F), as train_batches gathers them.
+// weight's shape (what torch.autograd.grad gives for the sum of the K losses). This is its body,
+// with the windows already time-major, xt (K, T, B, F), as train_batches gathers them; train_step
+// (below) transposes x first.
 static std::vector<Tensor> train_step_time_major(Tensor xt, Tensor y, std::vector<Tensor> weights, Tensor head_w,
                                                  Tensor head_b, std::vector<int64_t> seeds, int64_t threshold,
                                                  double scale, int64_t batch, int64_t start, double weight,
@@ -1525,7 +1526,7 @@ void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_
   TORCH_CHECK(X.dim() == 3 && Y.dim() == 2 && order.dim() == 2 && order.scalar_type() == at::kLong &&
                   total.scalar_type() == at::kDouble && total.dim() == 1 && total.size(0) == order.size(0) &&
                   total.is_contiguous() && order.is_contiguous() && X.scalar_type() == at::kFloat &&
-                  Y.scalar_type() == at::kFloat && X.is_contiguous() && Y.is_contiguous() &&
+                  Y.scalar_type() == at::kFloat && X.is_contiguous() && Y.is_contiguous() && X.size(0) == Y.size(0) &&
                   (worker == nullptr || order.size(0) == 1),
               "train_batches: bad arguments");
   const int64_t K = order.size(0), N = order.size(1);
@@ -1548,7 +1549,7 @@ void train_batches(SliceWorker* worker, Tensor X, Tensor Y, Tensor order, int64_
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < n; ++i) {
         const int64_t w = idx[k * N + start + i];
-        TORCH_CHECK(0 <= w && w < X.size(0) && X.size(0) == Y.size(0), "train_batches: a window index out of range");
+        TORCH_CHECK(0 <= w && w < X.size(0), "train_batches: a window index out of range");
         const float* src = xs + w * T * F;
         if (time_major)
           for (int64_t t = 0; t < T; ++t) std::memcpy(xp + ((k * T + t) * n + i) * F, src + t * F, F * sizeof(float));
