@@ -528,23 +528,51 @@ static void input_weight_gradients(int T, int B, int I, int G, const float* x, c
 // The layer's weight gradients where the hidden side's pre-activations (h w_hh^T + b_hh) have the
 // input side's gradients, d (T*B, G): an LSTM's and an RNN's. grad_w_hh (G, U) reads the steps
 // after the first (the first step's h_prev is 0).
+// With stepwise (an LSTM's layer on an AVX-512 build), the products over the steps' rows go step by
+// step instead, a_t^T d_t added up in wt (N x G) by brgemm with a_t (B x N) transposed by hand
+// (stepwise_gradient): in-process A/B on the AMD Zen 4 host (benchmarks/kernel_ab.py), a
+// seed-config epoch split over two threads 1.043-1.053x, a seed-config slice 1.015x, a preset-shaped
+// stack 1.030x, 4 of them 1.033x, where MKL (its AVX2 code on AMD) runs these products on both
+// threads at once; an RNN's narrower products (G = U) were slower so (0.967x, 0.973x), and on the
+// Zen 3 host (AVX2) brgemm ran the hidden weights' gradient 0.62x as fast as MKL
+// (benchmarks/README.md, 2026-12-07 sections).
+static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, float* wt) {
+  std::vector<float> at((size_t)N * B);
+  for (int t = 0; t < S; ++t) {
+    const float* as = a + (size_t)t * B * N;
+    for (int r = 0; r < B; ++r)
+      for (int c = 0; c < N; ++c) at[(size_t)c * B + r] = as[(size_t)r * N + c];
+    step_gemm(N, G, B, at.data(), B, d + (size_t)t * B * G, G, t > 0, wt, G);
+  }
+}
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
-                             float* grad_w_ih, float* grad_w_hh, float* wt) {
+                             float* grad_w_ih, float* grad_w_hh, float* wt, bool stepwise) {
   if (T > 1) {
-    gemm(true, false, U, G, (T - 1) * B, h_all, U, d + (int64_t)B * G, G, 0.f, wt, G);
+    if (stepwise) stepwise_gradient(T - 1, B, U, G, h_all, d + (int64_t)B * G, wt);
+    else gemm(true, false, U, G, (T - 1) * B, h_all, U, d + (int64_t)B * G, G, 0.f, wt, G);
     transpose_back(wt, U, G, grad_w_hh);
   } else {
     std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
   }
-  input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt);
+  if (stepwise && I > SKINNY_INPUTS) {
+    stepwise_gradient(T, B, I, G, x, d, wt);
+    transpose_back(wt, I, G, grad_w_ih);
+  } else {
+    input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt);
+  }
 }
+#if defined(__AVX512F__)
+constexpr bool STEPWISE_LSTM_GRADIENTS = true;
+#else
+constexpr bool STEPWISE_LSTM_GRADIENTS = false;
+#endif
 
 // Model k's weight gradients, queued in a pair call (see TaskSink) or run now: an LSTM's or an RNN's
 // layer, d (K, T, B, G) the gradients of its pre-activations (its input gradient, which the layer
 // below waits for, came step by step: backward_product). The queued work holds the tensors, so
 // their memory outlives this call.
 static void layer_gradients(int64_t k, int T, int B, int I, int U, int G, const Tensor& x, const Tensor& h_all,
-                            const Tensor& d, const Tensor& grad_w_ih, const Tensor& grad_w_hh) {
+                            const Tensor& d, const Tensor& grad_w_ih, const Tensor& grad_w_hh, bool stepwise) {
   const float* xk = x.data_ptr<float>() + k * T * B * I;
   const float* hk = h_all.data_ptr<float>() + k * T * B * U;
   const float* dk = d.data_ptr<float>() + k * T * B * G;
@@ -552,7 +580,7 @@ static void layer_gradients(int64_t k, int T, int B, int I, int U, int G, const 
   float* gwh = grad_w_hh.data_ptr<float>() + k * G * U;
   run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d, grad_w_ih, grad_w_hh}]() {
     std::vector<float> wt((size_t)std::max(I, U) * G);
-    weight_gradients(T, B, I, U, G, xk, hk, dk, gwi, gwh, wt.data());
+    weight_gradients(T, B, I, U, G, xk, hk, dk, gwi, gwh, wt.data(), stepwise);
   });
 }
 
@@ -672,7 +700,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       backward_product(t, B, U, I, G, dp, wh, needs_x ? whi.data() : nullptr, dhn,
                        needs_x ? grad_x.data_ptr<float>() + ((int64_t)k * T + t) * B * I : nullptr);
     }
-    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, grad_w_ih, grad_w_hh);
+    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, grad_w_ih, grad_w_hh, STEPWISE_LSTM_GRADIENTS);
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -1033,7 +1061,7 @@ std::vector<Tensor> rnn_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       backward_product(t, B, U, I, U, dp, wh, needs_x ? whi.data() : nullptr, dhn,
                        needs_x ? grad_x.data_ptr<float>() + ((int64_t)k * T + t) * B * I : nullptr);
     }
-    layer_gradients(k, T, B, I, U, U, x, h_all, d_pre, grad_w_ih, grad_w_hh);
+    layer_gradients(k, T, B, I, U, U, x, h_all, d_pre, grad_w_ih, grad_w_hh, false);
     float* gb = grad_b.data_ptr<float>() + (int64_t)k * U;
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* d = dp0 + r * U;
