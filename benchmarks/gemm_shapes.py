@@ -84,6 +84,16 @@ std::vector<double> gradients(int U, int G, int T, int B, int reps) {
           at::native::cpublas::brgemm(B, U, G, G, U, U, false, d.data() + (size_t)t * B * G, w.data(),
                                       gx.data() + (size_t)t * B * U, false);
       }, reps),
+      // step by step, h_t transposed by hand and brgemm adding into wt (the kernel's LSTM on AVX-512
+      // builds since 2026-12-07 04:50 UTC)
+      best_of([&] {
+        for (int t = 1; t < T; ++t) {
+          const float* hp = h.data() + (size_t)(t - 1) * B * U;
+          for (int r = 0; r < B; ++r)
+            for (int c = 0; c < U; ++c) hT[(size_t)c * B + r] = hp[(size_t)r * U + c];
+          at::native::cpublas::brgemm(U, G, B, B, G, G, t > 1, hT.data(), d.data() + (size_t)t * B * G, wt.data(), false);
+        }
+      }, reps),
   };
 }
 // A first layer's input-weight gradient, wt (I x G) = x^T d over R rows, for few inputs I: sgemm_ with A
@@ -148,9 +158,9 @@ def main() -> None:
         b, s = module.product(0, M, N, K, 2000), module.product(1, M, N, K, 2000)
         print(f"{M}x{K} . {K}x{N}  {what}: brgemm {b * 1e6:.2f} us ({flops / b / 1e9:.1f} GFLOP/s), "
               f"sgemm_ {s * 1e6:.2f} us ({flops / s / 1e9:.1f})")
-    names = ["grad_w_hh U x G then transposed (the kernel's)", "grad_w_hh straight into G x U",
+    names = ["grad_w_hh U x G by one sgemm_, then transposed (the kernel's RNN layers and AVX2 builds)", "grad_w_hh straight into G x U",
              "grad_w_hh: h transposed by hand, then brgemm", "  (the transpose alone)",
-             "grad_x: one sgemm_", "grad_x: brgemm per step"]
+             "grad_x: one sgemm_", "grad_x: brgemm per step", "grad_w_hh step by step: h_t transposed, brgemm adding"]
     flops = 2 * U * G * (T - 1) * B
     for name, seconds in zip(names, module.gradients(U, G, T, B, 200)):
         print(f"{name}: {seconds * 1e6:.1f} us ({flops / seconds / 1e9:.1f} GFLOP/s)")
