@@ -528,14 +528,15 @@ static void input_weight_gradients(int T, int B, int I, int G, const float* x, c
 // The layer's weight gradients where the hidden side's pre-activations (h w_hh^T + b_hh) have the
 // input side's gradients, d (T*B, G): an LSTM's and an RNN's. grad_w_hh (G, U) reads the steps
 // after the first (the first step's h_prev is 0).
-// With stepwise (an LSTM's layer on an AVX-512 build), the products over the steps' rows go step by
-// step instead, a_t^T d_t added up in wt (N x G) by brgemm with a_t (B x N) transposed by hand
-// (stepwise_gradient): in-process A/B on the AMD Zen 4 host (benchmarks/kernel_ab.py), a
-// seed-config epoch split over two threads 1.043-1.053x, a seed-config slice 1.015x, a preset-shaped
-// stack 1.030x, 4 of them 1.033x, where MKL (its AVX2 code on AMD) runs these products on both
-// threads at once; an RNN's narrower products (G = U) were slower so (0.967x, 0.973x), and on the
-// Zen 3 host (AVX2) brgemm ran the hidden weights' gradient 0.62x as fast as MKL
-// (benchmarks/README.md, 2026-12-07 sections).
+// With stepwise (an LSTM's layer on an AVX-512 build: STEPWISE_WEIGHT_GRADIENTS), the products over
+// the steps' rows go step by step instead, a_t^T d_t added up in wt (N x G) by brgemm with a_t
+// (B x N) transposed by hand (stepwise_gradient): in-process A/B on the AMD Zen 4 host
+// (benchmarks/kernel_ab.py), a seed-config epoch split over two threads 1.035-1.066x, a seed-config
+// slice 1.015x, a preset-shaped stack 1.007-1.030x, 4 of them 1.033x, where MKL (its AVX2 code on
+// AMD) runs these products on both threads at once; an RNN's narrower products (G = U) were slower
+// so (0.967x, 0.973x), and on the Zen 3 host (AVX2) brgemm ran the hidden weights' gradient 0.62x as
+// fast as MKL (benchmarks/README.md, 2026-12-07 sections). A GRU layer's input weights' gradient
+// (G = 3U) goes so too: 4xGRU(50) epochs 1.018x, slices 1.012-1.029x.
 static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, float* wt) {
   std::vector<float> at((size_t)N * B);
   for (int t = 0; t < S; ++t) {
@@ -562,9 +563,9 @@ static void weight_gradients(int T, int B, int I, int U, int G, const float* x, 
   }
 }
 #if defined(__AVX512F__)
-constexpr bool STEPWISE_LSTM_GRADIENTS = true;
+constexpr bool STEPWISE_WEIGHT_GRADIENTS = true;
 #else
-constexpr bool STEPWISE_LSTM_GRADIENTS = false;
+constexpr bool STEPWISE_WEIGHT_GRADIENTS = false;
 #endif
 
 // Model k's weight gradients, queued in a pair call (see TaskSink) or run now: an LSTM's or an RNN's
@@ -700,7 +701,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w
       backward_product(t, B, U, I, G, dp, wh, needs_x ? whi.data() : nullptr, dhn,
                        needs_x ? grad_x.data_ptr<float>() + ((int64_t)k * T + t) * B * I : nullptr);
     }
-    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, grad_w_ih, grad_w_hh, STEPWISE_LSTM_GRADIENTS);
+    layer_gradients(k, T, B, I, U, G, x, h_all, d_pre, grad_w_ih, grad_w_hh, STEPWISE_WEIGHT_GRADIENTS);
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
       const float* dr = dp0 + r * G;
@@ -922,7 +923,12 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
     // the tensors, so their memory outlives this call.
     run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_in, d_hn, grad_w_ih, grad_w_hh}]() {
       std::vector<float> wt((size_t)std::max(I, U) * G);
-      input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data());
+      if (STEPWISE_WEIGHT_GRADIENTS && I > SKINNY_INPUTS) {
+        stepwise_gradient(T, B, I, G, xk, di0, wt.data());
+        transpose_back(wt.data(), I, G, gwi);
+      } else {
+        input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data());
+      }
       // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
       if (T > 1) {
         gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
