@@ -511,14 +511,28 @@ static void input_gradient(int T, int B, int I, int G, const float* d_in, const 
 // (one thread, the AMD Zen 4 host; benchmarks/README.md, 2026-12-07, 02:10-03:30 UTC).
 constexpr int SKINNY_INPUTS = 16;
 
+// wt (N x G) = sum over S steps of a_t^T d_t (a_t: B x N, d_t: B x G), step by step: a_t transposed
+// by hand, then brgemm adding into wt (weight_gradients says where and why).
+static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, float* wt) {
+  std::vector<float> at((size_t)N * B);
+  for (int t = 0; t < S; ++t) {
+    const float* as = a + (size_t)t * B * N;
+    for (int r = 0; r < B; ++r)
+      for (int c = 0; c < N; ++c) at[(size_t)c * B + r] = as[(size_t)r * N + c];
+    step_gemm(N, G, B, at.data(), B, d + (size_t)t * B * G, G, t > 0, wt, G);
+  }
+}
+// stepwise: the products step by step (stepwise_gradient) rather than MKL's one over all rows.
 static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
-                                   float* wt) {
+                                   float* wt, bool stepwise) {
   const int R = T * B;
   if (I <= SKINNY_INPUTS) {
     std::vector<float> xt((size_t)I * R);  // x^T, I x R
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < I; ++c) xt[(size_t)c * R + r] = x[(size_t)r * I + c];
     step_gemm(I, G, R, xt.data(), R, d_in, G, false, wt, G);
+  } else if (stepwise) {
+    stepwise_gradient(T, B, I, G, x, d_in, wt);
   } else {
     gemm(true, false, I, G, R, x, I, d_in, G, 0.f, wt, G);
   }
@@ -537,15 +551,6 @@ static void input_weight_gradients(int T, int B, int I, int G, const float* x, c
 // so (0.967x, 0.973x), and on the Zen 3 host (AVX2) brgemm ran the hidden weights' gradient 0.62x as
 // fast as MKL (benchmarks/README.md, 2026-12-07 sections). A GRU layer's input weights' gradient
 // (G = 3U) goes so too: 4xGRU(50) epochs 1.018x, slices 1.012-1.029x.
-static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, float* wt) {
-  std::vector<float> at((size_t)N * B);
-  for (int t = 0; t < S; ++t) {
-    const float* as = a + (size_t)t * B * N;
-    for (int r = 0; r < B; ++r)
-      for (int c = 0; c < N; ++c) at[(size_t)c * B + r] = as[(size_t)r * N + c];
-    step_gemm(N, G, B, at.data(), B, d + (size_t)t * B * G, G, t > 0, wt, G);
-  }
-}
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
                              float* grad_w_ih, float* grad_w_hh, float* wt, bool stepwise) {
   if (T > 1) {
@@ -555,12 +560,7 @@ static void weight_gradients(int T, int B, int I, int U, int G, const float* x, 
   } else {
     std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
   }
-  if (stepwise && I > SKINNY_INPUTS) {
-    stepwise_gradient(T, B, I, G, x, d, wt);
-    transpose_back(wt, I, G, grad_w_ih);
-  } else {
-    input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt);
-  }
+  input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt, stepwise);
 }
 #if defined(__AVX512F__)
 constexpr bool STEPWISE_WEIGHT_GRADIENTS = true;
@@ -923,12 +923,7 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
     // the tensors, so their memory outlives this call.
     run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_in, d_hn, grad_w_ih, grad_w_hh}]() {
       std::vector<float> wt((size_t)std::max(I, U) * G);
-      if (STEPWISE_WEIGHT_GRADIENTS && I > SKINNY_INPUTS) {
-        stepwise_gradient(T, B, I, G, xk, di0, wt.data());
-        transpose_back(wt.data(), I, G, gwi);
-      } else {
-        input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data());
-      }
+      input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data(), STEPWISE_WEIGHT_GRADIENTS);
       // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
       if (T > 1) {
         gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
