@@ -532,7 +532,8 @@ def test_a_compiled_call_takes_about_eight_seed_config_batches_of_work(monkeypat
 
 @pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru")])
 def test_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
-    # After the first batch a split fit runs its batches BATCHES_PER_CALL at a time in one compiled
+    # After the first batch a split fit runs its batches batches_per_call at a time (at least BATCHES_PER_CALL, 8: an
+    # epoch here) in one compiled
     # call (native.train_batches on the pair's worker); the reference is the same fit batch by batch (train_step_pair
     # and the two-thread Adam, each called from Python), which must give the same losses and weights.
     if not native.available():
@@ -630,7 +631,7 @@ def test_a_split_fit_on_the_compiled_pair_leaves_torch_s_thread_count_alone(monk
         train_model(model, X, y, epochs=2, batch_size=8, threads=2)
         assert torch.get_num_threads() == 2
         # The first batch alone (torch's Adam creates its state), then the rest in compiled calls
-        # of up to BATCHES_PER_CALL (8) batches each.
+        # of up to training.batches_per_call batches each (at least BATCHES_PER_CALL, 8: the whole rest here).
         batches = -(-len(X) // 8)
         assert 2 < batches <= training.BATCHES_PER_CALL
         assert calls == [1] and chunks == [batches - 1, batches]
@@ -1222,8 +1223,8 @@ def test_train_many_shows_one_progress_bar_on_stderr_when_verbose(capsys):
 
 @pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru"), (0.25, "rnn")])
 def test_unsplit_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
-    # After the first batch an unsplit fit on the compiled step runs its batches BATCHES_PER_CALL at
-    # a time in one compiled call (native.train_batches); the reference is the same fit batch by
+    # After the first batch an unsplit fit on the compiled step runs its batches batches_per_call (at
+    # least BATCHES_PER_CALL) at a time in one compiled call (native.train_batches); the reference is the same fit batch by
     # batch (native.train_step and the compiled Adam, each called from Python).
     if not native.available():
         pytest.skip("seqcast.native did not build here")
@@ -1252,8 +1253,8 @@ def test_unsplit_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit
 
 @pytest.mark.parametrize("dropout,cell", [(0.25, "lstm"), (0.0, "gru"), (0.25, "rnn")])
 def test_group_batches_in_one_compiled_call_train_as_batch_by_batch_to_the_bit(monkeypatch, dropout, cell):
-    # train_many's groups on the compiled layers run their batches after the first BATCHES_PER_CALL at
-    # a time in one compiled call too; the reference is the group batch by batch.
+    # train_many's groups on the compiled layers run their batches after the first batches_per_call (at
+    # least BATCHES_PER_CALL) at a time in one compiled call too; the reference is the group batch by batch.
     if not native.available():
         pytest.skip("seqcast.native did not build here")
     X, y = noisy_sine_windows(n=100)

@@ -525,17 +525,9 @@ static void stepwise_gradient(int S, int B, int N, int G, const float* a, const 
 // stepwise: the products step by step (stepwise_gradient) rather than MKL's one over all rows.
 static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
                                    float* wt, bool stepwise) {
-  const int R = T * B;
-  if (I <= SKINNY_INPUTS) {
-    std::vector<float> xt((size_t)I * R);  // x^T, I x R
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < I; ++c) xt[(size_t)c * R + r] = x[(size_t)r * I + c];
-    step_gemm(I, G, R, xt.data(), R, d_in, G, false, wt, G);
-  } else if (stepwise) {
-    stepwise_gradient(T, B, I, G, x, d_in, wt);
-  } else {
-    gemm(true, false, I, G, R, x, I, d_in, G, 0.f, wt, G);
-  }
+  if (I <= SKINNY_INPUTS) stepwise_gradient(1, T * B, I, G, x, d_in, wt);  // all rows as one step: x^T once
+  else if (stepwise) stepwise_gradient(T, B, I, G, x, d_in, wt);
+  else gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
   transpose_back(wt, I, G, grad_w_ih);
 }
 
