@@ -492,18 +492,15 @@ static void run_or_defer(std::function<void()> task) {
 // 1.2-1.4x faster at the seed config's 1920 x 50 by 1920 x 200 (benchmarks/README.md, 2026-12-06).
 // The gradients came out identical to the bit in the A/B runs compared there. transpose_back turns
 // that transpose, wt (N x G), into grad_w (G x N).
-static void transpose_back(const float* wt, int N, int G, float* grad_w) {
-  for (int a = 0; a < N; ++a)
-    for (int b = 0; b < G; ++b) grad_w[(int64_t)b * N + a] = wt[(int64_t)a * G + b];
+// With shift, grad_w's row b is wt's column (b + shift) mod G (a GRU's hidden weights: gru_backward).
+static void transpose_back(const float* wt, int N, int G, float* grad_w, int shift = 0) {
+  for (int a = 0; a < N; ++a) {
+    const float* w = wt + (int64_t)a * G;
+    for (int b = 0; b < G - shift; ++b) grad_w[(int64_t)b * N + a] = w[b + shift];
+    for (int b = G - shift; b < G; ++b) grad_w[(int64_t)b * N + a] = w[b + shift - G];
+  }
 }
 
-// One model's layer's gradients from d_in (T*B, G), the gradients of its input pre-activations
-// (x w_ih^T + b_ih): the gradient it passes down, grad_x (T*B, I) = d_in w_ih (the GRU's; the LSTM's
-// and RNN's come step by step, backward_product), and its input weights', grad_w_ih (G, I) (wt:
-// scratch of I x G).
-static void input_gradient(int T, int B, int I, int G, const float* d_in, const float* w_ih, float* grad_x) {
-  gemm(false, false, T * B, I, G, d_in, G, w_ih, I, 0.f, grad_x, I);
-}
 // A layer with at most this many inputs (a first layer: the seed config's 1 feature, the indicators
 // preset's 3) gets its input weights' gradient from brgemm on x transposed by hand: MKL's sgemm_ ran
 // x^T d at 3 x 128 over 640 rows in 17.0 us and at 1 x 200 over 1,920 rows in 34.5 us, the
@@ -511,23 +508,25 @@ static void input_gradient(int T, int B, int I, int G, const float* d_in, const 
 // (one thread, the AMD Zen 4 host; benchmarks/README.md, 2026-12-07, 02:10-03:30 UTC).
 constexpr int SKINNY_INPUTS = 16;
 
-// wt (N x G) = sum over S steps of a_t^T d_t (a_t: B x N, d_t: B x G), step by step: a_t transposed
-// by hand, then brgemm adding into wt (weight_gradients says where and why).
-static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, float* wt) {
+// wt (N x G) = sum over S steps of a_t^T d_t (a_t: B x N, d_t: B x G, rows ldd apart), step by step:
+// a_t transposed by hand, then brgemm adding into wt (weight_gradients says where and why).
+static void stepwise_gradient(int S, int B, int N, int G, const float* a, const float* d, int ldd, float* wt) {
   std::vector<float> at((size_t)N * B);
   for (int t = 0; t < S; ++t) {
     const float* as = a + (size_t)t * B * N;
     for (int r = 0; r < B; ++r)
       for (int c = 0; c < N; ++c) at[(size_t)c * B + r] = as[(size_t)r * N + c];
-    step_gemm(N, G, B, at.data(), B, d + (size_t)t * B * G, G, t > 0, wt, G);
+    step_gemm(N, G, B, at.data(), B, d + (size_t)t * B * ldd, ldd, t > 0, wt, G);
   }
 }
-// stepwise: the products step by step (stepwise_gradient) rather than MKL's one over all rows.
-static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, float* grad_w_ih,
-                                   float* wt, bool stepwise) {
-  if (I <= SKINNY_INPUTS) stepwise_gradient(1, T * B, I, G, x, d_in, wt);  // all rows as one step: x^T once
-  else if (stepwise) stepwise_gradient(T, B, I, G, x, d_in, wt);
-  else gemm(true, false, I, G, T * B, x, I, d_in, G, 0.f, wt, G);
+// A layer's input weights' gradient, grad_w_ih (G, I), from d_in (T*B rows, ldd apart), the gradients of
+// its input pre-activations (x w_ih^T + b_ih); wt: scratch of I x G. stepwise: the products step by step
+// (stepwise_gradient) rather than MKL's one over all rows.
+static void input_weight_gradients(int T, int B, int I, int G, const float* x, const float* d_in, int ldd,
+                                   float* grad_w_ih, float* wt, bool stepwise) {
+  if (I <= SKINNY_INPUTS) stepwise_gradient(1, T * B, I, G, x, d_in, ldd, wt);  // all rows as one step: x^T once
+  else if (stepwise) stepwise_gradient(T, B, I, G, x, d_in, ldd, wt);
+  else gemm(true, false, I, G, T * B, x, I, d_in, ldd, 0.f, wt, G);
   transpose_back(wt, I, G, grad_w_ih);
 }
 
@@ -546,13 +545,13 @@ static void input_weight_gradients(int T, int B, int I, int G, const float* x, c
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
                              float* grad_w_ih, float* grad_w_hh, float* wt, bool stepwise) {
   if (T > 1) {
-    if (stepwise) stepwise_gradient(T - 1, B, U, G, h_all, d + (int64_t)B * G, wt);
+    if (stepwise) stepwise_gradient(T - 1, B, U, G, h_all, d + (int64_t)B * G, G, wt);
     else gemm(true, false, U, G, (T - 1) * B, h_all, U, d + (int64_t)B * G, G, 0.f, wt, G);
     transpose_back(wt, U, G, grad_w_hh);
   } else {
     std::fill(grad_w_hh, grad_w_hh + (int64_t)G * U, 0.f);
   }
-  input_weight_gradients(T, B, I, G, x, d, grad_w_ih, wt, stepwise);
+  input_weight_gradients(T, B, I, G, x, d, G, grad_w_ih, wt, stepwise);
 }
 #if defined(__AVX512F__)
 constexpr bool STEPWISE_WEIGHT_GRADIENTS = true;
@@ -813,36 +812,42 @@ std::vector<Tensor> gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor b_ih,
 }
 
 // gru_forward's backward pass, lstm_backward's contract (grad_h times mask where it is defined).
-// Per step the gradients of the input side's pre-activations (r, z, n) go to d_in; those of the
-// hidden side's (h w_hh^T + b_hh) are d_in's for r and z and n's times r (d_hn);
-// dh_prev = dh z + [d_in's r, z | d_hn] w_hh.
+// Per step the gradients of the input side's pre-activations (r, z, n) and of the hidden side's
+// (h w_hh^T + b_hh: the same for r and z, n's times r) go to one row of d_pre, 4U wide:
+// [hidden n | r | z | n]. The input side's are then its last 3U columns, in w_ih's row order, and
+// the hidden side's its first 3U, in the order n, r, z (w_hn first: whp), so each side's products
+// read one block of columns: dh_prev = dh z + d_pre[:, :3U] whp and, where the layer below wants its
+// gradient, dx_t = d_pre[:, U:] w_ih, both per step by brgemm (as the LSTM's backward_product) rather
+// than one MKL product over all T*B rows after the loop; the hidden weights' gradient is one product
+// rather than two (r, z, then n). In-process A/B (benchmarks/kernel_ab.py) on the AMD Zen 4 host:
+// see benchmarks/README.md, 2026-12-07, 05:30 UTC section.
 std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h_all, Tensor hn_all,
                                  Tensor acts, Tensor mask, bool needs_x) {
   check(grad_h, 4, "grad_h");
   check_mask(mask, grad_h, "grad_h");
-  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3;
-  // The hidden side's pre-activation gradients are d_in's for r and z; only n's differs (times r),
-  // so it alone is stored (d_hn), and the products that read the hidden side's gradients take the
-  // r, z columns from d_in and the n columns from d_hn.
-  Tensor d_in = at::empty({K, T, B, G}, x.options());
-  Tensor d_hn = at::empty({K, T, B, U}, x.options());
+  const int K = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = w_hh.size(1), U = G / 3, W = G + U;
+  Tensor d_pre = at::empty({K, T, B, W}, x.options());
   Tensor grad_w_ih = at::empty({K, G, I}, x.options());
   Tensor grad_w_hh = at::empty({K, G, U}, x.options());
   Tensor grad_b_ih = at::zeros({K, G}, x.options());
   Tensor grad_b_hh = at::zeros({K, G}, x.options());
   Tensor grad_x = needs_x ? at::empty({K, T, B, I}, x.options()) : Tensor();
-  std::vector<float> dh_next((size_t)B * U), zeros((size_t)B * U, 0.f);
+  std::vector<float> dh_next((size_t)B * U), zeros((size_t)B * U, 0.f), whp((size_t)G * U);
   std::vector<float> ones(mask.defined() ? 0 : (size_t)B * U, 1.f);
   for (int k = 0; k < K; ++k) {
-    const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G;
+    const int64_t hk = (int64_t)k * T * B * U, gk = (int64_t)k * T * B * G, dk = (int64_t)k * T * B * W;
     const float* gh0 = grad_h.data_ptr<float>() + hk;
     const float* mk0 = mask.defined() ? mask.data_ptr<float>() + hk : nullptr;
     const float* h0 = h_all.data_ptr<float>() + hk;
     const float* hn0 = hn_all.data_ptr<float>() + hk;
     const float* a0 = acts.data_ptr<float>() + gk;
-    float* di0 = d_in.data_ptr<float>() + gk;
-    float* dn0 = d_hn.data_ptr<float>() + hk;
+    float* dp0 = d_pre.data_ptr<float>() + dk;
     const float* wh = w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    const float* wik = w_ih.data_ptr<float>() + (int64_t)k * G * I;
+    float* gx0 = needs_x ? grad_x.data_ptr<float>() + (int64_t)k * T * B * I : nullptr;
+    // w_hh's rows n, r, z: the hidden side's columns of d_pre
+    std::copy(wh + (int64_t)2 * U * U, wh + (int64_t)G * U, whp.begin());
+    std::copy(wh, wh + (int64_t)2 * U * U, whp.begin() + (int64_t)U * U);
     float* gbi = grad_b_ih.data_ptr<float>() + (int64_t)k * G;
     float* gbh = grad_b_hh.data_ptr<float>() + (int64_t)k * G;
     std::fill(dh_next.begin(), dh_next.end(), 0.f);
@@ -854,11 +859,10 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       const float* hnv0 = hn0 + o;
       const float* hp = t ? h0 + o - (int64_t)B * U : zeros.data();
       const float* ap = a0 + (int64_t)t * B * G;
-      float* dip = di0 + (int64_t)t * B * G;
-      float* dnp = dn0 + o;
+      float* dp = dp0 + (int64_t)t * B * W;
       for (int r = 0; r < B; ++r) {
         const float* ar = ap + (int64_t)r * G;
-        float* di = dip + (int64_t)r * G;
+        float* dr_ = dp + (int64_t)r * W;  // [hidden n | r | z | n]
         const int64_t q0 = (int64_t)r * U;
 #if defined(__AVX512F__)
         // adding each gradient into the bias gradients as it goes (no pass of their own)
@@ -874,10 +878,10 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
                                           _mm512_mul_ps(zv, _mm512_sub_ps(one, zv)));
           const __m512 dr = _mm512_mul_ps(_mm512_mul_ps(dn, ld(hnv0 + q0 + j)), _mm512_mul_ps(rv, _mm512_sub_ps(one, rv)));
           const __m512 dhn_n = _mm512_mul_ps(dn, rv);
-          _mm512_mask_storeu_ps(di + j, m, dr);
-          _mm512_mask_storeu_ps(di + U + j, m, dz);
-          _mm512_mask_storeu_ps(di + 2 * U + j, m, dn);
-          _mm512_mask_storeu_ps(dnp + q0 + j, m, dhn_n);
+          _mm512_mask_storeu_ps(dr_ + j, m, dhn_n);
+          _mm512_mask_storeu_ps(dr_ + U + j, m, dr);
+          _mm512_mask_storeu_ps(dr_ + 2 * U + j, m, dz);
+          _mm512_mask_storeu_ps(dr_ + 3 * U + j, m, dn);
           _mm512_mask_storeu_ps(dhn + q0 + j, m, _mm512_mul_ps(dh, zv));
           add(gbi + j, dr);
           add(gbi + U + j, dz);
@@ -893,46 +897,41 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
           const float dn = dh * (1.f - zv) * (1.f - nv * nv);
           const float dz = dh * (hp[q] - nv) * (zv * (1.f - zv));
           const float dr = dn * hnv0[q] * (rv * (1.f - rv));
-          di[j] = dr;
-          di[U + j] = dz;
-          di[2 * U + j] = dn;
-          dnp[q] = dn * rv;
+          dr_[j] = dn * rv;
+          dr_[U + j] = dr;
+          dr_[2 * U + j] = dz;
+          dr_[3 * U + j] = dn;
           dhn[q] = dh * zv;
         }
 #endif
       }
-      if (t) {  // dh_prev = dh z + (the hidden side's gradients) w_hh: d_in's r, z columns, then d_hn
-        step_gemm(B, U, 2 * U, dip, G, wh, U, true, dhn, U);
-        step_gemm(B, U, U, dnp, U, wh + (int64_t)2 * U * U, U, true, dhn, U);
-      }
+      if (t) step_gemm(B, U, G, dp, W, whp.data(), U, true, dhn, U);  // dh_prev = dh z + (hidden side) w_hh
+      if (needs_x) step_gemm(B, I, G, dp + U, W, wik, I, false, gx0 + (int64_t)t * B * I, I);  // dx_t = d_in w_ih
     }
-    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
-    const float* wik = w_ih.data_ptr<float>() + (int64_t)k * G * I;
-    if (needs_x) input_gradient(T, B, I, G, di0, wik, grad_x.data_ptr<float>() + (int64_t)k * T * B * I);
     float* gwi = grad_w_ih.data_ptr<float>() + (int64_t)k * G * I;
     float* gw = grad_w_hh.data_ptr<float>() + (int64_t)k * G * U;
+    const float* xk = x.data_ptr<float>() + (int64_t)k * T * B * I;
     // The weight gradients, queued in a pair call (see TaskSink) or run now; the queued work holds
     // the tensors, so their memory outlives this call.
-    run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_in, d_hn, grad_w_ih, grad_w_hh}]() {
+    run_or_defer([=, keep = std::vector<Tensor>{x, h_all, d_pre, grad_w_ih, grad_w_hh}]() {
       std::vector<float> wt((size_t)std::max(I, U) * G);
-      input_weight_gradients(T, B, I, G, xk, di0, gwi, wt.data(), STEPWISE_WEIGHT_GRADIENTS);
-      // grad_w_hh^T (U x G) = h_prev^T [d_in's r, z columns | d_hn], then transposed back
+      input_weight_gradients(T, B, I, G, xk, dp0 + U, W, gwi, wt.data(), STEPWISE_WEIGHT_GRADIENTS);
+      // grad_w_hh^T (U x G, columns n, r, z) = h_prev^T d_pre[:, :3U], then transposed back into r, z, n
       if (T > 1) {
-        gemm(true, false, U, 2 * U, (T - 1) * B, h0, U, di0 + (int64_t)B * G, G, 0.f, wt.data(), G);
-        gemm(true, false, U, U, (T - 1) * B, h0, U, dn0 + (int64_t)B * U, U, 0.f, wt.data() + 2 * U, G);
-        transpose_back(wt.data(), U, G, gw);
+        if (STEPWISE_WEIGHT_GRADIENTS) stepwise_gradient(T - 1, B, U, G, h0, dp0 + (int64_t)B * W, W, wt.data());
+        else gemm(true, false, U, G, (T - 1) * B, h0, U, dp0 + (int64_t)B * W, W, 0.f, wt.data(), G);
+        transpose_back(wt.data(), U, G, gw, U);
       } else {
         std::fill(gw, gw + (int64_t)G * U, 0.f);
       }
     });
 #if !defined(__AVX512F__)  // the AVX-512 loop above added them up
     for (int64_t r = 0; r < (int64_t)T * B; ++r) {
-      const float* a = di0 + r * G;
-      const float* b = dn0 + r * U;
+      const float* a = dp0 + r * W;
       #pragma omp simd
-      for (int j = 0; j < G; ++j) gbi[j] += a[j];
+      for (int j = 0; j < G; ++j) gbi[j] += a[U + j];
       #pragma omp simd
-      for (int j = 0; j < U; ++j) gbh[2 * U + j] += b[j];
+      for (int j = 0; j < U; ++j) gbh[2 * U + j] += a[j];
     }
 #endif
     std::copy(gbi, gbi + 2 * U, gbh);  // r and z: the same on both sides
