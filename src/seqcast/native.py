@@ -541,7 +541,8 @@ static void input_weight_gradients(int T, int B, int I, int G, const float* x, c
 // AMD) runs these products on both threads at once; an RNN's narrower products (G = U) were slower
 // so (0.967x, 0.973x), and on the Zen 3 host (AVX2) brgemm ran the hidden weights' gradient 0.62x as
 // fast as MKL (benchmarks/README.md, 2026-12-07 sections). A GRU layer's input weights' gradient
-// (G = 3U) goes so too: 4xGRU(50) epochs 1.018x, slices 1.012-1.029x.
+// (G = 3U) goes so too (4xGRU(50) epochs 1.018x, slices 1.012-1.029x), and since 6751eb6 its hidden
+// weights' (gru_backward).
 static void weight_gradients(int T, int B, int I, int U, int G, const float* x, const float* h_all, const float* d,
                              float* grad_w_ih, float* grad_w_hh, float* wt, bool stepwise) {
   if (T > 1) {
