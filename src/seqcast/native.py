@@ -863,7 +863,7 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
       float* dp = dp0 + (int64_t)t * B * W;
       for (int r = 0; r < B; ++r) {
         const float* ar = ap + (int64_t)r * G;
-        float* dr_ = dp + (int64_t)r * W;  // [hidden n | r | z | n]
+        float* drow = dp + (int64_t)r * W;  // [hidden n | r | z | n]
         const int64_t q0 = (int64_t)r * U;
 #if defined(__AVX512F__)
         // adding each gradient into the bias gradients as it goes (no pass of their own)
@@ -879,10 +879,10 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
                                           _mm512_mul_ps(zv, _mm512_sub_ps(one, zv)));
           const __m512 dr = _mm512_mul_ps(_mm512_mul_ps(dn, ld(hnv0 + q0 + j)), _mm512_mul_ps(rv, _mm512_sub_ps(one, rv)));
           const __m512 dhn_n = _mm512_mul_ps(dn, rv);
-          _mm512_mask_storeu_ps(dr_ + j, m, dhn_n);
-          _mm512_mask_storeu_ps(dr_ + U + j, m, dr);
-          _mm512_mask_storeu_ps(dr_ + 2 * U + j, m, dz);
-          _mm512_mask_storeu_ps(dr_ + 3 * U + j, m, dn);
+          _mm512_mask_storeu_ps(drow + j, m, dhn_n);
+          _mm512_mask_storeu_ps(drow + U + j, m, dr);
+          _mm512_mask_storeu_ps(drow + 2 * U + j, m, dz);
+          _mm512_mask_storeu_ps(drow + 3 * U + j, m, dn);
           _mm512_mask_storeu_ps(dhn + q0 + j, m, _mm512_mul_ps(dh, zv));
           add(gbi + j, dr);
           add(gbi + U + j, dz);
@@ -898,10 +898,10 @@ std::vector<Tensor> gru_backward(Tensor grad_h, Tensor x, Tensor w_ih, Tensor w_
           const float dn = dh * (1.f - zv) * (1.f - nv * nv);
           const float dz = dh * (hp[q] - nv) * (zv * (1.f - zv));
           const float dr = dn * hnv0[q] * (rv * (1.f - rv));
-          dr_[j] = dn * rv;
-          dr_[U + j] = dr;
-          dr_[2 * U + j] = dz;
-          dr_[3 * U + j] = dn;
+          drow[j] = dn * rv;
+          drow[U + j] = dr;
+          drow[2 * U + j] = dz;
+          drow[3 * U + j] = dn;
           dhn[q] = dh * zv;
         }
 #endif
