@@ -384,3 +384,47 @@ def test_a_model_fitted_on_an_array_predicts_a_dated_file(tmp_path, capsys):
     frame.to_csv(tmp_path / "x.csv")
     assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.csv")]) == 0
     assert "15 of 20 rows predicted" in capsys.readouterr().out
+
+
+def test_a_failed_refit_keeps_the_last_fit_whole(small_series):
+    train, test = small_series
+    f = Forecaster(**TINY).fit(train)
+    before = f.predict(test)
+    state = {k: v for k, v in vars(f).items() if k.endswith("_")}
+    f.set_params(lookback=11)
+    with pytest.raises(DataError, match="rows"):
+        f.fit(train.iloc[:5])
+    assert {k: v for k, v in vars(f).items() if k.endswith("_")}.keys() == state.keys()
+    assert all(vars(f)[k] is v for k, v in state.items())  # the same fitted objects, none replaced
+    with pytest.raises(ConfigError, match=r"lookback was 10 when this model was fitted and is now 11"):
+        f.predict(test)
+    f.set_params(lookback=10)
+    pd.testing.assert_series_equal(f.predict(test), before)
+
+
+@pytest.mark.parametrize(
+    "name, value", [("lookback", 5), ("target_transform", "diff"), ("horizon", 2), ("strategy", "recursive")]
+)
+def test_params_that_predictions_read_cannot_change_after_fit(small_series, tmp_path, name, value):
+    # A level model's outputs read as differences doubled the prices; another lookback gave other
+    # windows to the same weights: each call that reads them refuses instead.
+    train, test = small_series
+    f = Forecaster(**TINY).fit(train)
+    f.set_params(**{name: value})
+    for call in (lambda: f.predict(test), lambda: f.predict_horizons(test), lambda: f.forecast(2),
+                 lambda: f.save(tmp_path / "m")):
+        with pytest.raises(ConfigError, match=f"{name} was .* when this model was fitted"):
+            call()
+    assert not (tmp_path / "m").exists()
+
+
+def test_params_that_predictions_do_not_read_may_change_and_save_writes_the_fitted_ones(small_series, tmp_path):
+    train, test = small_series
+    f = Forecaster(**TINY).fit(train)
+    before = f.predict(test)
+    f.set_params(threads=1, epochs=7, lr=0.5)
+    pd.testing.assert_series_equal(f.predict(test), before)
+    f.save(tmp_path / "m")
+    loaded = Forecaster.load(tmp_path / "m")
+    assert (loaded.epochs, loaded.lr, loaded.threads) == (TINY["epochs"], 0.001, None)
+    pd.testing.assert_series_equal(loaded.predict(test), before)

@@ -241,6 +241,47 @@ def test_crash_while_swapping_in_a_model_folder_restores_the_old_one(saved_model
     assert _files(tmp_path) == ["model"]
 
 
+def test_saving_into_a_folder_of_other_files_is_refused_and_keeps_them(saved_model, tmp_path, monkeypatch):
+    model = Forecaster.load(saved_model)
+    folder = tmp_path / "project"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "data.csv").write_text("mine")
+    (folder / "sub" / "notes.txt").write_text("also mine")
+    with pytest.raises(ArtifactError, match=r"project already holds files that seqcast did not write.*new or empty folder"):
+        model.save(folder)
+    assert (folder / "data.csv").read_text() == "mine" and (folder / "sub" / "notes.txt").read_text() == "also mine"
+    assert _files(tmp_path) == ["project"]  # no staging folder left behind
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("a file")
+    with pytest.raises(ArtifactError, match="model.txt exists and is not a folder"):
+        model.save(a_file)
+    assert a_file.read_text() == "a file"
+    # "." (the working folder) or a folder that holds it would leave the process in a deleted folder
+    monkeypatch.chdir(folder / "sub")
+    for where in (".", "..", folder):
+        with pytest.raises(ArtifactError, match="is the working folder or holds it: save into a sub-folder"):
+            model.save(where)
+    assert (folder / "data.csv").read_text() == "mine" and Path.cwd() == folder / "sub"
+
+
+def test_a_model_folder_or_an_empty_folder_is_replaced(saved_model, tmp_path, monkeypatch):
+    model = Forecaster.load(saved_model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model.save(empty)
+    model.save(empty)  # now a model folder: replaced whole
+    assert Forecaster.load(empty).predict(model.context_).equals(model.predict(model.context_))
+    monkeypatch.chdir(tmp_path)
+    model.save("relative")
+    assert (tmp_path / "relative" / "manifest.json").is_file()
+    # replace=True (the command line's --force) replaces a folder of other files too
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.csv").write_text("mine")
+    model.save(other, replace=True)
+    assert _files(other) == _files(saved_model)
+
+
 # ---------------------------------------------------------------- no silent overwrites
 
 

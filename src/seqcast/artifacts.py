@@ -93,13 +93,16 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def write_model_dir(directory, *, json_files: dict[str, dict], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write `name.json` files and `weights.safetensors` plus a manifest, replacing `directory` whole."""
+def write_model_dir(
+    directory, *, json_files: dict[str, dict], tensors: dict[str, torch.Tensor], replace: bool = False
+) -> Path:
+    """Write `name.json` files and `weights.safetensors` plus a manifest, replacing `directory` whole
+    (write_bundle_dir says when)."""
 
     def weights(staging: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / "weights.safetensors"))
 
-    return write_bundle_dir(directory, json_files=json_files, build=weights)
+    return write_bundle_dir(directory, json_files=json_files, build=weights, replace=replace)
 
 
 def _swap_in(staging: Path, directory: Path) -> None:
@@ -165,10 +168,35 @@ def _read_json(path: Path) -> dict:
     return doc
 
 
-def write_bundle_dir(directory, *, json_files: dict[str, dict], build) -> Path:
+def _check_replaceable(directory: Path, replace: bool) -> None:
+    """Refuse a destination whose replacement would lose the user's files: the new folder is swapped
+    in whole, so whatever an existing folder held is deleted. Only a folder seqcast wrote (it has a
+    manifest) or an empty one is replaced, another folder only with ``replace`` (the CLI's --force),
+    never a file."""
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{directory} exists and is not a folder: choose another path for the model folder")
+    try:
+        cwd = Path.cwd()
+    except OSError:  # the working folder was deleted
+        cwd = None
+    if cwd is not None and (directory == cwd or directory in cwd.parents):
+        # Swapped out, it would leave this process (and the user's shell) in a deleted folder.
+        raise ArtifactError(
+            f"{directory} is the working folder or holds it: save into a sub-folder, such as {directory / 'model'}"
+        )
+    if not replace and directory.is_dir() and not (directory / MANIFEST).is_file() and any(directory.iterdir()):
+        raise ArtifactError(
+            f"{directory} already holds files that seqcast did not write (it has no {MANIFEST}); saving there "
+            "would delete them: choose a new or empty folder, or pass replace=True to delete them"
+        )
+
+
+def write_bundle_dir(directory, *, json_files: dict[str, dict], build, replace: bool = False) -> Path:
     """A folder of `name.json` files plus whatever `build(staging)` writes into sub-folders, with a
-    manifest of every file's sha256 (paths relative to the folder), replacing `directory` whole."""
-    directory = Path(directory)
+    manifest of every file's sha256 (paths relative to the folder), replacing `directory` whole: an
+    empty folder or one seqcast wrote, another folder only with ``replace`` (_check_replaceable)."""
+    directory = Path(os.path.abspath(directory))  # "." and ".." have no name to put a sibling beside
+    _check_replaceable(directory, replace)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = _make_temp_dir_sibling(directory)
     try:

@@ -605,7 +605,7 @@ def _cmd_train(args, out: _Out) -> int:
         out.line(f"checkpoint {checkpoint_dir}/ (epoch {len(forecaster.history_.loss)})")
     if test is None:
         _print_training(forecaster, out)
-        forecaster.save(args.out)
+        forecaster.save(args.out, replace=args.force)
         out.line(f"saved  {args.out}/")
         out.result({"model": str(args.out), "final_loss": forecaster.history_.loss[-1]})
         return 0
@@ -614,7 +614,7 @@ def _cmd_train(args, out: _Out) -> int:
     _print_board(holdout.board, out)
     _print_interval(holdout.interval, out)
     per_step = _horizon_scores(forecaster, holdout, out)
-    forecaster.save(args.out)
+    forecaster.save(args.out, replace=args.force)
     out.line(f"saved  {args.out}/")
     out.result({"model": str(args.out), **run_summary(holdout, forecaster), **per_step})
     return 0
@@ -935,7 +935,7 @@ def _cmd_tune(args, out: _Out) -> int:
              f"(persistence RMSE {naive:.4g} on the same folds)")
     outputs = f"outputs {args.out}/  tuning.csv  best.json"
     if args.refit_best is not None:
-        refit_best(frame, result, args.refit_best)
+        refit_best(frame, result, args.refit_best, replace=args.force)
         outputs += f"  {args.refit_best}/"
     out.line(outputs)
     out.result(

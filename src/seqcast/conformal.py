@@ -279,8 +279,9 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         weights = None if sample_weight is None else np.asarray(sample_weight)[scored]
         return float(r2_score(actual[scored], predicted[scored], sample_weight=weights))
 
-    def save(self, directory) -> "EnsembleForecaster":
-        """One Forecaster folder per member (member-01, ...) under one manifest that covers them all."""
+    def save(self, directory, *, replace: bool = False) -> "EnsembleForecaster":
+        """One Forecaster folder per member (member-01, ...) under one manifest that covers them all;
+        ``replace`` as :meth:`Forecaster.save`'s."""
         check_is_fitted(self, "members_")
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("forecaster", "n_jobs")}
         doc = {
@@ -296,7 +297,7 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
             for i, member in enumerate(self.members_):
                 member.save(staging / _member_dir(i))
 
-        write_bundle_dir(directory, json_files={ENSEMBLE_FILE: doc}, build=build)
+        write_bundle_dir(directory, json_files={ENSEMBLE_FILE: doc}, build=build, replace=replace)
         return self
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timezone
 
 import numpy as np
@@ -43,6 +44,17 @@ from .windows import (
 
 _JSON_FILES = ("config.json", "scaler.json", "state.json")
 STRATEGIES = ("direct", "recursive")
+# The parameters predict, forecast and save read besides the fitted attributes: set to other values
+# after fit (set_params) they would silently give other numbers from the same weights (a level
+# model's outputs read as differences, windows of another length), so those calls refuse then.
+PREDICT_PARAMS = ("target", "features", "lookback", "horizon", "target_transform", "strategy", "same_day")
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # e.g. arrays, whose == is elementwise
+        return a is b
 
 class Forecaster(RegressorMixin, BaseEstimator):
     """A stacked recurrent network that predicts `target` from the `lookback` rows before each day.
@@ -185,23 +197,33 @@ class Forecaster(RegressorMixin, BaseEstimator):
         return values
 
     def fit(self, X, y=None, *, checkpoint_dir=None, checkpoint_every=None, resume=False):
-        """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`."""
-        frame, (X_train, y_train), (X_val, y_val) = self._prepare_fit(X, y)
-        self.history_ = train_model(
-            self.model_,
-            X_train,
-            y_train,
-            seed=self.seed,
-            early_stopping=self.early_stopping,
-            X_val=X_val,
-            y_val=y_val,
-            verbose=self.verbose,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            **self._training_settings(),
-        )
-        return self._finish_fit(frame)
+        """Train on the rows of X; the checkpoint arguments go to :func:`seqcast.training.train_model`.
+
+        A fit that fails (bad data, a diverged loss) leaves the estimator as it was before the call:
+        a fitted one keeps its last fit, whole, rather than a mix of old and new fitted attributes.
+        """
+        before = dict(self.__dict__)
+        try:
+            frame, (X_train, y_train), (X_val, y_val) = self._prepare_fit(X, y)
+            self.history_ = train_model(
+                self.model_,
+                X_train,
+                y_train,
+                seed=self.seed,
+                early_stopping=self.early_stopping,
+                X_val=X_val,
+                y_val=y_val,
+                verbose=self.verbose,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                **self._training_settings(),
+            )
+            return self._finish_fit(frame)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
 
     def _training_settings(self) -> dict:
         """The arguments of train_model (and of train_many, for ensembles) that every seed shares."""
@@ -293,7 +315,21 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self.train_start_, self.train_end_ = frame.index[0], frame.index[-1]
         # Judged on all training rows: the saved context alone may span no holiday to judge by.
         self.exchange_holidays_ = skips_exchange_holidays(frame.index)
+        self.params_ = copy.deepcopy(self.get_params(deep=False))
         return self
+
+    def _check_fitted(self) -> None:
+        """check_is_fitted, and that the parameters predictions read still have their fitted values."""
+        check_is_fitted(self, "model_")
+        fitted = getattr(self, "params_", None)
+        if fitted is None:
+            return
+        for name in PREDICT_PARAMS:
+            if not _same(getattr(self, name), fitted[name]):
+                raise ConfigError(
+                    f"{name} was {fitted[name]!r} when this model was fitted and is now {getattr(self, name)!r}: "
+                    f"its predictions need the fitted value; set {name} back or fit again"
+                )
 
     def _set_features(self, features: list[Feature], same_day: list[str]) -> None:
         """Fitted attributes that follow from the parsed features (shared by fit and load)."""
@@ -385,7 +421,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         row of X gets a prediction made only from real values before it (and, only when `same_day`
         names columns, those columns' values on the predicted day itself).
         """
-        check_is_fitted(self, "model_")
+        self._check_fitted()
         frame = self._frame(X)
         combined = self._combined(frame)
         windows, rows, _, anchors = self._windows(combined, len(frame))
@@ -401,7 +437,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         Row t, column "hk" is the prediction for the row k-1 after t (so "h1" is :meth:`predict`), made
         with data up to the row before t: the forecast one would have issued on the morning of t.
         """
-        check_is_fitted(self, "model_")
+        self._check_fitted()
         frame = self._frame(X)
         combined = self._combined(frame)
         columns = [f"h{k}" for k in range(1, self.horizon + 1)]
@@ -472,7 +508,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         the NYSE holidays when the history skips them, see ``features.future_index``; every day
         when weekends occur, else the inferred frequency). Returns columns ``step`` and ``forecast``.
         """
-        check_is_fitted(self, "model_")
+        self._check_fitted()
         horizon = self.horizon if horizon is None else horizon
         if not isinstance(horizon, (int, np.integer)) or horizon < 1:
             raise ConfigError(f"horizon must be a whole number of at least 1, got {horizon!r}")
@@ -523,19 +559,24 @@ class Forecaster(RegressorMixin, BaseEstimator):
         table.index.name = "step"
         return table
 
-    def save(self, directory) -> "Forecaster":
-        check_is_fitted(self, "model_")
+    def save(self, directory, *, replace: bool = False) -> "Forecaster":
+        """Write the fitted model to the folder ``directory`` (JSON and safetensors under a sha256
+        manifest), swapped in whole. An existing folder is replaced when seqcast wrote it or it is
+        empty; one that holds other files only with ``replace=True`` (they are deleted)."""
+        self._check_fitted()
+        # The fitted parameters (a model pickled before params_ existed: the current ones)
+        params = getattr(self, "params_", None) or copy.deepcopy(self.get_params(deep=False))
         config = {
             "seqcast_version": __version__,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "params": self.get_params(),
+            "params": params,
             "target": self.target_,
             "input_columns": self.input_columns_,
             "features": [f.name for f in self.features_],
             "required_columns": self.required_columns_,
             "same_day_inputs": self.same_day_columns_,
             "warmup_rows": self.warmup_rows_,
-            "target_transform": self.target_transform,
+            "target_transform": params["target_transform"],
             "n_train_rows": self.n_train_rows_,
             "train_start": _stamp(self.train_start_),
             "train_end": _stamp(self.train_end_),
@@ -557,6 +598,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             directory,
             json_files={"config.json": config, "scaler.json": scalers, "state.json": state},
             tensors=self.model_.state_dict(),
+            replace=replace,
         )
         return self
 
@@ -591,6 +633,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             est.device_ = str(resolve_device(est.device))
             est.model_ = est._build_model()
             est.model_.load_state_dict(tensors, strict=True)
+            est.params_ = copy.deepcopy(est.get_params(deep=False))
         except (KeyError, TypeError, ValueError, RuntimeError, ConfigError, DataError) as exc:
             raise ArtifactError(f"{directory}: the saved model does not fit its config ({exc})") from exc
         est.model_.eval()

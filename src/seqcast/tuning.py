@@ -268,10 +268,11 @@ def summarize(results: pd.DataFrame, scoring: str, tunable: list[str]) -> pd.Dat
     return params.join(means).sort_values([f"mean_{scoring}"], kind="stable")
 
 
-def refit_best(frame: pd.DataFrame, result: TuningResult, model_dir) -> Forecaster:
-    """Train the best configuration on every row of `frame` and save it as a model folder."""
+def refit_best(frame: pd.DataFrame, result: TuningResult, model_dir, *, replace: bool = False) -> Forecaster:
+    """Train the best configuration on every row of `frame` and save it as a model folder
+    (``replace`` as :meth:`Forecaster.save`'s)."""
     model = Forecaster(**result.best_params).fit(frame)
-    model.save(model_dir)
+    model.save(model_dir, replace=replace)
     return model
 
 
