@@ -130,3 +130,20 @@ def test_no_nan_reaches_the_scorer_in_grid_or_randomized_search():
         assert len(seen) == 4  # 2 candidates × 2 splits, refit not scored
         assert all(n_nan == 0 for _, _, n_nan, _ in seen)
         assert search.best_estimator_.n_train_rows_ == len(frame)
+
+
+def test_numpy_typed_params_work_as_python_ones_also_in_a_grid():
+    # A grid written with np.arange / np.array hands numpy scalars to set_params: torch's layers refuse
+    # np.int64 sizes and random.seed an np.int64 seed, so they crashed deep inside the fit.
+    frame = _series()
+    plain = Forecaster(**TINY_SEARCH, seed=1).fit(frame).predict(frame)
+    typed = Forecaster(
+        **{**TINY_SEARCH, "units": np.int64(TINY_SEARCH["units"]), "layers": np.int32(1), "dropout": np.float32(0.0)},
+        seed=np.int64(1),
+    ).fit(frame).predict(frame)
+    pd.testing.assert_series_equal(typed, plain)
+    search = GridSearchCV(
+        Forecaster(**TINY_SEARCH), {"units": np.array([4, 6]), "seed": np.arange(2)}, cv=TimeSeriesSplit(n_splits=2),
+        scoring="neg_mean_squared_error", error_score="raise",
+    ).fit(frame, frame["Open"])
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()

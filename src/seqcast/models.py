@@ -64,6 +64,8 @@ class StackedRNN(nn.Module):
     ) -> None:
         super().__init__()
         _validate(n_features, cell, layers, units, dropout, horizon, nonlinearity)
+        # numpy's integers (a grid's np.arange, say) as Python's: torch's layers take only int
+        n_features, layers, units, horizon = int(n_features), int(layers), int(units), int(horizon)
         self.n_features = n_features
         self.cell = cell
         self.layers = layers
@@ -308,7 +310,7 @@ def _validate(
     positive_int("layers", layers)
     positive_int("units", units)
     positive_int("horizon", horizon)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.integer, np.floating)) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ConfigError(
@@ -417,7 +419,7 @@ def build_model(
     """
     with GLOBAL_RNG_LOCK:
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(int(seed))
         return StackedRNN(
             n_features,
             cell=cell,

@@ -781,6 +781,7 @@ def train_model(
     loss_fn = LOSSES[loss]
     n_samples = len(X_t)
 
+    seed = int(seed)  # numpy's integers (a grid's np.arange) too: random.seed and Generator.manual_seed refuse them
     generator = seed_everything(seed)
     # Dropout masks come from a generator of the fit's own, seeded like torch's global one after
     # seed_everything (so the masks are those the global one would give), so that fits running
