@@ -428,3 +428,20 @@ def test_params_that_predictions_do_not_read_may_change_and_save_writes_the_fitt
     loaded = Forecaster.load(tmp_path / "m")
     assert (loaded.epochs, loaded.lr, loaded.threads) == (TINY["epochs"], 0.001, None)
     pd.testing.assert_series_equal(loaded.predict(test), before)
+
+
+def test_rows_out_of_date_order_or_repeated_dates_are_refused(small_series):
+    # load_csv sorts a file's rows; a frame given directly was used as it came: reversed rows trained,
+    # and predicted each day from the days after it, without a word.
+    train, test = small_series
+    f = Forecaster(**TINY)
+    with pytest.raises(DataError, match=r"date order, each date once, but the row at position 1 \(2020-06-15\) comes after 2020-06-16"):
+        f.fit(train.iloc[::-1])
+    repeated = pd.concat([train.iloc[:50], train.iloc[49:]])
+    with pytest.raises(DataError, match=r"position 50 \(2020-03-10\) repeats the date before it: sort the rows"):
+        f.fit(repeated)
+    f.fit(train)
+    with pytest.raises(DataError, match="date order"):
+        f.predict(test.iloc[::-1])
+    with pytest.raises(DataError, match="date order"):
+        f.forecast(1, frame=train.iloc[::-1])

@@ -174,6 +174,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
         """
         if not isinstance(X, pd.DataFrame):
             return self._array_frame(X, y)
+        _check_time_order(X)
         frame = X
         if y is not None:
             values = self._target_values(y)
@@ -697,6 +698,23 @@ class Forecaster(RegressorMixin, BaseEstimator):
         # The estimator checks train a few epochs on a handful of rows; a poor fit there is expected.
         tags.regressor_tags.poor_score = True
         return tags
+
+
+def _check_time_order(frame: pd.DataFrame) -> None:
+    """Dated rows must come in time order, each date once: the windows are the rows before each row.
+    (load_csv sorts a file's rows and refuses repeated dates; a frame given directly was used as it
+    came, so reversed rows trained and predicted from the wrong days without a word.)"""
+    index = frame.index
+    if not isinstance(index, pd.DatetimeIndex) or index.is_monotonic_increasing and index.is_unique:
+        return
+    row = int(np.argmax(index[1:] <= index[:-1])) + 1
+    day = lambda t: t.date() if t == t.normalize() else t  # noqa: E731
+    source = frame.attrs.get("source", "<frame>")
+    what = "repeats the date before it" if index[row] == index[row - 1] else f"comes after {day(index[row - 1])}"
+    raise DataError(
+        f"{source}: the rows must be in date order, each date once, but the row at position {row} "
+        f"({day(index[row])}) {what}: sort the rows by date (frame.sort_index()) and drop repeated dates"
+    )
 
 
 def _dates_from(index: pd.Index, position: int, n: int, exchange_holidays: bool | None = None) -> pd.Index:
