@@ -445,3 +445,25 @@ def test_rows_out_of_date_order_or_repeated_dates_are_refused(small_series):
         f.predict(test.iloc[::-1])
     with pytest.raises(DataError, match="date order"):
         f.forecast(1, frame=train.iloc[::-1])
+
+
+def test_empty_frames_time_zones_and_odd_inputs_get_clear_answers(small_series):
+    train, test = small_series
+    f = Forecaster(**TINY, horizon=2).fit(train)
+    empty = f.predict(test.iloc[:0])
+    assert empty.empty and empty.name == "Open"  # MinMaxScaler refused zero rows
+    assert f.predict_horizons(test.iloc[:0]).shape == (0, 2)
+    with pytest.raises(DataError, match=r"dates are in time zone UTC but the model's training dates had none: drop the zone"):
+        f.predict(test.tz_localize("UTC"))
+    aware = Forecaster(**TINY).fit(train.tz_localize("UTC"))
+    with pytest.raises(DataError, match=r"have no time zone but the model's training dates are in UTC: .*tz_localize\('UTC'\)"):
+        aware.predict(test)
+    assert str(aware.predict(test.tz_localize("UTC")).index.tz) == "UTC"
+    with pytest.raises(ConfigError, match="features must be a comma-separated string .* got 3"):
+        Forecaster(**TINY, features=3).fit(train)
+    with pytest.raises(DataError, match=r"column Name on 2020-01-0\d.* holds 'x', not a number"):
+        Forecaster(**TINY, features="Open,Name").fit(train.assign(Name="x"))
+    pd.testing.assert_series_equal(
+        Forecaster(**TINY, features=np.array(["Open", "Close"])).fit(train).predict(test),
+        Forecaster(**TINY, features="Open,Close").fit(train).predict(test),
+    )

@@ -240,7 +240,12 @@ def parse_feature_list(features) -> list[str] | None:
     if isinstance(features, str):
         names = [part.strip() for part in features.split(",")]
     else:
-        names = [str(part).strip() for part in features]
+        try:
+            names = [str(part).strip() for part in features]
+        except TypeError:  # not iterable: features=3, say
+            raise ConfigError(
+                f"features must be a comma-separated string such as 'Open,Close,rsi14' or a list of names, got {features!r}"
+            ) from None
     names = [n for n in names if n]
     if not names:
         raise ConfigError("features is empty: give column names such as 'Open,Close' or leave it unset")

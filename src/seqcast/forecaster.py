@@ -54,7 +54,7 @@ def _same(a, b) -> bool:
     try:
         return bool(a == b)
     except (TypeError, ValueError):  # e.g. arrays, whose == is elementwise
-        return a is b
+        return bool(np.array_equal(a, b))
 
 class Forecaster(RegressorMixin, BaseEstimator):
     """A stacked recurrent network that predicts `target` from the `lookback` rows before each day.
@@ -186,11 +186,20 @@ class Forecaster(RegressorMixin, BaseEstimator):
 
     @staticmethod
     def _values(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+        source = frame.attrs.get("source", "<frame>")
+        for column in columns:  # load_csv's frames are numeric; a frame given directly may not be
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            bad = numbers.isna() & frame[column].notna()
+            if bad.any():
+                row = frame.index[int(np.argmax(bad.to_numpy()))]
+                raise DataError(
+                    f"{source}: column {column} on {row} holds {frame[column][row]!r}, not a number: "
+                    "give numeric values (or leave the column out of features)"
+                )
         values = frame[columns].to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             row, col = map(int, np.argwhere(bad)[0])
-            source = frame.attrs.get("source", "<frame>")
             raise DataError(
                 f"{source}: the value of column {columns[col]} on {frame.index[row]} is {values[row, col]}: "
                 "fill or remove that row"
@@ -382,6 +391,15 @@ class Forecaster(RegressorMixin, BaseEstimator):
     def _combined(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame's required columns, after the remembered training tail when it starts later."""
         source = frame.attrs.get("source", "<frame>")
+        zone, fitted_zone = getattr(frame.index, "tz", None), getattr(self.context_.index, "tz", None)
+        if (zone is None) != (fitted_zone is None):
+            raise DataError(
+                f"{source}: its dates are in time zone {zone} but the model's training dates had none: "
+                "drop the zone (frame.tz_localize(None))"
+                if zone
+                else f"{source}: its dates have no time zone but the model's training dates are in {fitted_zone}: "
+                f"give them that zone (frame.tz_localize({str(fitted_zone)!r}))"
+            )
         columns = [resolve_column(frame, c, source=source) for c in self.required_columns_]
         raw = frame[columns].set_axis(self.required_columns_, axis=1)
         combined, _ = with_context(raw, self.context_)
@@ -406,6 +424,9 @@ class Forecaster(RegressorMixin, BaseEstimator):
 
     def _windows(self, combined: pd.DataFrame, n_rows: int):
         """Windows for the last n_rows rows of `combined`, positions among those rows, and the anchors."""
+        if not n_rows:  # nothing to predict (and no rows for the scaler, which refuses none)
+            none = np.empty(0, dtype=np.int64)
+            return np.empty((0, self.lookback, self.n_features_in_), dtype=np.float32), none, none, None
         scaled = self._scaled_design(combined, last=len(combined) - 2)
         usable = scaled[self.warmup_rows_ :]
         n = min(n_rows, len(usable))
