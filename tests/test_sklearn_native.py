@@ -8,7 +8,7 @@ from sklearn.metrics import mean_squared_error
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, TimeSeriesSplit
 from sklearn.utils.estimator_checks import check_estimator
 
-from seqcast import DataError, Forecaster
+from seqcast import ConfigError, DataError, Forecaster
 
 CHECK_ESTIMATOR = Forecaster(lookback=3, layers=1, units=4, epochs=1, batch_size=16, dropout=0.0, device="cpu")
 
@@ -147,3 +147,15 @@ def test_numpy_typed_params_work_as_python_ones_also_in_a_grid():
         scoring="neg_mean_squared_error", error_score="raise",
     ).fit(frame, frame["Open"])
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_an_array_fit_that_could_never_predict_is_refused_up_front():
+    # predict(X) gets no y: a model that needs the target's own values (a diff or logret target)
+    # fitted on arrays, then refused every predict, score and cross_val_score.
+    frame = _series()
+    X, y = frame[["Open", "Close"]].to_numpy(), frame["Open"].to_numpy()
+    for transform in ("diff", "logret"):
+        with pytest.raises(ConfigError, match=rf"target_transform '{transform}' needs the target's own past values .* array X"):
+            Forecaster(**TINY_SEARCH, target_transform=transform).fit(X, y)
+    level = Forecaster(**TINY_SEARCH).fit(X, y)
+    assert np.isfinite(level.predict(X)[TINY_SEARCH["lookback"]:]).all()

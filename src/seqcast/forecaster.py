@@ -47,6 +47,7 @@ STRATEGIES = ("direct", "recursive")
 # The parameters predict, forecast and save read besides the fitted attributes: set to other values
 # after fit (set_params) they would silently give other numbers from the same weights (a level
 # model's outputs read as differences, windows of another length), so those calls refuse then.
+_ARRAY_SOURCE = "<array X>"  # the source named in messages about a plain array's rows (_array_frame)
 PREDICT_PARAMS = ("target", "features", "lookback", "horizon", "target_transform", "strategy", "same_day")
 
 
@@ -261,6 +262,16 @@ class Forecaster(RegressorMixin, BaseEstimator):
         self._set_features(
             parse_features(frame, self.target_, frame.attrs.get("inputs", self.features)), parse_same_day(frame, self.target_, self.same_day)
         )
+        if source == _ARRAY_SOURCE and self.target_ in self.required_columns_:
+            # predict(X) gets no y, and an array's columns are only the inputs: such a model fitted
+            # fine and then could never predict.
+            why = (f"target_transform {self.target_transform!r}" if self.target_transform != "level"
+                   else "strategy 'recursive'" if self.strategy == "recursive" else f"features naming {self.target_!r}")
+            raise ConfigError(
+                f"{why} needs the target's own past values when predicting, which an array X does not hold (its "
+                f"columns are the inputs, y the target): fit a DataFrame with a {self.target_!r} column, or use "
+                "target_transform='level', strategy='direct' and inputs from X's columns"
+            )
         raw = frame[self.required_columns_]
         self._values(raw, self.required_columns_)
         levels = self._values(frame, [self.target_])[:, 0]
@@ -680,7 +691,7 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         columns = [f"x{i}" for i in range(values.shape[1])]
         frame = pd.DataFrame(values, columns=columns)
-        frame.attrs["source"] = "<array X>"
+        frame.attrs["source"] = _ARRAY_SOURCE
         frame.attrs["inputs"] = columns if self.features is None else self.features
         if y is not None:
             target = self._target_values(y)
