@@ -467,3 +467,14 @@ def test_empty_frames_time_zones_and_odd_inputs_get_clear_answers(small_series):
         Forecaster(**TINY, features=np.array(["Open", "Close"])).fit(train).predict(test),
         Forecaster(**TINY, features="Open,Close").fit(train).predict(test),
     )
+
+
+def test_flags_that_are_not_booleans_are_refused():
+    from seqcast.conformal import EnsembleForecaster
+
+    with pytest.raises(ConfigError, match="shuffle must be True or False, got 'no'"):
+        Forecaster(**TINY, shuffle="no").fit(pd.DataFrame({"Open": np.arange(1.0, 60.0)}, index=pd.bdate_range("2020-01-01", periods=59)))
+    with pytest.raises(ConfigError, match="n_members .* whole number of at least 1, got True"):
+        EnsembleForecaster(Forecaster(**TINY), n_members=True).fit(
+            pd.DataFrame({"Open": np.arange(1.0, 60.0)}, index=pd.bdate_range("2020-01-01", periods=59))
+        )

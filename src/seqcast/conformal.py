@@ -169,7 +169,7 @@ class EnsembleForecaster(RegressorMixin, BaseEstimator):
         return self.n_members > 1 and self.n_jobs in (None, 1) and _trains_together(self._template())
 
     def _check_params(self) -> None:
-        if not isinstance(self.n_members, (int, np.integer)) or self.n_members < 1:
+        if isinstance(self.n_members, bool) or not isinstance(self.n_members, (int, np.integer)) or self.n_members < 1:
             raise ConfigError(f"n_members (--ensemble) must be a whole number of at least 1, got {self.n_members!r}")
         _check_level(self.interval)
         if not 0.0 <= float(self.calibration_fraction) < 1.0:

@@ -143,6 +143,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
             )
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not isinstance(self.shuffle, (bool, np.bool_)):  # "no" would read as True
+            raise ConfigError(f"shuffle must be True or False, got {self.shuffle!r}")
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 1
         ):
