@@ -54,6 +54,8 @@ def _make_temp_dir_sibling(directory: Path) -> Path:
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     path = Path(path)
+    if path.is_dir():  # else the rename's error named the temporary file
+        raise ArtifactError(f"{path} is a folder: give the path of a file to write")
     fd, tmp = open_temp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as fh:

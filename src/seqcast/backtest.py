@@ -57,11 +57,13 @@ class Leaderboard:
         if model_rmse < base_rmse:
             how = "significantly better" if significant else "not significantly better"
             return f"seqcast is {how} than {best} ({_p_text(p)}): RMSE {model_rmse:.2f} vs {base_rmse:.2f}"
-        ratio = model_rmse / base_rmse if base_rmse > 0 else float("inf")
+        if model_rmse == base_rmse:  # a constant series: both exact
+            return f"seqcast ties the naive {best} forecast: RMSE {model_rmse:.2f} for both"
+        worse = f"{model_rmse / base_rmse:.1f}x worse" if base_rmse > 0 else f"{best} is exact"
         how = "significantly worse" if significant else "the difference is not significant"
         return (
             f"seqcast does NOT beat the naive {best} forecast: RMSE {model_rmse:.2f} vs {base_rmse:.2f} "
-            f"({ratio:.1f}x worse; {how}, DM {_p_text(p)})"
+            f"({worse}; {how}, DM {_p_text(p)})"
         )
 
     def to_dict(self) -> dict:
@@ -484,6 +486,15 @@ def walk_forward(
     plan = plan_folds(
         frame.index, folds=folds, start=start, refit_every=refit_every, window=window, min_train=lookback + horizon
     )
+    if period is not None:  # else 0 meant "from the dates", and a too long one dropped the baseline, silently
+        if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 1:
+            raise ConfigError(f"--season must be a whole number of rows of at least 1, got {period!r}")
+        first_rows = len(frame.iloc[plan[0].train])
+        if first_rows <= period:
+            raise ConfigError(
+                f"--season {period} needs more than {period} training rows, and the first fold trains on "
+                f"{first_rows}: lower --season, or give fewer --folds or a later --start"
+            )
     if baselines is None:
         baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)

@@ -110,10 +110,11 @@ def _ensemble_options(p: argparse.ArgumentParser) -> None:
         help="train K models with seeds seed, seed+1, ... and predict their mean, with their spread and "
         "conformal prediction intervals",
     )
-    group.add_argument("--interval", type=float, default=0.9, help="level of the ensemble's prediction intervals")
+    group.add_argument("--interval", type=float, help="level of the ensemble's prediction intervals (default 0.9)")
     group.add_argument(
-        "--calibration-fraction", type=float, default=0.2,
-        help="last fraction of the training rows held out from the ensemble's fit to calibrate its intervals",
+        "--calibration-fraction", type=float,
+        help="last fraction of the training rows held out from the ensemble's fit to calibrate its intervals "
+        "(default 0.2)",
     )
     group.add_argument(
         "--ensemble-jobs", type=int, metavar="N",
@@ -335,14 +336,17 @@ def _estimator(args):
     from .conformal import EnsembleForecaster
     forecaster = _forecaster(args)
     if getattr(args, "ensemble", None) is None:
-        if getattr(args, "ensemble_jobs", None) is not None:
-            raise ConfigError("--ensemble-jobs sets how many processes fit an ensemble's members: add --ensemble K")
+        for option, what in (("ensemble_jobs", "how many processes fit an ensemble's members"),
+                             ("interval", "the level of an ensemble's prediction intervals"),
+                             ("calibration_fraction", "the rows an ensemble holds out to calibrate its intervals")):
+            if getattr(args, option, None) is not None:  # else silently ignored
+                raise ConfigError(f"--{option.replace('_', '-')} sets {what}: add --ensemble K")
         return forecaster
     ensemble = EnsembleForecaster(
         forecaster,
         n_members=args.ensemble,
-        interval=args.interval,
-        calibration_fraction=args.calibration_fraction,
+        interval=0.9 if args.interval is None else args.interval,
+        calibration_fraction=0.2 if args.calibration_fraction is None else args.calibration_fraction,
         n_jobs=args.ensemble_jobs,
     )
     ensemble._check_params()  # before any "model" line or output folder
@@ -489,6 +493,11 @@ def _fresh_dir(path: Path | None, force: bool, prefix: str = "run") -> Path:
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
+    """Refuse, before any work, an output that exists (unless --force) or that cannot be made because
+    a file stands where one of its folders would go."""
+    blocked = next((p for p in path.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"{path} cannot be written: {blocked} is a file, not a folder; choose another --out")
     exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if exists and not force:
         raise ConfigError(f"{path} already exists: choose another --out or pass --force to replace it")
@@ -520,6 +529,13 @@ def _train_and_test(args, out: _Out):
         return frame, None
     if test_path is not None:
         out.line(f"test   {_describe(test)}")
+        step = train.index.to_series().diff().median() if len(train) > 1 else None
+        gap = test.index[0] - train.index[-1]
+        if step is not None and gap > 10 * step:  # as _stale_context warns for predict
+            out.line(
+                f"warning: {test_path} starts {gap.days} days after the training rows end ({train.index[-1].date()}): "
+                "its first rows' history, and every baseline's first prediction, come from before that gap"
+            )
     else:
         out.line(f"test   rows from {test.index[0].date()}: {len(test)} rows {test.index[0].date()}..{test.index[-1].date()}")
     return train, test
@@ -730,7 +746,9 @@ def _cmd_backtest_many(args, out: _Out) -> int:
         f"{summary['n_beat_best_baseline']}, significantly (DM p < {summary['alpha']}) on "
         f"{summary['n_beat_significantly']}{coverage}"
     )
-    out.line(f"outputs {out_dir}/  aggregate.csv  aggregate.json  " + "  ".join(f"{_folder_of(r)}/" for r in many.results))
+    # a failed series writes no folder
+    written = [f"{_folder_of(r)}/" for r in many.results if r.error is None and Path(r.out_dir).is_dir()]
+    out.line(f"outputs {out_dir}/  aggregate.csv  aggregate.json  " + "  ".join(written))
     out.result({"out": str(out_dir), **summary, "series": json.loads(many.table.reset_index().to_json(orient="records"))})
     return 0
 
@@ -898,7 +916,9 @@ def _cmd_validate(args, out: _Out) -> int:
 
 
 def _cmd_tune(args, out: _Out) -> int:
+    from .parallel import check_jobs
     from .tuning import configs_at_once, load_grid, refit_best, tune
+    check_jobs(args.jobs, "--jobs")  # joblib's own error for 0 was a traceback
     grid = load_grid(args.grid)
     if args.refit_best is not None:
         _refuse_overwrite(args.refit_best, args.force)

@@ -157,6 +157,12 @@ def load_long_csv(
     column = pick_id([str(c) for c in raw.columns])
     if column is None:
         return None, {}
+    blank = raw[column].isna().to_numpy() | (raw[column].astype(str).str.strip() == "").to_numpy()
+    if blank.any():  # else a series named '' (or the rows dropped) with no row named
+        raise DataError(
+            f"{source} row {rows[int(np.argmax(blank))]}, column {column}: the series id is empty: give every row "
+            "the id of its series"
+        )
     frames = {}
     for name, positions in raw.groupby(column, sort=True).indices.items():
         lines = [rows[i] for i in positions]

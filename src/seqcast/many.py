@@ -216,6 +216,9 @@ def backtest_many(
     folders = {name: _folder(name) for name in series}
     if len(set(folders.values())) < len(folders):
         raise ConfigError(f"two series names map to the same folder name: {sorted(folders)}; rename one")
+    for name, folder in folders.items():  # before any work: the aggregate files are written last
+        if folder.casefold() in ("aggregate.csv", "aggregate.json"):
+            raise ConfigError(f"series {name!r} would get the folder {folder}, the name of an aggregate file: rename it")
     tasks = (
         delayed(backtest_series)(name, source, forecaster, out_dir=out_dir / folders[name], target=target,
                                  adjust_splits=adjust_splits, **walk)

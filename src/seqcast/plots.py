@@ -97,6 +97,17 @@ def _finish_dated(fig, ax, path, index, target: str, title: str) -> Path:
     return _save(fig, path)
 
 
+def _log_y(ax) -> None:
+    """A log y axis where every plotted value (lines and bars) is positive: a constant series' losses
+    and RMSEs of 0 have no logarithm (matplotlib warned, and drew nothing)."""
+    values = [np.asarray(line.get_ydata(), dtype=float).ravel() for line in ax.get_lines()]
+    values.append(np.array([patch.get_height() for patch in ax.patches], dtype=float))
+    flat = np.concatenate(values)
+    flat = flat[np.isfinite(flat)]
+    if (flat > 0).all():
+        ax.set_yscale("log")
+
+
 def _show(stamp) -> str:
     return stamp.date().isoformat() if hasattr(stamp, "date") else str(stamp)
 
@@ -110,7 +121,7 @@ def plot_member_losses(histories, path) -> Path:
         ax.plot(epochs, history.loss, color="C0", lw=0.8, alpha=0.8, label="training loss" if i == 0 else None)
         if history.val_loss:
             ax.plot(epochs, history.val_loss, "--", color="C1", lw=0.8, alpha=0.8, label="validation loss" if i == 0 else None)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
     ax.set_title(f"Loss per epoch, one line per ensemble member ({len(histories)} members)")
@@ -126,7 +137,7 @@ def plot_loss(history, path) -> Path:
     ax.plot(epochs, history.loss, marker="o", ms=3, label="training loss")
     if history.val_loss:
         ax.plot(epochs, history.val_loss, marker="o", ms=3, label="validation loss")
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
     ax.set_title("Loss per epoch")
@@ -146,7 +157,7 @@ def plot_fold_losses(folds: list[dict], path) -> Path:
         ax.plot(epochs, fold["loss"], color=color, label=f"fold {fold['fold']}")
         if fold.get("val_loss"):
             ax.plot(epochs, fold["val_loss"], "--", color=color)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("Epoch")
     ax.set_ylabel("Loss (scaled units)")
     members = " (ensembles: mean of the members)" if any(fold.get("member_loss") for fold in folds) else ""
@@ -230,7 +241,7 @@ def plot_fold_rmse(fold_table: pd.DataFrame, path) -> Path:
     """RMSE of each model in each fold, as grouped bars."""
     fig, ax = plt.subplots(figsize=(10, 4))
     fold_table.plot.bar(ax=ax, width=0.8, rot=0)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("Fold")
     ax.set_ylabel("RMSE (log scale)")
     ax.set_title("RMSE per fold")
