@@ -353,3 +353,18 @@ def test_exchange_calendar_is_the_nyse_s_and_matches_the_bundled_files():
     aware = train.index[-30:].tz_localize("UTC")
     assert skips_exchange_holidays(aware) is True
     assert future_index(aware, 1)[0] == pd.Timestamp("2017-01-03", tz="UTC")
+
+
+def test_daily_rows_stamped_at_one_time_of_day_keep_their_calendar_and_time():
+    # Closes stamped 16:00 were read as a 24-hour series: forecasts went on through weekends.
+    from seqcast import load_csv
+    from seqcast.datasets import GOOGLE_TRAIN
+    from seqcast.features import future_index
+
+    dates = load_csv(GOOGLE_TRAIN).index
+    stamped = dates + pd.Timedelta(hours=16)
+    expected = future_index(dates, 5) + pd.Timedelta(hours=16)
+    assert list(future_index(stamped, 5)) == list(expected)
+    assert str(expected[0]) == "2017-01-03 16:00:00"  # Monday 2017-01-02 was a NYSE holiday
+    hourly = pd.date_range("2020-01-06 09:00", periods=30, freq="h")
+    assert str(future_index(hourly, 1)[0]) == "2020-01-07 15:00:00"  # varying times: still hourly

@@ -420,11 +420,13 @@ def nyse_business_day() -> pd.offsets.CustomBusinessDay:
 
 def _weekday_dates(index: pd.Index) -> pd.DatetimeIndex | None:
     """``index`` as naive dates (the exchange's, whatever zone the stamps carry) where it is a
-    weekday-only daily date index of at least two rows, else None."""
+    weekday-only daily date index of at least two rows, all at one time of day, else None."""
     if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
         return None
-    if (index.day_of_week >= 5).any() or not (index.normalize() == index).all():
+    time_of_day = index - index.normalize()
+    if (index.day_of_week >= 5).any() or not (time_of_day == time_of_day[0]).all():
         return None
+    index = index.normalize()  # one time of day on every row (closes stamped 16:00) is still daily
     return index.tz_localize(None) if index.tz is not None else index
 
 
@@ -595,6 +597,11 @@ def future_index(index: pd.Index, n: int, exchange_holidays: bool | None = None)
 
 def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = None):
     """A pandas offset describing how `index` advances (see :func:`future_index`)."""
+    time_of_day = index - index.normalize()
+    if (time_of_day == time_of_day[0]).all():
+        # Every row at one time of day (daily closes stamped 16:00) is a daily series: its dates'
+        # calendar (date_range keeps the time of day). Read as timestamps, they went on every 24 hours.
+        index = index.normalize()
     recent = index[-min(len(index), 60) :]
     spacing = pd.Series(recent[1:] - recent[:-1])
     median = spacing.median()
