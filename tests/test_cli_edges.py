@@ -108,3 +108,13 @@ def test_the_many_series_outputs_line_names_only_folders_written(short, tmp_path
     assert main(["backtest", "--data", str(series / "*.csv"), "--folds", "2", "--out", str(tmp_path / "m"), *TINY]) == 0
     outputs = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("outputs ")][0]
     assert outputs.endswith("aggregate.json  a/") and not (tmp_path / "m" / "b").exists()
+
+
+def test_run_leaves_out_a_baseline_whose_column_the_test_file_lacks(short, tmp_path, capsys):
+    # The model reads Open only; last-close needs Close, which this test file does not have: the
+    # run was refused with "has no column 'Close'; pick one of those", an option nobody could pick.
+    test = tmp_path / "open_only.csv"
+    test.write_text("\n".join(",".join(line.split(",")[:2]) for line in GOOGLE_TEST.read_text().splitlines()) + "\n")
+    assert main(["run", "--data", str(short), "--test", str(test), "--out", str(tmp_path / "r"), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "persistence (baseline)" in out and "last-close" not in out

@@ -184,7 +184,10 @@ def evaluate_holdout(model, train: pd.DataFrame, test: pd.DataFrame, *, baseline
         model.fit(train)
     target = model.target_
     if baselines is None:
-        baselines = default_baselines(train, target, lookback=getattr(model, "lookback", 60))
+        # Only the columns the test rows have too: a baseline reading another (last-close without a
+        # Close in the test file) is left out, as when the training rows lack it.
+        shared = train[[c for c in train.columns if c in test.columns]]
+        baselines = default_baselines(shared, target, lookback=getattr(model, "lookback", 60))
     columns = {"actual": test[target], MODEL: model.predict(test)}
     for name, baseline in baselines.items():
         columns[name] = clone(baseline).fit(train).predict(test)
