@@ -118,3 +118,10 @@ def test_run_leaves_out_a_baseline_whose_column_the_test_file_lacks(short, tmp_p
     assert main(["run", "--data", str(short), "--test", str(test), "--out", str(tmp_path / "r"), *TINY]) == 0
     out = capsys.readouterr().out
     assert "persistence (baseline)" in out and "last-close" not in out
+
+
+def test_an_empty_grid_list_gets_a_valid_example(tmp_path, short, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("units = []\noptimizer = ['adam']\n")
+    assert main(["tune", "--data", str(short), "--grid", str(grid), "--out", str(tmp_path / "t"), *TINY]) == 2
+    assert "units must be a non-empty list of values, e.g. units = [50]" in _error(capsys)  # it said [[]]

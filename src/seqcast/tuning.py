@@ -71,7 +71,8 @@ def load_grid(path) -> dict[str, list]:
 
 
 def check_grid(grid: Mapping, *, source: str = "the grid") -> dict[str, list]:
-    known = set(Forecaster().get_params()) - set(_NOT_TUNABLE)
+    defaults = Forecaster().get_params()
+    known = set(defaults) - set(_NOT_TUNABLE)
     checked = {}
     for name, values in grid.items():
         if name not in known:
@@ -79,7 +80,10 @@ def check_grid(grid: Mapping, *, source: str = "the grid") -> dict[str, list]:
                 f"{source}: {name!r} is not a tunable Forecaster parameter; use one of {', '.join(sorted(known))}"
             )
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: {name} must be a non-empty list of values, e.g. {name} = [{values!r}]")
+            # the value itself in a list, or for an empty list the default (TOML writes it as JSON does)
+            example = values if not isinstance(values, list) else defaults[name]
+            shown = json.dumps(example) if isinstance(example, (bool, int, float, str)) else "..."
+            raise ConfigError(f"{source}: {name} must be a non-empty list of values, e.g. {name} = [{shown}]")
         checked[name] = values
     if not checked:
         raise ConfigError(f"{source} is empty: give at least one parameter with a list of values")
