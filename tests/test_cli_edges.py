@@ -125,3 +125,21 @@ def test_an_empty_grid_list_gets_a_valid_example(tmp_path, short, capsys):
     grid.write_text("units = []\noptimizer = ['adam']\n")
     assert main(["tune", "--data", str(short), "--grid", str(grid), "--out", str(tmp_path / "t"), *TINY]) == 2
     assert "units must be a non-empty list of values, e.g. units = [50]" in _error(capsys)  # it said [[]]
+
+
+def test_force_replaces_an_earlier_runs_outputs_and_keeps_other_files(short, tmp_path, capsys):
+    # The earlier run's report.html (and an ensemble backtest's intervals.csv) stayed beside the new
+    # run's files, describing another test period.
+    out = tmp_path / "r"
+    base = ["run", "--data", str(short), "--out", str(out), *TINY]
+    assert main([*base, "--test-from", "2012-06-01", "--report"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([*base, "--test-from", "2012-05-01", "--force"]) == 0
+    assert not (out / "report.html").exists() and (out / "notes.txt").read_text() == "mine"
+    assert (out / "metrics.json").is_file() and (out / "model" / "manifest.json").is_file()
+    folder = tmp_path / "b"
+    base = ["backtest", "--data", str(short), "--folds", "2", "--out", str(folder), *TINY]
+    assert main([*base, "--ensemble", "2", "--interval", "0.5"]) == 0
+    assert (folder / "intervals.csv").is_file()
+    assert main([*base, "--force"]) == 0
+    assert not (folder / "intervals.csv").exists() and (folder / "backtest.csv").is_file()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -479,6 +480,25 @@ def _print_board(board, out: "_Out") -> None:
     out.line(board.verdict())
 
 
+# The files run and backtest write into their folder (report.html with --report, intervals.csv for
+# an ensemble, per_step.csv for a horizon).
+_OUTPUT_FILES = frozenset({
+    "predictions.csv", "metrics.json", "plot.png", "loss.png", "residuals.png", "report.html", "intervals.csv",
+    "per_step.csv", "backtest.csv", "backtest.png", "folds.csv", "folds.png", "leaderboard.csv", "leaderboard.json",
+})
+
+
+def _drop_stale_outputs(out_dir: Path, paths: dict, started: float) -> None:
+    """After a --force run into a folder an earlier run wrote, remove that run's outputs this one did
+    not write again (its report.html, an ensemble's intervals.csv), which read as this run's. Only
+    seqcast's own file names, only files older than this command; the user's other files stay."""
+    written = {Path(p).name for p in paths.values()}
+    for name in _OUTPUT_FILES - written:
+        path = out_dir / name
+        if path.is_file() and path.stat().st_mtime < started:
+            path.unlink()
+
+
 def _fresh_dir(path: Path | None, force: bool, prefix: str = "run") -> Path:
     if path is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -544,6 +564,7 @@ def _train_and_test(args, out: _Out):
 def _cmd_run(args, out: _Out) -> int:
     from .backtest import evaluate_holdout
     from .report import run_summary, write_report, write_run
+    started = time.time()
     if args.data is not None and args.test is None and not args.test_from:
         raise ConfigError("seqcast run needs a test period: give --test FILE or --test-from DATE")
     out_dir = _fresh_dir(args.out, args.force)
@@ -560,6 +581,7 @@ def _cmd_run(args, out: _Out) -> int:
     paths = write_run(out_dir, holdout, forecaster, info=info)
     if args.report:
         paths["report"] = write_report(out_dir)
+    _drop_stale_outputs(out_dir, paths, started)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name + ("/" if p.is_dir() else "") for p in paths.values()))
     out.result({"out": str(out_dir), **run_summary(holdout, forecaster), **per_step})
     return 0
@@ -641,6 +663,7 @@ def _warnings(*frames) -> list[str]:
 
 
 def _cmd_backtest(args, out: _Out) -> int:
+    started = time.time()
     from joblib import effective_n_jobs
     from .backtest import MODEL, walk_forward
     from .datasets import GOOGLE_TRAIN
@@ -691,6 +714,7 @@ def _cmd_backtest(args, out: _Out) -> int:
     paths = {"backtest": out_dir / "backtest.csv", **paths}
     if args.report:
         paths["report"] = write_report(out_dir)
+    _drop_stale_outputs(out_dir, paths, started)
     out.line(f"outputs {out_dir}/  " + "  ".join(p.name for p in paths.values()))
     interval = {"interval": result.interval} if result.interval else {}
     out.result(
