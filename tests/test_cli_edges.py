@@ -143,3 +143,10 @@ def test_force_replaces_an_earlier_runs_outputs_and_keeps_other_files(short, tmp
     assert (folder / "intervals.csv").is_file()
     assert main([*base, "--force"]) == 0
     assert not (folder / "intervals.csv").exists() and (folder / "backtest.csv").is_file()
+
+
+def test_a_file_of_dates_alone_says_what_to_add(tmp_path, capsys):
+    dates = tmp_path / "dates.csv"
+    dates.write_text("Date\n2012-01-03\n2012-01-04\n")
+    assert main(["validate", "--data", str(dates)]) == 2
+    assert "dates.csv has no column besides its dates: add a 'Open' column" in _error(capsys)  # "columns: (none); pick one"

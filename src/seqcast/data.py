@@ -99,6 +99,8 @@ def resolve_column(frame: pd.DataFrame, name: str, *, source: str) -> str:
     for column in columns:
         if column.strip().casefold() == folded:
             return column
+    if not columns:  # a file of dates alone: nothing to pick from
+        raise DataError(f"{source} has no column besides its dates: add a {str(name).strip()!r} column")
     raise DataError(
         f"{source} has no column {str(name).strip()!r}; columns: {_list(columns)}; "
         "pick one of those or add the column to the file"
