@@ -191,6 +191,8 @@ class Forecaster(RegressorMixin, BaseEstimator):
     def _values(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
         source = frame.attrs.get("source", "<frame>")
         for column in columns:  # load_csv's frames are numeric; a frame given directly may not be
+            if pd.api.types.is_numeric_dtype(frame[column]):
+                continue
             numbers = pd.to_numeric(frame[column], errors="coerce")
             bad = numbers.isna() & frame[column].notna()
             if bad.any():
