@@ -549,9 +549,7 @@ def _train_and_test(args, out: _Out):
         return frame, None
     if test_path is not None:
         out.line(f"test   {_describe(test)}")
-        step = train.index.to_series().diff().median() if len(train) > 1 else None
-        gap = test.index[0] - train.index[-1]
-        if step is not None and gap > 10 * step:  # as _stale_context warns for predict
+        if (gap := _long_gap(train.index, test.index[0])) is not None:  # as _stale_context warns for predict
             out.line(
                 f"warning: {test_path} starts {gap.days} days after the training rows end ({train.index[-1].date()}): "
                 "its first rows' history, and every baseline's first prediction, come from before that gap"
@@ -805,6 +803,15 @@ def _cmd_report(args, out: _Out) -> int:
     return 0
 
 
+def _long_gap(before, first):
+    """The time from the last date of ``before`` to ``first`` where it is more than 10 of the
+    series' usual steps (the median spacing of ``before``), else None."""
+    if len(before) < 2:
+        return None
+    gap = first - before[-1]
+    return gap if gap > 10 * before.to_series().diff().median() else None
+
+
 def _stale_context(forecaster: Forecaster, frame) -> str | None:
     """A warning when the model will take its remembered training rows as the history of the first
     rows of ``frame`` although ``frame`` starts long after them (more than 10 of the series' usual
@@ -814,9 +821,7 @@ def _stale_context(forecaster: Forecaster, frame) -> str | None:
     # The CLI's frames are dated (load_csv), so a tail that precedes one is dated too.
     if len(context) < 2 or not tail_precedes(context, frame):
         return None
-    step = context.index.to_series().diff().median()
-    gap = frame.index[0] - context.index[-1]
-    if not gap > 10 * step:
+    if (gap := _long_gap(context.index, frame.index[0])) is None:
         return None
     rows = min(forecaster.context_rows_, len(frame))
     return (
