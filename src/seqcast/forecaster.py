@@ -44,10 +44,10 @@ from .windows import (
 
 _JSON_FILES = ("config.json", "scaler.json", "state.json")
 STRATEGIES = ("direct", "recursive")
+_ARRAY_SOURCE = "<array X>"  # the source named in messages about a plain array's rows (_array_frame)
 # The parameters predict, forecast and save read besides the fitted attributes: set to other values
 # after fit (set_params) they would silently give other numbers from the same weights (a level
 # model's outputs read as differences, windows of another length), so those calls refuse then.
-_ARRAY_SOURCE = "<array X>"  # the source named in messages about a plain array's rows (_array_frame)
 PREDICT_PARAMS = ("target", "features", "lookback", "horizon", "target_transform", "strategy", "same_day")
 
 
