@@ -489,17 +489,17 @@ def walk_forward(
     plan = plan_folds(
         frame.index, folds=folds, start=start, refit_every=refit_every, window=window, min_train=lookback + horizon
     )
+    first_train = frame.iloc[plan[0].train]
     if period is not None:  # else 0 meant "from the dates", and a too long one dropped the baseline, silently
         if isinstance(period, bool) or not isinstance(period, (int, np.integer)) or period < 1:
             raise ConfigError(f"--season must be a whole number of rows of at least 1, got {period!r}")
-        first_rows = len(frame.iloc[plan[0].train])
-        if first_rows <= period:
+        if len(first_train) <= period:
             raise ConfigError(
                 f"--season {period} needs more than {period} training rows, and the first fold trains on "
-                f"{first_rows}: lower --season, or give fewer --folds or a later --start"
+                f"{len(first_train)}: lower --season, or give fewer --folds or a later --start"
             )
     if baselines is None:
-        baselines = default_baselines(frame.iloc[plan[0].train], target, lookback=lookback, period=period)
+        baselines = default_baselines(first_train, target, lookback=lookback, period=period)
     writer = _FoldWriter(out_dir)
     summaries, steps, bands = [], [], []
     fits = None

@@ -111,11 +111,12 @@ def _ensemble_options(p: argparse.ArgumentParser) -> None:
         help="train K models with seeds seed, seed+1, ... and predict their mean, with their spread and "
         "conformal prediction intervals",
     )
-    group.add_argument("--interval", type=float, help="level of the ensemble's prediction intervals (default 0.9)")
+    group.add_argument("--interval", type=float, help="level of the ensemble's prediction intervals (default 0.9: "
+                       "EnsembleForecaster's)")
     group.add_argument(
         "--calibration-fraction", type=float,
         help="last fraction of the training rows held out from the ensemble's fit to calibrate its intervals "
-        "(default 0.2)",
+        "(default 0.2: EnsembleForecaster's)",
     )
     group.add_argument(
         "--ensemble-jobs", type=int, metavar="N",
@@ -343,13 +344,8 @@ def _estimator(args):
             if getattr(args, option, None) is not None:  # else silently ignored
                 raise ConfigError(f"--{option.replace('_', '-')} sets {what}: add --ensemble K")
         return forecaster
-    ensemble = EnsembleForecaster(
-        forecaster,
-        n_members=args.ensemble,
-        interval=0.9 if args.interval is None else args.interval,
-        calibration_fraction=0.2 if args.calibration_fraction is None else args.calibration_fraction,
-        n_jobs=args.ensemble_jobs,
-    )
+    given = {k: getattr(args, k) for k in ("interval", "calibration_fraction") if getattr(args, k) is not None}
+    ensemble = EnsembleForecaster(forecaster, n_members=args.ensemble, n_jobs=args.ensemble_jobs, **given)
     ensemble._check_params()  # before any "model" line or output folder
     return ensemble
 

@@ -418,15 +418,21 @@ def nyse_business_day() -> pd.offsets.CustomBusinessDay:
     return pd.offsets.CustomBusinessDay(holidays=nyse_holidays())
 
 
+def _one_time_of_day(index: pd.DatetimeIndex) -> bool:
+    """Whether every stamp has the same time of day (midnight for plain dates, 16:00 for closes
+    stamped so): a daily series, whose calendar is its dates'."""
+    time_of_day = index - index.normalize()
+    return bool(len(index)) and bool((time_of_day == time_of_day[0]).all())
+
+
 def _weekday_dates(index: pd.Index) -> pd.DatetimeIndex | None:
     """``index`` as naive dates (the exchange's, whatever zone the stamps carry) where it is a
     weekday-only daily date index of at least two rows, all at one time of day, else None."""
     if not isinstance(index, pd.DatetimeIndex) or len(index) < 2:
         return None
-    time_of_day = index - index.normalize()
-    if (index.day_of_week >= 5).any() or not (time_of_day == time_of_day[0]).all():
+    if (index.day_of_week >= 5).any() or not _one_time_of_day(index):
         return None
-    index = index.normalize()  # one time of day on every row (closes stamped 16:00) is still daily
+    index = index.normalize()
     return index.tz_localize(None) if index.tz is not None else index
 
 
@@ -597,10 +603,9 @@ def future_index(index: pd.Index, n: int, exchange_holidays: bool | None = None)
 
 def infer_calendar(index: pd.DatetimeIndex, exchange_holidays: bool | None = None):
     """A pandas offset describing how `index` advances (see :func:`future_index`)."""
-    time_of_day = index - index.normalize()
-    if (time_of_day == time_of_day[0]).all():
-        # Every row at one time of day (daily closes stamped 16:00) is a daily series: its dates'
-        # calendar (date_range keeps the time of day). Read as timestamps, they went on every 24 hours.
+    if _one_time_of_day(index):
+        # Its dates' calendar (date_range keeps the time of day): read as timestamps, closes stamped
+        # 16:00 went on every 24 hours, weekends included.
         index = index.normalize()
     recent = index[-min(len(index), 60) :]
     spacing = pd.Series(recent[1:] - recent[:-1])

@@ -110,13 +110,14 @@ def walk_forward_folds(n_rows: int, n_folds: int, *, test_size: int | None = Non
         raise ConfigError(f"--folds must be a whole number of at least 1, got {n_folds!r}")
     if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int) or test_size < 1):
         raise ConfigError(f"--test-size must be a whole number of rows of at least 1, got {test_size!r}")
-    if test_size is not None and n_folds * test_size >= n_rows:
-        raise ConfigError(
-            f"{n_folds} folds of --test-size {test_size} rows need more than {n_folds * test_size} rows and there are "
-            f"{n_rows}: lower --test-size or --folds"
-        )
     # TimeSeriesSplit needs at least 2 splits; one fold is its last split alone.
-    splitter = TimeSeriesSplit(n_splits=max(n_folds, 2), test_size=test_size)
+    splits = max(n_folds, 2)
+    if test_size is not None and splits * test_size >= n_rows:
+        raise ConfigError(
+            f"--folds {n_folds} with --test-size {test_size} needs more than {splits * test_size} rows and there "
+            f"are {n_rows}: lower --test-size or --folds"
+        )
+    splitter = TimeSeriesSplit(n_splits=splits, test_size=test_size)
     try:
         folds = list(splitter.split(np.arange(n_rows)))
     except ValueError as exc:
